@@ -1,0 +1,63 @@
+"""Measurement operators, built by name from a spec file's ``[operator]`` table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..config import check_keys, read_config_file
+from ..errors import ConfigError
+from ..registry import Registry
+
+#: kind -> builder(spec: dict, base_dir: Path) -> Operator. Builders validate their own keys.
+OPERATORS: Registry[Callable[..., Any]] = Registry("operator kind")
+register_operator = OPERATORS.register
+list_operators = OPERATORS.names
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from . import blur, ct, denoise, inpaint, mri, superres  # noqa: F401  (registers)
+
+
+def get_operator(kind: str) -> Callable[..., Any]:
+    _load_builtin()
+    return OPERATORS.get(kind)
+
+
+def operator_table(spec: Mapping[str, Any], where: str = "operator spec") -> dict[str, Any]:
+    """Return the ``[operator]`` table of a spec, accepting a bare table too."""
+    if "operator" in spec:
+        check_keys(spec, ["operator"], where)
+        table = spec["operator"]
+    else:
+        table = spec
+    if not isinstance(table, Mapping) or "kind" not in table:
+        raise ConfigError(f"{where} has no [operator] table with a 'kind'", 'add [operator] with kind = "mri" (or another kind)')
+    return dict(table)
+
+
+def load_operator(spec: str | Path | Mapping[str, Any], base_dir: str | Path | None = None):
+    """Build an operator from a TOML/JSON spec file or a dict (``{"operator": {...}}`` or the table)."""
+    _load_builtin()
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        data = read_config_file(path)
+        base = Path(base_dir) if base_dir else path.parent
+        where = path.name
+    else:
+        data = dict(spec)
+        base = Path(base_dir) if base_dir else Path.cwd()
+        where = "operator spec"
+    table = operator_table(data, where)
+    builder = OPERATORS.get(str(table["kind"]))
+    return builder(table, base)
+
+
+def list_operator_kinds() -> list[str]:
+    _load_builtin()
+    return OPERATORS.names()
