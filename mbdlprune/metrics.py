@@ -1,0 +1,346 @@
+"""Image-quality metrics: PSNR and SSIM per image, magnitudes, and the paper's normalisation.
+
+Shapes: a 4-D tensor is (N, C, H, W); a 3-D tensor is (N, H, W) (single-channel images);
+a 2-D tensor is one (H, W) image. Every metric returns a tensor of shape (N,), one value
+per image. Complex images are stored as two channels (real, imaginary); :func:`magnitude`
+turns them into one-channel magnitude images.
+
+Definitions (the same as scikit-image's ``peak_signal_noise_ratio`` and
+``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``,
+re-derived here so scikit-image is not a dependency):
+
+* PSNR = 10 log10(peak^2 / MSE), MSE averaged over all pixels and channels of one image.
+  ``peak=None`` means the data range (max - min) of the ground-truth image, per image.
+* SSIM (Wang et al. 2004): local means, variances and covariance under a normalised
+  Gaussian window (11 x 11, sigma 1.5), C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L the data
+  range; the SSIM map is averaged over the positions where the window lies fully inside the
+  image ("valid" filtering), then over channels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "MetricDefinition",
+    "PLAIN",
+    "PAPER",
+    "as_batch",
+    "compute_metrics",
+    "data_range",
+    "gaussian_window",
+    "get_definition",
+    "magnitude",
+    "mse",
+    "paper_normalize",
+    "psnr",
+    "ssim",
+]
+
+K1 = 0.01
+K2 = 0.03
+
+
+# ------------------------------------------------------------------------------ helpers
+def as_batch(x: Any) -> torch.Tensor:
+    """Return ``x`` as an (N, C, H, W) tensor (accepts numpy arrays and 2-D/3-D tensors)."""
+    t = torch.as_tensor(x)
+    if t.dim() == 2:
+        return t[None, None]
+    if t.dim() == 3:
+        return t[:, None]
+    if t.dim() == 4:
+        return t
+    raise ValueError(f"expected an image tensor of 2, 3 or 4 dimensions, got shape {tuple(t.shape)}")
+
+
+def _work_dtype(*ts: torch.Tensor) -> torch.dtype:
+    """float64 for reporting; keep the input's float dtype when gradients are needed."""
+    if any(t.requires_grad for t in ts):
+        dt = torch.promote_types(ts[0].dtype, ts[-1].dtype)
+        return dt if dt.is_floating_point else torch.float32
+    return torch.float64
+
+
+def _pair(x_hat: Any, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    a, b = as_batch(x_hat), as_batch(x)
+    if a.shape != b.shape:
+        raise ValueError(f"reconstruction shape {tuple(a.shape)} differs from ground truth {tuple(b.shape)}")
+    dt = _work_dtype(a, b)
+    return a.to(dt), b.to(device=a.device, dtype=dt)
+
+
+def magnitude(x: Any, complex_channels: bool | None = None) -> torch.Tensor:
+    """Magnitude image: (N, 2, H, W) real/imaginary -> (N, 1, H, W); other shapes pass through.
+
+    ``complex_channels=None`` treats any 2-channel image as complex; pass ``False`` for real
+    two-channel images, ``True`` to insist (then C must be 2).
+    """
+    t = as_batch(x)
+    if complex_channels is None:
+        complex_channels = t.shape[1] == 2
+    if not complex_channels:
+        return t
+    if t.shape[1] != 2:
+        raise ValueError(f"complex images need 2 channels (real, imaginary), got {t.shape[1]}")
+    return torch.sqrt(t[:, 0:1] ** 2 + t[:, 1:2] ** 2)
+
+
+def data_range(x: Any) -> torch.Tensor:
+    """Per-image max - min of ``x`` (N,); a constant image gets max(|x|), or 1 if all zero."""
+    t = as_batch(x)
+    flat = t.reshape(t.shape[0], -1)
+    r = flat.max(dim=1).values - flat.min(dim=1).values
+    fallback = flat.abs().max(dim=1).values
+    fallback = torch.where(fallback > 0, fallback, torch.ones_like(fallback))
+    return torch.where(r > 0, r, fallback)
+
+
+def _peak(peak: float | torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    if peak is None:
+        return data_range(x).to(x.dtype)
+    p = torch.as_tensor(peak, dtype=x.dtype, device=x.device)
+    if p.dim() == 0:
+        p = p.expand(x.shape[0])
+    if p.shape != (x.shape[0],):
+        raise ValueError(f"peak/data_range must be a number or one value per image, got shape {tuple(p.shape)}")
+    if bool((p <= 0).any()):
+        raise ValueError("peak/data_range must be positive")
+    return p
+
+
+# --------------------------------------------------------------------------------- PSNR
+def mse(x_hat: Any, x: Any) -> torch.Tensor:
+    """Mean squared error per image (N,)."""
+    a, b = _pair(x_hat, x)
+    return ((a - b) ** 2).reshape(a.shape[0], -1).mean(dim=1)
+
+
+def psnr(x_hat: Any, x: Any, peak: float | torch.Tensor | None = None) -> torch.Tensor:
+    """PSNR in dB per image (N,): 10 log10(peak^2 / MSE); ``inf`` for a perfect reconstruction.
+
+    ``peak=None``: the data range (max - min) of each ground-truth image ``x``; a number (e.g.
+    1.0 for images normalised to [0, 1]) or one value per image otherwise.
+    """
+    a, b = _pair(x_hat, x)
+    p = _peak(peak, b)
+    err = ((a - b) ** 2).reshape(a.shape[0], -1).mean(dim=1)
+    return 10.0 * torch.log10(p**2 / err)
+
+
+# --------------------------------------------------------------------------------- SSIM
+def gaussian_window(window: int = 11, sigma: float = 1.5, dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian of ``window`` taps (odd), centred."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the SSIM window must be an odd positive size, got {window}")
+    if sigma <= 0:
+        raise ValueError(f"the SSIM sigma must be positive, got {sigma}")
+    r = (window - 1) / 2
+    t = torch.arange(window, dtype=dtype, device=device) - r
+    g = torch.exp(-(t**2) / (2.0 * sigma**2))
+    return g / g.sum()
+
+
+def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' filtering of (N*C, 1, H, W) by the 1-D window ``g``."""
+    k = g.numel()
+    x = F.conv2d(x, g.reshape(1, 1, k, 1))
+    return F.conv2d(x, g.reshape(1, 1, 1, k))
+
+
+def ssim(x_hat: Any, x: Any, window: int = 11, sigma: float = 1.5,
+         data_range: float | torch.Tensor | None = None, k1: float = K1, k2: float = K2,
+         sample_covariance: bool = False, return_map: bool = False) -> torch.Tensor:
+    """Mean SSIM per image (N,) with a Gaussian window; SSIM(x, x) = 1.
+
+    ``data_range=None`` uses each ground-truth image's max - min. ``sample_covariance=True``
+    multiplies variances by n/(n-1) with n = window^2 (scikit-image's default for uniform
+    windows); the default follows Wang et al. With ``return_map`` the (N, C, H', W') map of
+    the valid positions is returned instead of the means. Differentiable (use 1 - ssim as a
+    loss). Images smaller than the window are an error.
+    """
+    a, b = _pair(x_hat, x)
+    n, c, h, w = a.shape
+    if h < window or w < window:
+        raise ValueError(f"images of {h}x{w} are smaller than the {window}x{window} SSIM window")
+    L = _peak(data_range, b).detach()
+    g = gaussian_window(window, sigma, a.dtype, a.device)
+    a2, b2 = a.reshape(n * c, 1, h, w), b.reshape(n * c, 1, h, w)
+    mu_a, mu_b = _filter(a2, g), _filter(b2, g)
+    var_a = _filter(a2 * a2, g) - mu_a**2
+    var_b = _filter(b2 * b2, g) - mu_b**2
+    cov = _filter(a2 * b2, g) - mu_a * mu_b
+    if sample_covariance:
+        m = window * window
+        corr = m / (m - 1.0)
+        var_a, var_b, cov = var_a * corr, var_b * corr, cov * corr
+    L = L.repeat_interleave(c).reshape(n * c, 1, 1, 1)
+    c1, c2 = (k1 * L) ** 2, (k2 * L) ** 2
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    smap = (num / den).reshape(n, c, h - window + 1, w - window + 1)
+    if return_map:
+        return smap
+    return smap.mean(dim=(1, 2, 3))
+
+
+# ------------------------------------------------------------------ paper normalisation
+def center_crop(x: torch.Tensor, size: int | tuple[int, int] | None) -> torch.Tensor:
+    """Centre crop of (N, C, H, W) to ``size`` (int: square); ``None`` is the largest square."""
+    h, w = x.shape[-2:]
+    if size is None:
+        ch = cw = min(h, w)
+    elif isinstance(size, int):
+        ch = cw = size
+    else:
+        ch, cw = int(size[0]), int(size[1])
+    if ch > h or cw > w or ch < 1 or cw < 1:
+        raise ValueError(f"cannot crop a {h}x{w} image to {ch}x{cw}")
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top:top + ch, left:left + cw]
+
+
+def _minmax(x: torch.Tensor) -> torch.Tensor:
+    flat = x.reshape(x.shape[0], -1)
+    lo = flat.min(dim=1).values.reshape(-1, 1, 1, 1)
+    hi = flat.max(dim=1).values.reshape(-1, 1, 1, 1)
+    span = hi - lo
+    span = torch.where(span > 0, span, torch.ones_like(span))
+    return (x - lo) / span
+
+
+def paper_normalize(x_hat: Any, x: Any, crop: int | tuple[int, int] | None | bool = None,
+                    complex_channels: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference paper's evaluation preprocessing; returns ``(x_hat', x')``.
+
+    1. magnitude of complex (2-channel) images; 2. centre crop (``crop=None``: the largest
+    centred square; an int or (h, w): that size; ``False``: no crop); 3. background zeroed in
+    the reconstruction wherever the ground truth is exactly 0; 4. each image min-max normalised
+    to [0, 1] on its own (reconstruction and ground truth separately). Use with peak 1.
+    """
+    a, b = _pair(x_hat, x)
+    a, b = magnitude(a, complex_channels), magnitude(b, complex_channels)
+    if crop is not False:
+        size = None if crop is True else crop
+        a, b = center_crop(a, size), center_crop(b, size)
+    a = torch.where(b == 0, torch.zeros_like(a), a)
+    return _minmax(a), _minmax(b)
+
+
+# ------------------------------------------------------------------------ definitions
+@dataclass(frozen=True)
+class MetricDefinition:
+    """How PSNR/SSIM are computed, in words and numbers, for reports.
+
+    ``name`` is ``plain`` (magnitude images as they are; peak and SSIM range = data range of
+    each ground-truth image) or ``paper`` (:func:`paper_normalize`, then peak 1).
+    """
+
+    name: str = "plain"
+    magnitude: bool = True
+    crop: int | None | bool = False
+    zero_background: bool = False
+    normalisation: str = "none"
+    peak: str = "data range (max - min) of each ground-truth image"
+    ssim_window: int = 11
+    ssim_sigma: float = 1.5
+    ssim_k1: float = K1
+    ssim_k2: float = K2
+
+    def describe(self) -> str:
+        """One paragraph for reports."""
+        if self.crop is False:
+            crop = "no crop"
+        elif self.crop is None or self.crop is True:
+            crop = "centre crop to the largest square"
+        elif isinstance(self.crop, int):
+            crop = f"centre crop to {self.crop}x{self.crop}"
+        else:
+            crop = f"centre crop to {self.crop[0]}x{self.crop[1]}"
+        parts = [
+            f"metric '{self.name}':",
+            "magnitude of complex (2-channel) images;" if self.magnitude else "images as stored;",
+            f"{crop};",
+        ]
+        if self.zero_background:
+            parts.append("reconstruction zeroed where the ground truth is 0;")
+        parts.append(f"normalisation: {self.normalisation};")
+        parts.append(f"PSNR = 10 log10(peak^2 / MSE) per image, peak = {self.peak};")
+        parts.append(
+            f"SSIM with a {self.ssim_window}x{self.ssim_window} Gaussian window (sigma {self.ssim_sigma}), "
+            f"K1 = {self.ssim_k1}, K2 = {self.ssim_k2}, data range = peak, averaged over valid positions."
+        )
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["description"] = self.describe()
+        return d
+
+    def prepare(self, x_hat: Any, x: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply this definition's preprocessing; returns the images the metrics compare."""
+        if self.name == "paper":
+            return paper_normalize(x_hat, x, crop=self.crop)
+        a, b = _pair(x_hat, x)
+        if self.magnitude:
+            a, b = magnitude(a), magnitude(b)
+        return a, b
+
+    def peak_value(self) -> float | None:
+        return 1.0 if self.name == "paper" else None
+
+
+PLAIN = MetricDefinition()
+PAPER = MetricDefinition(
+    name="paper",
+    crop=None,
+    zero_background=True,
+    normalisation="per-image min-max to [0, 1] (reconstruction and ground truth separately)",
+    peak="1",
+)
+
+
+def get_definition(name: str | MetricDefinition) -> MetricDefinition:
+    """``"plain"`` or ``"paper"`` (or a definition, returned as is)."""
+    if isinstance(name, MetricDefinition):
+        return name
+    if name == "plain":
+        return PLAIN
+    if name == "paper":
+        return PAPER
+    from .errors import MbdlError
+
+    raise MbdlError(f"unknown metric {name!r}", "use --metric plain or --metric paper")
+
+
+def compute_metrics(x_hat: Any, x: Any, definition: str | MetricDefinition = "plain") -> dict[str, torch.Tensor]:
+    """``{"psnr": (N,), "ssim": (N,)}`` under a metric definition (no gradients)."""
+    d = get_definition(definition)
+    with torch.no_grad():
+        a, b = d.prepare(x_hat, x)
+        peak = d.peak_value()
+        window = d.ssim_window
+        h, w = a.shape[-2:]
+        if min(h, w) < window:  # tiny images: the largest odd window that fits
+            window = max(1, min(h, w) - (1 - min(h, w) % 2))
+        out = {
+            "psnr": psnr(a, b, peak=peak),
+            "ssim": ssim(a, b, window=window, sigma=d.ssim_sigma, data_range=peak, k1=d.ssim_k1, k2=d.ssim_k2),
+        }
+    return out
+
+
+def finite_mean_std(values: torch.Tensor | list[float]) -> tuple[float, float]:
+    """Mean and population std of a list of numbers (``inf`` stays ``inf``)."""
+    t = torch.as_tensor(values, dtype=torch.float64)
+    if t.numel() == 0:
+        return math.nan, math.nan
+    if not bool(torch.isfinite(t).all()):
+        return float(t.mean()), math.nan
+    return float(t.mean()), float(t.std(unbiased=False)) if t.numel() > 1 else 0.0
