@@ -1,0 +1,261 @@
+"""Importable entry points behind the CLI: :func:`prune`, :func:`prune_model`, :func:`inspect_checkpoint`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import MbdlError
+
+
+@dataclass
+class PruneResult:
+    """A pruned model in memory, its operator, the metadata written with it, and a summary."""
+
+    model: Any
+    operator: Any
+    meta: dict[str, Any]
+    report: dict[str, Any]
+    out: Path | None
+
+
+# -- loading ---------------------------------------------------------------------------------
+def resolve_operator(operator: Any, meta: Mapping[str, Any] | None = None):
+    """An operator from a spec path / dict / Operator, else the one recorded in ``meta``."""
+    from .operators import load_operator
+
+    if operator is None:
+        spec = (meta or {}).get("operator")
+        return load_operator(spec) if spec else None
+    if hasattr(operator, "A") and hasattr(operator, "A_adjoint"):
+        return operator
+    return load_operator(operator)
+
+
+def load_checkpoint_model(checkpoint: str | Path, arch: str | None, arch_args: dict | None, unsafe_pickle: bool = False):
+    """Build the architecture and load weights from any supported checkpoint.
+
+    Returns ``(model, arch_spec, meta_or_None)``; an mbdlprune file needs no ``arch`` unless
+    it was built by user code.
+    """
+    from .io import load_model, load_weights, read_checkpoint
+    from .models.user import ArchSpec, build_arch
+
+    path = Path(checkpoint)
+    state, meta = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
+    if meta is not None:
+        if arch_args:
+            raise MbdlError(f"{path.name} records its architecture arguments", "drop --arch-args for mbdlprune files")
+        loaded = load_model(path, arch=arch)
+        return loaded.model, ArchSpec.from_dict(meta["arch"]), meta
+    if not arch:
+        raise MbdlError(f"{path.name} does not say which architecture it is", "pass --arch NAME (see `mbdlprune archs`) or --arch file.py:factory")
+    model, spec = build_arch(arch, arch_args)
+    load_weights(model, state, path.name)
+    return model, spec, None
+
+
+def example_inputs(model, kind: str, op, image_size: tuple[int, int] | None = None, seed: int = 0) -> tuple:
+    """A real, deterministic example input as a tuple: ``(y, op)`` for MBDL models, ``(x,)`` for priors.
+
+    The image is a smooth random field (not white noise), so data consistency and the prior
+    see image-like values while tracing.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    if kind == "prior":
+        if op is not None:
+            c, (h, w) = op.channels, op.image_size
+        else:
+            c = int(getattr(model, "in_channels", 0) or _first_conv(model).in_channels)
+            h, w = image_size or (64, 64)
+    else:
+        if op is None:
+            raise MbdlError("an MBDL model needs an operator to run", "pass --operator SPEC (TOML/JSON with an [operator] table)")
+        c, (h, w) = op.channels, op.image_size
+    coarse = torch.randn((1, c, max(h // 8, 2), max(w // 8, 2)), generator=g)
+    x = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    x = x / x.abs().amax().clamp_min(1e-8)
+    if kind == "prior":
+        return (x,)
+    dev = next((b.device for b in op.buffers()), torch.device("cpu"))
+    return (op.A(x.to(dev)), op)
+
+
+def _first_conv(model):
+    from torch import nn
+
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            return m
+    raise MbdlError("the model has no convolution layer to prune", "check --arch")
+
+
+# -- pruning ---------------------------------------------------------------------------------
+def prune_model(
+    model,
+    arch_spec,
+    op=None,
+    *,
+    ratio: float = 0.5,
+    importance: str = "l1",
+    global_pruning: bool = False,
+    iterative_steps: int = 1,
+    round_to: int | None = None,
+    layer_ratios: dict[str, float] | None = None,
+    ignore: list[str] | None = None,
+    priors: list[str] | None = None,
+    prune_sensitivity: bool = False,
+    image_size: tuple[int, int] | None = None,
+    parent_meta: Mapping[str, Any] | None = None,
+    parent_sha256: str | None = None,
+    seed: int = 0,
+) -> PruneResult:
+    """Prune ``model``'s prior(s) in place and return it with metadata ready for :func:`io.save_model`."""
+    from .io import versions
+    from .pruning import DEFAULT_ROUND_TO, PruneConfig, prune_priors
+
+    cfg = PruneConfig(
+        ratio=ratio, importance=importance, global_pruning=global_pruning, iterative_steps=iterative_steps,
+        round_to=DEFAULT_ROUND_TO if round_to is None else round_to, layer_ratios=dict(layer_ratios or {}),
+        ignore=list(ignore or []), priors=priors, seed=seed,
+    )
+    cfg.validate()
+    model_attrs = {}
+    if prune_sensitivity:
+        if not hasattr(model, "prune_sensitivity"):
+            raise MbdlError("--prune-sensitivity applies to e2e-varnet only", "drop the flag")
+        model.prune_sensitivity = True
+        model_attrs["prune_sensitivity"] = True
+    model.eval()
+    inputs = example_inputs(model, arch_spec.kind, op, image_size, seed)
+    record = prune_priors(model, inputs, cfg)
+    record["previous"] = (parent_meta or {}).get("pruning")
+    meta = {
+        "arch": arch_spec.to_dict(),
+        "operator": op.spec if op is not None else None,
+        "pruning": record,
+        "parent_sha256": parent_sha256,
+        "model_attrs": {**((parent_meta or {}).get("model_attrs") or {}), **model_attrs},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    return PruneResult(model, op, meta, summarize(model, record), None)
+
+
+def prune(
+    checkpoint: str | Path,
+    *,
+    arch: str | None = None,
+    arch_args: dict | None = None,
+    operator: Any = None,
+    out: str | Path | None = None,
+    force: bool = False,
+    unsafe_pickle: bool = False,
+    **options: Any,
+) -> PruneResult:
+    """Load a checkpoint, prune its prior(s), and (with ``out``) write a safetensors model."""
+    from .io import check_output_path, save_model, sha256_file
+
+    if out is not None:
+        check_output_path(out, force)  # fail before the slow part
+    model, spec, meta = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle)
+    op = resolve_operator(operator, meta)
+    result = prune_model(model, spec, op, parent_meta=meta, parent_sha256=sha256_file(checkpoint), **options)
+    result.meta["parent"] = Path(checkpoint).name
+    if out is not None:
+        result.out = save_model(out, result.model, result.meta, force=force)
+    return result
+
+
+def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-prior and per-reconstruction cost before/after, for tables and JSON."""
+    priors = {}
+    per_recon = [0, 0]
+    nominal = getattr(model, "max_iter", None)
+    for name, rec in record["priors"].items():
+        calls = nominal if isinstance(nominal, int) else rec["calls_per_forward"]
+        per_recon[0] += rec["macs_before"] * calls
+        per_recon[1] += rec["macs_after"] * calls
+        widths = rec["widths"]
+        priors[name] = {
+            "params_before": rec["params_before"],
+            "params_after": rec["params_after"],
+            "macs_before": rec["macs_before"],
+            "macs_after": rec["macs_after"],
+            "calls_per_reconstruction": calls,
+            "widths_before": sorted({w[0] for w in widths.values()}),
+            "widths_after": sorted({w[1] for w in widths.values()}),
+            "achieved_channel_ratio": _achieved(widths),
+        }
+    return {
+        "ratio": record["ratio"],
+        "importance": record["importance"],
+        "round_to": record["round_to"],
+        "params_before": record["params_before"],
+        "params_after": record["params_after"],
+        "macs_per_reconstruction_before": per_recon[0],
+        "macs_per_reconstruction_after": per_recon[1],
+        "nominal_iterations": nominal if isinstance(nominal, int) else None,
+        "seconds": record["seconds"],
+        "priors": priors,
+    }
+
+
+def _achieved(widths: Mapping[str, list[int]]) -> float:
+    before = sum(b for b, _ in widths.values())
+    after = sum(a for _, a in widths.values())
+    return round(1.0 - after / before, 4) if before else 0.0
+
+
+# -- inspecting ------------------------------------------------------------------------------
+def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_args: dict | None = None,
+                       operator: Any = None, unsafe_pickle: bool = False) -> dict[str, Any]:
+    """Architecture, priors, widths, params, MACs and pruning record of any checkpoint."""
+    from .io import read_checkpoint
+    from .pruning import count_macs, count_params, find_priors, layer_widths
+
+    path = Path(checkpoint)
+    state, meta = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
+    info: dict[str, Any] = {
+        "path": str(path),
+        "tensors": len(state),
+        "params_in_file": int(sum(v.numel() for v in state.values())),
+        "mbdlprune_file": meta is not None,
+    }
+    if meta is None and not arch:
+        info["note"] = "pass --arch to see priors, widths and MACs"
+        return info
+    model, spec, meta = load_checkpoint_model(path, arch, arch_args, unsafe_pickle)
+    op = resolve_operator(operator, meta)
+    info.update(arch=spec.to_dict(), params=count_params(model))
+    if meta:
+        info.update({k: meta.get(k) for k in ("operator", "pruning", "finetune", "parent_sha256", "versions", "created") if meta.get(k) is not None})
+        if info.get("pruning"):
+            info["pruning"] = {k: v for k, v in info["pruning"].items() if k != "priors"} | {
+                "priors": {n: {k: v for k, v in r.items() if k != "history"} for n, r in info["pruning"]["priors"].items()}
+            }
+    if op is None and spec.kind == "mbdl":
+        info["priors"] = {p: {"params": count_params(model.get_submodule(p))} for p in getattr(model, "prior_paths", lambda: [])()}
+        info["note"] = "pass --operator to see MACs"
+        return info
+    import torch
+
+    model.eval()
+    inputs = example_inputs(model, spec.kind, op)
+    sites = find_priors(model, inputs)
+    info["priors"] = {}
+    for s in sites:
+        with torch.no_grad():
+            macs = count_macs(s.module, s.inputs)
+        info["priors"][s.name] = {
+            "params": count_params(s.module),
+            "macs_per_call": macs,
+            "input_shape": list(s.inputs[0].shape),
+            "widths": layer_widths(s.module),
+        }
+    return info

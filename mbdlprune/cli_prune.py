@@ -1,0 +1,177 @@
+"""CLI wiring for ``prune``, ``inspect`` and ``archs`` (thin: parse, call the API, print)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli_common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt,
+                         console, handle_errors, print_json)
+
+
+def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
+    from .errors import MbdlError
+
+    out = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise MbdlError(f"--layer-ratio {item!r} is not NAME=RATIO", "write e.g. --layer-ratio 'prior.body.*=0.3'")
+    return out
+
+
+def _fmt_int(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def render_prune(report: dict, out: Path | None) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"Pruned at ratio {report['ratio']} ({report['importance']}, round_to={report['round_to']}) in {report['seconds']:.2f} s")
+    for col in ("prior", "params", "MACs/call", "calls", "widths before → after", "channels removed"):
+        t.add_column(col, justify="right" if col not in ("prior", "widths before → after") else "left")
+    for name, p in report["priors"].items():
+        t.add_row(
+            name,
+            f"{_fmt_int(p['params_before'])} → {_fmt_int(p['params_after'])}",
+            f"{_fmt_int(p['macs_before'])} → {_fmt_int(p['macs_after'])}",
+            str(p["calls_per_reconstruction"]),
+            f"{p['widths_before']} → {p['widths_after']}",
+            f"{100 * p['achieved_channel_ratio']:.1f}%",
+        )
+    c = console()
+    c.print(t)
+    b, a = report["macs_per_reconstruction_before"], report["macs_per_reconstruction_after"]
+    it = report.get("nominal_iterations")
+    nominal = f" (at max_iter = {it}, an upper bound; `bench` measures real iterations)" if it else ""
+    c.print(f"model params {_fmt_int(report['params_before'])} → {_fmt_int(report['params_after'])}; "
+            f"prior MACs per reconstruction {_fmt_int(b)} → {_fmt_int(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
+    if out:
+        c.print(f"wrote {out}")
+
+
+def prune_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint: .safetensors, .pt/.pth/.ckpt/.tar."),
+    arch: Optional[str] = ArchOpt,
+    arch_args: Optional[str] = ArchArgsOpt,
+    operator: Optional[Path] = OperatorOpt,
+    ratio: float = typer.Option(..., "--ratio", help="Fraction of channels to remove from each prunable layer, in (0, 1)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file."),
+    importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
+    global_pruning: bool = typer.Option(False, "--global", help="Rank channels across layers instead of per layer."),
+    iterative_steps: int = typer.Option(1, "--iterative-steps", help="Reach the ratio in this many steps."),
+    round_to: int = typer.Option(8, "--round-to", help="Keep widths multiples of this (8: full-speed CPU/GPU kernels; 1: off)."),
+    layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="Per-layer ratio NAME=RATIO (glob on module names); repeatable."),
+    ignore: List[str] = typer.Option([], "--ignore", help="Module name or glob never pruned; repeatable."),
+    prior: List[str] = typer.Option([], "--prior", help="Dotted name of a prior to prune (default: found automatically); repeatable."),
+    prune_sensitivity: bool = typer.Option(False, "--prune-sensitivity", help="e2e-varnet: prune the sensitivity-map U-Net too."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="HxW for tracing a bare prior without an operator, e.g. 64x64."),
+    seed: int = typer.Option(0, "--seed"),
+    unsafe_pickle: bool = UnsafePickleOpt,
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+    debug: bool = DebugOpt,
+):
+    """Remove channels from the prior CNN(s) of a checkpoint and write a slim safetensors model."""
+    from .api import prune
+    from .config import parse_json_or_file
+    from .errors import MbdlError
+
+    size = None
+    if image_size:
+        try:
+            h, w = (int(v) for v in image_size.lower().split("x"))
+            size = (h, w)
+        except ValueError:
+            raise MbdlError(f"--image-size {image_size!r} is not HxW", "write e.g. --image-size 64x64") from None
+    result = prune(
+        checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out, force=force,
+        unsafe_pickle=unsafe_pickle, ratio=ratio, importance=importance, global_pruning=global_pruning,
+        iterative_steps=iterative_steps, round_to=round_to, layer_ratios=_parse_layer_ratios(layer_ratio),
+        ignore=list(ignore), priors=list(prior) or None, prune_sensitivity=prune_sensitivity, image_size=size, seed=seed,
+    )
+    if json_out:
+        print_json({"output": str(result.out), **result.report})
+    else:
+        render_prune(result.report, result.out)
+
+
+def inspect_cmd(
+    checkpoint: Path = typer.Argument(..., help="Any checkpoint mbdlprune can read."),
+    arch: Optional[str] = ArchOpt,
+    arch_args: Optional[str] = ArchArgsOpt,
+    operator: Optional[Path] = OperatorOpt,
+    unsafe_pickle: bool = UnsafePickleOpt,
+    json_out: bool = JsonOpt,
+    debug: bool = DebugOpt,
+):
+    """Show architecture, priors, widths, params, MACs and pruning record of a checkpoint."""
+    from .api import inspect_checkpoint
+    from .config import parse_json_or_file
+
+    info = inspect_checkpoint(checkpoint, arch, parse_json_or_file(arch_args), operator, unsafe_pickle)
+    if json_out:
+        print_json(info)
+        return
+    from rich.table import Table
+
+    c = console()
+    head = Table(show_header=False, title=str(checkpoint))
+    head.add_column("key")
+    head.add_column("value")
+    for key in ("arch", "params", "params_in_file", "operator", "parent_sha256", "versions", "note"):
+        if key in info:
+            head.add_row(key, json.dumps(info[key]) if isinstance(info[key], (dict, list)) else str(info[key]))
+    if info.get("pruning"):
+        p = info["pruning"]
+        head.add_row("pruning", f"ratio {p['ratio']} ({p['importance']}, round_to={p['round_to']}), params {p['params_before']} → {p['params_after']}")
+    if info.get("finetune"):
+        f = info["finetune"]
+        head.add_row("finetune", f"mode {f.get('mode')}, epochs {f.get('epochs')}, best val PSNR {f.get('best_val_psnr')}")
+    c.print(head)
+    if info.get("priors"):
+        t = Table(title="priors")
+        for col in ("prior", "params", "MACs/call", "input", "widths"):
+            t.add_column(col)
+        for name, p in info["priors"].items():
+            widths = sorted(set((p.get("widths") or {}).values()))
+            t.add_row(name, _fmt_int(p["params"]), _fmt_int(p["macs_per_call"]) if "macs_per_call" in p else "-",
+                      "x".join(map(str, p.get("input_shape", []))) or "-", str(widths) if widths else "-")
+        c.print(t)
+
+
+def archs_cmd(json_out: bool = JsonOpt, debug: bool = DebugOpt):
+    """List the built-in architectures and operator kinds."""
+    from .models import get_arch, list_archs
+    from .operators import list_operator_kinds
+
+    rows = [{"name": n, "kind": get_arch(n).kind, "version": get_arch(n).version, "summary": get_arch(n).summary} for n in list_archs()]
+    if json_out:
+        print_json({"architectures": rows, "operators": list_operator_kinds()})
+        return
+    from rich.table import Table
+
+    t = Table(title="architectures")
+    for col in ("name", "kind", "version", "summary"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["kind"], str(r["version"]), r["summary"])
+    c = console()
+    c.print(t)
+    c.print("operator kinds: " + ", ".join(list_operator_kinds()))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("prune")(handle_errors(prune_cmd))
+    app.command("inspect")(handle_errors(inspect_cmd))
+    app.command("archs")(handle_errors(archs_cmd))

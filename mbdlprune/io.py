@@ -1,0 +1,298 @@
+"""Checkpoint I/O: read any common checkpoint safely, write safetensors + JSON metadata atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, MbdlError
+
+FORMAT_NAME = "mbdlprune"
+FORMAT_VERSION = 1
+NESTED_KEYS = ("state_dict", "model_state_dict", "model", "ema", "ema_state_dict", "state_dict_ema", "net", "network", "params", "weights")
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of the packages that shape a checkpoint."""
+    import torch
+    import torch_pruning
+
+    from . import __version__
+
+    return {"mbdlprune": __version__, "torch": torch.__version__, "torch_pruning": getattr(torch_pruning, "__version__", "?")}
+
+
+# -- reading ------------------------------------------------------------------------------
+def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Return ``(state_dict, mbdlprune_metadata_or_None)`` from .safetensors or a torch file."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist", "check the path")
+    if p.suffix == ".safetensors":
+        return _read_safetensors(p)
+    if p.suffix not in TORCH_SUFFIXES:
+        raise CheckpointError(f"unsupported checkpoint type {p.suffix!r}", f"use .safetensors or one of {', '.join(TORCH_SUFFIXES)}")
+    return find_weights(_torch_load(p, unsafe_pickle), str(p)), None
+
+
+def _read_safetensors(p: Path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            header = f.metadata() or {}
+        state = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{p.name} is not a readable safetensors file ({e})", "the file is truncated or corrupt: copy or export it again") from None
+    meta = None
+    if header.get("format") == FORMAT_NAME:
+        try:
+            meta = json.loads(header[FORMAT_NAME])
+        except (KeyError, json.JSONDecodeError):
+            raise CheckpointError(f"{p.name} has damaged mbdlprune metadata", "write the model again with mbdlprune") from None
+    return state, meta
+
+
+def _torch_load(p: Path, unsafe_pickle: bool):
+    import pickle  # noqa: F401  (only for the exception type below)
+
+    import torch
+
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if not unsafe_pickle:
+            raise CheckpointError(
+                f"{p.name} needs to unpickle code to load ({str(e).splitlines()[0][:120]})",
+                "re-save it as a plain state_dict, or pass --unsafe-pickle if you trust its source",
+            ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f"{p.name} is not a readable torch checkpoint ({str(e).splitlines()[0][:120]})", "the file is truncated or corrupt: copy or export it again") from None
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=False)  # explicit --unsafe-pickle
+    except Exception as e:
+        raise CheckpointError(f"{p.name} could not be loaded even with --unsafe-pickle: {e}", "check the file") from None
+
+
+def find_weights(obj: Any, where: str = "checkpoint") -> dict[str, Any]:
+    """Find the tensor dict in a checkpoint, looking into the usual nesting keys."""
+    import torch
+
+    if hasattr(obj, "state_dict") and callable(obj.state_dict) and not isinstance(obj, dict):
+        obj = obj.state_dict()  # a pickled module (only reachable with --unsafe-pickle)
+    if isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors
+        for key in NESTED_KEYS:
+            if key in obj and obj[key] is not None:
+                try:
+                    return find_weights(obj[key], where)
+                except CheckpointError:
+                    continue
+    raise CheckpointError(f"no weights found in {where}", f"store a state_dict at the top level or under one of {', '.join(NESTED_KEYS)}")
+
+
+def match_keys(state: dict[str, Any], model_keys: list[str]) -> dict[str, Any]:
+    """Strip ``module.`` or one consistent wrapper prefix when that makes the keys match."""
+    want = set(model_keys)
+    if set(state) == want:
+        return state
+    best, best_hits = state, len(want & set(state))
+    prefixes = {k.split(".", 1)[0] + "." for k in state if "." in k}
+    for prefix in sorted(prefixes) + ["module.model.", "model.module.", "_orig_mod."]:
+        stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        hits = len(want & set(stripped))
+        if hits > best_hits:
+            best, best_hits = stripped, hits
+    return best
+
+
+def _list(keys, n=4) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def load_weights(model, state: dict[str, Any], source: str = "checkpoint", resize: bool = False) -> None:
+    """Load ``state`` strictly into ``model``; one clear error for missing/unexpected/shape conflicts.
+
+    With ``resize``, modules first take the shapes stored in ``state`` (a pruned model).
+    """
+    state = match_keys(state, list(model.state_dict()))
+    own = model.state_dict()
+    missing = set(own) - set(state)
+    unexpected = set(state) - set(own)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_list(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_list(unexpected)}")
+        raise CheckpointError(f"{source} does not match the architecture: " + "; ".join(parts), "pass the --arch (and --arch-args) the checkpoint was trained with")
+    if resize:
+        resize_to_state(model, state)
+    conflicts = [k for k in own if tuple(own[k].shape) != tuple(state[k].shape)] if not resize else []
+    if conflicts:
+        k = conflicts[0]
+        raise CheckpointError(
+            f"{source} does not match the architecture: shape of {k} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model ({len(conflicts)} conflicts)",
+            "pass the --arch-args (widths, depth) the checkpoint was trained with",
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def resize_to_state(model, state: dict[str, Any]) -> None:
+    """Give every parameter/buffer of ``model`` the shape stored in ``state`` (replays pruning)."""
+    import torch
+    from torch import nn
+
+    for name, tensor in state.items():
+        mod_name, _, attr = name.rpartition(".")
+        module = model.get_submodule(mod_name) if mod_name else model
+        if attr in module._parameters and module._parameters[attr] is not None:
+            old = module._parameters[attr]
+            if tuple(old.shape) != tuple(tensor.shape):
+                module._parameters[attr] = nn.Parameter(torch.empty(tensor.shape, dtype=old.dtype), requires_grad=old.requires_grad)
+        elif attr in module._buffers and module._buffers[attr] is not None:
+            old = module._buffers[attr]
+            if tuple(old.shape) != tuple(tensor.shape):
+                module._buffers[attr] = torch.empty(tensor.shape, dtype=old.dtype)
+    sync_module_attributes(model)
+
+
+def sync_module_attributes(model) -> None:
+    """Make layer attributes (channels, features) agree with their weight shapes."""
+    from torch import nn
+
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.modules.conv._ConvTransposeNd) and w is not None:
+            m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
+        elif isinstance(m, nn.modules.conv._ConvNd) and w is not None:
+            m.out_channels, m.in_channels = w.shape[0], w.shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, (nn.modules.batchnorm._NormBase,)):
+            ref = m.weight if m.weight is not None else m.running_mean
+            if ref is not None:
+                m.num_features = ref.shape[0]
+        elif isinstance(m, nn.GroupNorm) and m.weight is not None:
+            m.num_channels = m.weight.shape[0]
+        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            m.normalized_shape = tuple(m.weight.shape)
+        elif isinstance(m, nn.PReLU):
+            m.num_parameters = m.weight.numel()
+
+
+# -- writing ------------------------------------------------------------------------------
+def check_output_path(path: str | Path, force: bool, suffix: str | None = ".safetensors") -> Path:
+    """Refuse to overwrite without --force and insist on the right suffix."""
+    p = Path(path)
+    if suffix and p.suffix != suffix:
+        raise MbdlError(f"output {str(p)!r} must end in {suffix}", f"name the output e.g. {p.with_suffix(suffix).name}")
+    if p.exists() and not force:
+        raise MbdlError(f"output {str(p)!r} already exists", "pass --force to overwrite it, or choose another path")
+    if not p.parent.exists():
+        raise MbdlError(f"output folder {str(p.parent)!r} does not exist", "create it first")
+    return p
+
+
+def atomic_write_bytes(path: str | Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename into place, so readers never see a partial file."""
+    p = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=str(p.parent))
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def state_for_saving(model) -> dict[str, Any]:
+    """Detached, contiguous, unshared CPU copies (safetensors refuses shared storage)."""
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+
+
+def save_model(path: str | Path, model, meta: dict[str, Any], force: bool = False) -> Path:
+    """Write ``model``'s weights and ``meta`` (JSON in the safetensors header) atomically."""
+    from safetensors.torch import save_file
+
+    p = check_output_path(path, force)
+    meta = {**meta, "format_version": FORMAT_VERSION, "versions": meta.get("versions") or versions()}
+    header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta, sort_keys=True)}
+    state = state_for_saving(model)
+    atomic_write_bytes(p, lambda tmp: save_file(state, tmp, metadata=header))
+    return p
+
+
+# -- whole models -------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """A rebuilt model with its metadata and (if recorded) its operator."""
+
+    model: Any
+    meta: dict[str, Any]
+    operator: Any | None
+    path: Path
+
+
+def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", operator: Any = None) -> LoadedModel:
+    """Rebuild a model written by :func:`save_model` (pruned widths included), strictly, without pickle.
+
+    A checkpoint whose architecture is user code needs ``arch`` (the same ``file.py:factory``)
+    so that running that code is always the caller's explicit choice.
+    """
+    from .models.user import ArchSpec, build_arch, is_factory_spec
+    from .operators import load_operator
+
+    p = Path(path)
+    state, meta = read_checkpoint(p)
+    if meta is None:
+        raise CheckpointError(f"{p.name} has no mbdlprune metadata", "use `mbdlprune prune` to produce a model file, or load raw weights with --arch")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{p.name} uses format version {meta['format_version']}, newer than this mbdlprune", "upgrade mbdlprune")
+    spec = ArchSpec.from_dict(meta["arch"])
+    if spec.source == "factory":
+        if arch is None:
+            raise MbdlError(f"{p.name} was built by user code {spec.name!r}", f"pass --arch {spec.name} to allow running it")
+        if not is_factory_spec(arch):
+            raise MbdlError(f"--arch {arch!r} is not a factory spec", f"pass --arch {spec.name}")
+    model, _ = build_arch(arch or spec.name, spec.args)
+    restore_setup(model, meta)
+    load_weights(model, state, p.name, resize=True)
+    model.eval().to(device)
+    op = operator
+    if op is None and meta.get("operator"):
+        op = load_operator(meta["operator"]).to(device)
+    return LoadedModel(model, meta, op, p)
+
+
+def restore_setup(model, meta: dict[str, Any]) -> None:
+    """Re-apply model attributes recorded at save time (e.g. which priors are prunable)."""
+    for key, value in (meta.get("model_attrs") or {}).items():
+        if hasattr(model, key):
+            setattr(model, key, value)

@@ -1,0 +1,410 @@
+"""Structured channel pruning of the prior CNN(s) inside an MBDL model, with torch-pruning.
+
+Three separate steps, as in Torch-Pruning: find the priors and their real inputs
+(:func:`find_priors`), build the dependency graph and score channels (:func:`make_pruner`),
+then prune and verify (:func:`prune_priors`). Every silent failure mode of torch-pruning is
+guarded: inputs go as a tuple, gradients are enabled on every parameter while tracing,
+image-producing convs are ignored, norm parametrizations are removed and restored, and the
+result is checked (parameters dropped, shapes unchanged).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from .errors import MbdlError, PruningError
+
+IMPORTANCES = ("l1", "l2", "taylor", "lamp", "random")
+#: Default width multiple. CPU convolution kernels (oneDNN, AVX2/AVX-512) and CUDA tensor cores
+#: run widths that are multiples of 8 at full speed; odd widths (20, 42, 44) measured no faster
+#: than the unpruned model on CPU despite 2.3x fewer MACs.
+DEFAULT_ROUND_TO = 8
+LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+
+
+@dataclass
+class PruneConfig:
+    """What to prune and how; mirrors the ``prune`` command's options."""
+
+    ratio: float = 0.5
+    importance: str = "l1"
+    global_pruning: bool = False
+    iterative_steps: int = 1
+    round_to: int | None = DEFAULT_ROUND_TO
+    layer_ratios: dict[str, float] = field(default_factory=dict)
+    ignore: list[str] = field(default_factory=list)
+    priors: list[str] | None = None
+    max_layer_ratio: float = 0.9
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise MbdlError(f"--ratio {self.ratio} is outside (0, 1)", "give the fraction of channels to remove, e.g. --ratio 0.5")
+        if self.importance not in IMPORTANCES:
+            raise MbdlError(f"unknown --importance {self.importance!r}", f"use one of: {', '.join(IMPORTANCES)}")
+        if self.iterative_steps < 1:
+            raise MbdlError("--iterative-steps must be >= 1", "use e.g. --iterative-steps 1")
+        if self.round_to is not None and self.round_to < 1:
+            raise MbdlError("--round-to must be >= 1", "use 1 to disable rounding, or 8/16")
+        for name, r in self.layer_ratios.items():
+            if not 0.0 <= r < 1.0:
+                raise MbdlError(f"layer ratio {r} for {name!r} is outside [0, 1)", "fix the per-layer ratio")
+
+
+# -- discovering priors ------------------------------------------------------------------------
+@dataclass
+class PriorSite:
+    """One prunable prior: its dotted name, module, recorded inputs and calls per forward."""
+
+    name: str
+    module: nn.Module
+    inputs: tuple[torch.Tensor, ...]
+    calls: int = 0
+
+
+def _has_conv(m: nn.Module) -> bool:
+    return any(isinstance(s, nn.modules.conv._ConvNd) for s in m.modules())
+
+
+def candidate_prior_names(model: nn.Module) -> list[str]:
+    """Conv-bearing submodules (not the root), outermost first."""
+    return [n for n, m in model.named_modules() if n and _has_conv(m) and not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
+
+
+class _StopForward(Exception):
+    pass
+
+
+@contextmanager
+def _record_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list]]:
+    """Record the first inputs and the call count of each named submodule during a forward."""
+    seen: dict[str, list] = {}
+    handles = []
+    for name in names:
+        mod = model.get_submodule(name)
+
+        def hook(_m, args, _name=name):
+            entry = seen.setdefault(_name, [None, 0])
+            if entry[0] is None:
+                entry[0] = tuple(a.detach().clone() if torch.is_tensor(a) else a for a in args)
+            entry[1] += 1
+
+        handles.append(mod.register_forward_pre_hook(hook))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run_model(model: nn.Module, inputs: tuple, kind: str):
+    """Forward of an MBDL model ``model(y, op)`` or a bare prior ``model(x)``."""
+    return model(*inputs)
+
+
+@contextmanager
+def cheap_solver(model: nn.Module, max_iter: int = 3) -> Iterator[None]:
+    """Cap a DEQ's iterations while tracing: one call of each prior is all the trace needs."""
+    old = getattr(model, "max_iter", None)
+    if isinstance(old, int):
+        model.max_iter = min(old, max_iter)
+    try:
+        yield
+    finally:
+        if isinstance(old, int):
+            model.max_iter = old
+
+
+def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None) -> list[PriorSite]:
+    """Locate the prior(s): given names, the model's ``prior_paths()``, or auto-discovery.
+
+    Auto-discovery keeps the outermost conv-bearing submodules that the forward really calls.
+    A module called several times (a prior shared across iterations) appears once.
+    """
+    if names is None and hasattr(model, "prior_paths"):
+        names = list(model.prior_paths())
+    explicit = names is not None
+    cands = list(names) if explicit else candidate_prior_names(model)
+    for n in cands:
+        try:
+            model.get_submodule(n)
+        except AttributeError:
+            raise MbdlError(f"--prior {n!r} is not a submodule of the model", f"choose among: {', '.join(candidate_prior_names(model)[:8])}") from None
+    with torch.no_grad(), cheap_solver(model), _record_calls(model, cands) as seen:
+        run_model(model, inputs, "mbdl")
+    called = [n for n in cands if n in seen]
+    if explicit:
+        missing = [n for n in cands if n not in seen]
+        if missing:
+            raise MbdlError(f"prior {missing[0]!r} is never called by the model's forward", "name a submodule the forward uses (see `mbdlprune inspect`)")
+    else:  # outermost only
+        called = [n for n in called if not any(n.startswith(o + ".") for o in called if o != n)]
+    sites, ids = [], set()
+    for n in called:
+        mod = model.get_submodule(n)
+        if id(mod) in ids:
+            continue
+        ids.add(id(mod))
+        args, calls = seen[n]
+        sites.append(PriorSite(n, mod, args, calls))
+    if not sites:
+        raise MbdlError("no prior CNN with convolutions is called by the model", "pass --prior dotted.name of the CNN to prune")
+    return sites
+
+
+# -- guards ------------------------------------------------------------------------------------
+@contextmanager
+def grads_enabled(module: nn.Module) -> Iterator[None]:
+    """A frozen checkpoint traces nothing: enable grad on every parameter, then restore."""
+    flags = {p: p.requires_grad for p in module.parameters()}
+    for p in flags:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, f in flags.items():
+            if p.requires_grad != f:
+                p.requires_grad_(f)
+
+
+@contextmanager
+def norm_parametrizations_removed(module: nn.Module) -> Iterator[None]:
+    """Fold weight/spectral-norm parametrizations (new and legacy) into plain weights; restore after."""
+    from torch.nn.utils import parametrizations, parametrize
+
+    restore: list[Callable[[], Any]] = []
+    for m in list(module.modules()):
+        if parametrize.is_parametrized(m):
+            for pname in list(m.parametrizations.keys()):
+                kinds = [type(p).__name__ for p in m.parametrizations[pname]]
+                parametrize.remove_parametrizations(m, pname, leave_parametrized=True)
+                if "_WeightNorm" in kinds:
+                    restore.append(lambda m=m, n=pname: parametrizations.weight_norm(m, n, dim=0))
+                elif "_SpectralNorm" in kinds:
+                    restore.append(lambda m=m, n=pname: parametrizations.spectral_norm(m, n))
+                else:
+                    raise PruningError(f"parametrization {kinds} on {type(m).__name__}.{pname} cannot be pruned", "remove it before pruning")
+        for key, hook in list(m._forward_pre_hooks.items()):
+            hname = type(hook).__name__
+            if hname == "WeightNorm":
+                torch.nn.utils.remove_weight_norm(m, hook.name)
+                restore.append(lambda m=m, n=hook.name, d=hook.dim: torch.nn.utils.weight_norm(m, n, dim=d))
+            elif hname == "SpectralNorm":
+                torch.nn.utils.remove_spectral_norm(m, hook.name)
+                restore.append(lambda m=m, n=hook.name: torch.nn.utils.spectral_norm(m, n))
+    try:
+        yield
+    finally:
+        for fn in restore:
+            fn()
+
+
+def output_layers(model: nn.Module, prior: nn.Module, out_channels: int) -> list[nn.Module]:
+    """Layers that produce image channels: the model's declaration plus any conv of that width."""
+    declared = []
+    for owner in (prior, model):
+        if hasattr(owner, "output_layers"):
+            declared += list(owner.output_layers())
+    auto = [m for m in prior.modules() if isinstance(m, nn.modules.conv._ConvNd) and m.out_channels == out_channels]
+    auto += [m for m in prior.modules() if isinstance(m, nn.Linear) and m.out_features == out_channels]
+    inside = {id(m) for m in prior.modules()}
+    return [m for m in {id(m): m for m in declared + auto}.values() if id(m) in inside]
+
+
+def _layer_matches(name: str, patterns: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
+
+
+# -- measuring ---------------------------------------------------------------------------------
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def layer_widths(module: nn.Module) -> dict[str, int]:
+    """Output channels of every conv/linear layer, by name relative to ``module``."""
+    out = {}
+    for n, m in module.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            out[n] = int(m.out_channels)
+        elif isinstance(m, nn.Linear):
+            out[n] = int(m.out_features)
+    return out
+
+
+@torch.no_grad()
+def count_macs(module: nn.Module, inputs: tuple) -> int:
+    """Multiply-accumulates of conv and linear layers for one call on ``inputs``."""
+    total = [0]
+
+    def conv_hook(m, args, out):
+        if isinstance(m, nn.modules.conv._ConvTransposeNd):
+            total[0] += args[0].numel() * m.out_channels // m.groups * int(torch.tensor(m.kernel_size).prod())
+        else:
+            total[0] += out.numel() * (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+
+    def lin_hook(m, args, out):
+        total[0] += out.numel() * m.in_features
+
+    hs = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            hs.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            hs.append(m.register_forward_hook(lin_hook))
+    try:
+        module(*inputs)
+    finally:
+        for h in hs:
+            h.remove()
+    return int(total[0])
+
+
+# -- pruning -----------------------------------------------------------------------------------
+def make_importance(name: str):
+    import torch_pruning as tp
+
+    if name == "l1":
+        return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean")
+    if name == "l2":
+        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean")
+    if name == "lamp":
+        return tp.importance.LAMPImportance(p=2)
+    if name == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    if name == "random":
+        return tp.importance.RandomImportance()
+    raise MbdlError(f"unknown importance {name!r}", f"use one of: {', '.join(IMPORTANCES)}")
+
+
+def make_pruner(prior: nn.Module, inputs: tuple, cfg: PruneConfig, ignored: list[nn.Module], prefix: str):
+    """Build the dependency graph of one prior on its real input and set up the pruner."""
+    import torch_pruning as tp
+
+    ratio_dict = {}
+    for n, m in prior.named_modules():
+        full = f"{prefix}.{n}" if n else prefix
+        for pat, r in cfg.layer_ratios.items():
+            if isinstance(m, LAYER_TYPES) and _layer_matches(full, [pat]):
+                ratio_dict[m] = r
+    return tp.pruner.MetaPruner(
+        prior,
+        example_inputs=tuple(inputs),
+        importance=make_importance(cfg.importance),
+        global_pruning=cfg.global_pruning,
+        pruning_ratio=cfg.ratio,
+        pruning_ratio_dict=ratio_dict or None,
+        max_pruning_ratio=cfg.max_layer_ratio,
+        iterative_steps=cfg.iterative_steps,
+        round_to=cfg.round_to if cfg.round_to and cfg.round_to > 1 else None,
+        ignored_layers=ignored,
+    )
+
+
+def _taylor_backward(prior: nn.Module, inputs: tuple) -> None:
+    """Taylor importance needs gradients: use the prior's output energy on its traced input."""
+    prior.zero_grad(set_to_none=True)
+    out = prior(*inputs)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    out.pow(2).mean().backward()
+
+
+def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str, Any]:
+    """Prune one prior in place; return its record (widths, params, MACs, history)."""
+    prior, inputs = site.module, tuple(site.inputs)
+    if not inputs or not torch.is_tensor(inputs[0]):
+        raise PruningError(f"prior {site.name!r} is not called with a tensor", "pass --prior naming a CNN that takes an image tensor")
+    with torch.no_grad():
+        ref_out = prior(*inputs)
+    ref_shape = tuple((ref_out[0] if isinstance(ref_out, (tuple, list)) else ref_out).shape)
+    out_ch = ref_shape[1]
+    before_widths = layer_widths(prior)
+    before_params = count_params(prior)
+    before_macs = count_macs(prior, inputs)
+    ignored = output_layers(model, prior, out_ch)
+    ignored += [m for n, m in prior.named_modules() if n and _layer_matches(f"{site.name}.{n}", cfg.ignore)]
+    was_training = prior.training
+    prior.eval()
+    with norm_parametrizations_removed(prior), grads_enabled(prior):
+        pruner = make_pruner(prior, inputs, cfg, ignored, site.name)
+        for _ in range(cfg.iterative_steps):
+            if cfg.importance == "taylor":
+                _taylor_backward(prior, inputs)
+            pruner.step()
+        history = pruner.pruning_history()
+        prior.zero_grad(set_to_none=True)
+    prior.train(was_training)
+    after_params = count_params(prior)
+    with torch.no_grad():
+        out = prior(*inputs)
+    out_shape = tuple((out[0] if isinstance(out, (tuple, list)) else out).shape)
+    if out_shape != ref_shape:
+        raise PruningError(f"pruning changed the output of {site.name!r} from {ref_shape} to {out_shape}", "add the layer that produces the image to --ignore")
+    after_widths = layer_widths(prior)
+    return {
+        "calls_per_forward": site.calls,
+        "input_shape": [list(t.shape) for t in inputs if torch.is_tensor(t)],
+        "params_before": before_params,
+        "params_after": after_params,
+        "macs_before": before_macs,
+        "macs_after": count_macs(prior, inputs),
+        "widths": {k: [before_widths[k], after_widths.get(k, 0)] for k in before_widths},
+        "ignored": sorted(f"{site.name}.{n}" for n, m in prior.named_modules() if any(m is i for i in ignored)),
+        "history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
+    }
+
+
+def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str, Any]:
+    """Prune every prior of ``model`` (traced with ``inputs``) and verify the whole model.
+
+    Returns the pruning record stored in checkpoints. Raises PruningError when nothing was
+    removed or the model's output shape changed.
+    """
+    cfg.validate()
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    with torch.no_grad(), cheap_solver(model):
+        ref = run_model(model, inputs, "mbdl")
+    total_before = count_params(model)
+    sites = find_priors(model, inputs, cfg.priors)
+    records = {s.name: prune_site(model, s, cfg) for s in sites}
+    total_after = count_params(model)
+    if total_after >= total_before:
+        raise PruningError(
+            f"pruning removed no parameters at ratio {cfg.ratio}",
+            "raise --ratio, lower --round-to, or check --ignore does not cover every layer",
+        )
+    with torch.no_grad(), cheap_solver(model):
+        out = run_model(model, inputs, "mbdl")
+    if tuple(out.shape) != tuple(ref.shape):
+        raise PruningError(f"the pruned model maps inputs to {tuple(out.shape)}, not {tuple(ref.shape)}", "report this model; add its output layers to --ignore")
+    return {
+        "ratio": cfg.ratio,
+        "importance": cfg.importance,
+        "global": cfg.global_pruning,
+        "iterative_steps": cfg.iterative_steps,
+        "round_to": cfg.round_to,
+        "layer_ratios": cfg.layer_ratios,
+        "ignore": cfg.ignore,
+        "seed": cfg.seed,
+        "params_before": total_before,
+        "params_after": total_after,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "priors": records,
+    }
+
+
+def achieved_ratios(record: dict[str, Any]) -> dict[str, float]:
+    """Fraction of output channels removed per layer (may exceed the request near norm groups)."""
+    out = {}
+    for prior, rec in record.get("priors", {}).items():
+        for layer, (before, after) in rec["widths"].items():
+            out[f"{prior}.{layer}" if layer else prior] = 1.0 - after / before if before else 0.0
+    return out
