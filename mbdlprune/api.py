@@ -131,13 +131,15 @@ def prune_model(
             raise MbdlError("--prune-sensitivity applies to e2e-varnet only", "drop the flag")
         model.prune_sensitivity = True
         model_attrs["prune_sensitivity"] = True
+    if arch_spec.kind == "prior" and priors is None:
+        cfg.priors = [""]  # a bare prior is its own (only) prior
     model.eval()
     inputs = example_inputs(model, arch_spec.kind, op, image_size, seed)
     record = prune_priors(model, inputs, cfg)
     record["previous"] = (parent_meta or {}).get("pruning")
     meta = {
         "arch": arch_spec.to_dict(),
-        "operator": op.spec if op is not None else None,
+        "operator": getattr(op, "spec", None) if op is not None else None,
         "pruning": record,
         "parent_sha256": parent_sha256,
         "model_attrs": {**((parent_meta or {}).get("model_attrs") or {}), **model_attrs},

@@ -219,6 +219,11 @@ def output_layers(model: nn.Module, prior: nn.Module, out_channels: int) -> list
     return [m for m in {id(m): m for m in declared + auto}.values() if id(m) in inside]
 
 
+def join_name(prefix: str, name: str) -> str:
+    """Dotted name of ``name`` inside the submodule ``prefix`` ("" is the root)."""
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
 def _layer_matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
 
@@ -290,7 +295,7 @@ def make_pruner(prior: nn.Module, inputs: tuple, cfg: PruneConfig, ignored: list
 
     ratio_dict = {}
     for n, m in prior.named_modules():
-        full = f"{prefix}.{n}" if n else prefix
+        full = join_name(prefix, n)
         for pat, r in cfg.layer_ratios.items():
             if isinstance(m, LAYER_TYPES) and _layer_matches(full, [pat]):
                 ratio_dict[m] = r
@@ -329,7 +334,7 @@ def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str,
     before_params = count_params(prior)
     before_macs = count_macs(prior, inputs)
     ignored = output_layers(model, prior, out_ch)
-    ignored += [m for n, m in prior.named_modules() if n and _layer_matches(f"{site.name}.{n}", cfg.ignore)]
+    ignored += [m for n, m in prior.named_modules() if n and _layer_matches(join_name(site.name, n), cfg.ignore)]
     was_training = prior.training
     prior.eval()
     with norm_parametrizations_removed(prior), grads_enabled(prior):
@@ -356,7 +361,7 @@ def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str,
         "macs_before": before_macs,
         "macs_after": count_macs(prior, inputs),
         "widths": {k: [before_widths[k], after_widths.get(k, 0)] for k in before_widths},
-        "ignored": sorted(f"{site.name}.{n}" for n, m in prior.named_modules() if any(m is i for i in ignored)),
+        "ignored": sorted(join_name(site.name, n) for n, m in prior.named_modules() if any(m is i for i in ignored)),
         "history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
     }
 
@@ -406,5 +411,5 @@ def achieved_ratios(record: dict[str, Any]) -> dict[str, float]:
     out = {}
     for prior, rec in record.get("priors", {}).items():
         for layer, (before, after) in rec["widths"].items():
-            out[f"{prior}.{layer}" if layer else prior] = 1.0 - after / before if before else 0.0
+            out[join_name(prior, layer)] = 1.0 - after / before if before else 0.0
     return out
