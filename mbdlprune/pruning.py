@@ -163,16 +163,16 @@ def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None)
 @contextmanager
 def grads_enabled(module: nn.Module) -> Iterator[None]:
     """A frozen checkpoint traces nothing: enable grad on every parameter, then restore."""
-    flags = {p: p.requires_grad for p in module.parameters()}
-    for p in flags:
+    # pruning replaces Parameter objects, so flags are restored by name
+    flags = {n: p.requires_grad for n, p in module.named_parameters()}
+    for p in module.parameters():
         p.requires_grad_(True)
     try:
         with torch.enable_grad():
             yield
     finally:
-        for p, f in flags.items():
-            if p.requires_grad != f:
-                p.requires_grad_(f)
+        for n, p in module.named_parameters():
+            p.requires_grad_(flags.get(n, True))
 
 
 @contextmanager
@@ -185,9 +185,10 @@ def norm_parametrizations_removed(module: nn.Module) -> Iterator[None]:
         if parametrize.is_parametrized(m):
             for pname in list(m.parametrizations.keys()):
                 kinds = [type(p).__name__ for p in m.parametrizations[pname]]
+                wn_dim = next((getattr(p, "dim", 0) for p in m.parametrizations[pname]), 0)
                 parametrize.remove_parametrizations(m, pname, leave_parametrized=True)
                 if "_WeightNorm" in kinds:
-                    restore.append(lambda m=m, n=pname: parametrizations.weight_norm(m, n, dim=0))
+                    restore.append(lambda m=m, n=pname, d=wn_dim: parametrizations.weight_norm(m, n, dim=d))
                 elif "_SpectralNorm" in kinds:
                     restore.append(lambda m=m, n=pname: parametrizations.spectral_norm(m, n))
                 else:

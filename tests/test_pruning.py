@@ -1,0 +1,202 @@
+"""Pruning: coherence across residual/concatenation paths, guards, reports."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from mbdlprune.api import example_inputs, prune_model
+from mbdlprune.errors import MbdlError, PruningError
+from mbdlprune.models import list_archs
+from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+from mbdlprune.models.user import build_arch
+from mbdlprune.operators import load_operator
+from mbdlprune.pruning import PruneConfig, count_params, find_priors, prune_priors
+
+MRI_SPEC = {"operator": {"kind": "mri", "image_size": list(SMALL_IMAGE_SIZE), "acceleration": 4, "coils": 3}}
+
+
+def small(name: str):
+    model, spec = build_arch(name, small_args(name))
+    op = load_operator(MRI_SPEC) if spec.kind == "mbdl" else None
+    return model.eval(), spec, op
+
+
+def zero_group_channels(model: nn.Module, inputs: tuple, history) -> None:
+    """Zero, in ``model``, every channel that pruning removed (all coupled layers of each group)."""
+    import torch_pruning as tp
+
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=inputs)
+    with torch.no_grad():
+        for name, is_out, idxs in history:
+            module = model.get_submodule(name)
+            pruner = dg.get_pruner_of_module(module)
+            fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+            for dep, dep_idxs in dg.get_pruning_group(module, fn, idxs):
+                if not dg.is_out_channel_pruning_fn(dep.handler):
+                    continue
+                m = dep.target.module
+                ix = torch.as_tensor(list(dep_idxs), dtype=torch.long)
+                if isinstance(m, nn.modules.conv._ConvTransposeNd):
+                    m.weight[:, ix] = 0
+                elif isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                    m.weight[ix] = 0
+                elif getattr(m, "weight", None) is not None:  # norm layers
+                    m.weight[ix] = 0
+                if getattr(m, "bias", None) is not None:
+                    m.bias[ix] = 0
+
+
+@pytest.mark.parametrize("prior_name", ["edsr", "dncnn", "unet"])
+def test_pruned_prior_equals_zeroed_prior(prior_name):
+    """Residual (EDSR, DnCNN) and concatenation (U-Net) paths are pruned coherently."""
+    torch.manual_seed(0)
+    args = {"edsr": {"n_feats": 16, "n_blocks": 3}, "dncnn": {"features": 16, "depth": 5, "batchnorm": True},
+            "unet": {"chans": 8, "num_pool_layers": 2}}[prior_name]
+    model, spec = build_arch(prior_name, args)
+    model.eval()
+    for m in model.modules():  # non-trivial norm statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    original = copy.deepcopy(model)
+    x = torch.randn(2, 2, 24, 24)
+    res = prune_model(model, spec, None, ratio=0.5, round_to=1, image_size=(24, 24))
+    rec = res.meta["pruning"]["priors"][""]
+    assert res.report["params_after"] < res.report["params_before"]
+    zero_group_channels(original, (x,), rec["history"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", list_archs("mbdl"))
+def test_every_mbdl_arch_prunes_and_keeps_shapes(arch):
+    model, spec, op = small(arch)
+    inputs = example_inputs(model, spec.kind, op)
+    with torch.no_grad():
+        before = model(*inputs).shape
+    res = prune_model(model, spec, op, ratio=0.5, round_to=1)
+    assert res.report["params_after"] < res.report["params_before"]
+    with torch.no_grad():
+        assert model(*inputs).shape == before
+    for name, rec in res.meta["pruning"]["priors"].items():
+        assert rec["params_after"] < rec["params_before"], name
+        assert rec["macs_after"] < rec["macs_before"], name
+        for layer in rec["ignored"]:  # image-producing layers keep their width
+            short = layer[len(name) + 1:] if name else layer
+            assert rec["widths"][short][0] == rec["widths"][short][1]
+
+
+def test_shared_prior_pruned_once_and_per_cascade_each():
+    shared, spec, op = small("unrolled")
+    res = prune_model(shared, spec, op, ratio=0.5, round_to=1)
+    assert list(res.meta["pruning"]["priors"]) == ["prior"]
+    assert res.meta["pruning"]["priors"]["prior"]["calls_per_forward"] == spec.args["steps"]
+    args = {**small_args("unrolled"), "shared": False}
+    model, spec = build_arch("unrolled", args)
+    res = prune_model(model, spec, op, ratio=0.5, round_to=1)
+    assert sorted(res.meta["pruning"]["priors"]) == [f"priors.{i}" for i in range(args["steps"])]
+
+
+def test_e2e_varnet_sensitivity_kept_unless_asked():
+    model, spec, op = small("e2e-varnet")
+    sens_before = count_params(model.sens_net)
+    prune_model(model, spec, op, ratio=0.5, round_to=1)
+    assert count_params(model.sens_net) == sens_before
+    model, spec, op = small("e2e-varnet")
+    res = prune_model(model, spec, op, ratio=0.5, round_to=1, prune_sensitivity=True)
+    assert "sens_net.norm_unet.unet" in res.meta["pruning"]["priors"]
+    assert count_params(model.sens_net) < sens_before
+
+
+def test_frozen_checkpoint_still_prunes():
+    model, spec, op = small("deq-edsr")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    res = prune_model(model, spec, op, ratio=0.5, round_to=1)
+    assert res.report["params_after"] < res.report["params_before"]
+    assert not any(p.requires_grad for p in model.parameters())  # flags restored
+
+
+@pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm", "legacy_weight_norm"])
+def test_norm_parametrizations_removed_and_restored(norm):
+    from torch.nn.utils import parametrizations, parametrize
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(1, 16, 3, padding=1)
+            self.b = nn.Conv2d(16, 16, 3, padding=1)
+            self.c = nn.Conv2d(16, 1, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(torch.relu(self.a(x)))))
+
+    net = Net()
+    wrap = {"weight_norm": parametrizations.weight_norm, "spectral_norm": parametrizations.spectral_norm,
+            "legacy_weight_norm": torch.nn.utils.weight_norm}[norm]
+    wrap(net.b)
+    x = torch.randn(2, 1, 12, 12)
+    record = prune_priors(net, (x,), PruneConfig(ratio=0.5, round_to=1, priors=[""]))
+    assert record["params_after"] < record["params_before"]
+    assert net.b.weight.shape[0] == 8
+    if norm == "legacy_weight_norm":
+        assert hasattr(net.b, "weight_g") and net.b.weight_g.shape[0] == 8
+    else:
+        assert parametrize.is_parametrized(net.b, "weight")
+    assert net(x).shape == x.shape
+
+
+def test_round_to_gives_multiples_and_reports_achieved_ratio():
+    model, spec = build_arch("edsr", {"n_feats": 24, "n_blocks": 2})
+    res = prune_model(model, spec, None, ratio=0.3, round_to=8, image_size=(16, 16))
+    widths = res.meta["pruning"]["priors"][""]["widths"]
+    inner = [after for name, (before, after) in widths.items() if before == 24]
+    assert inner and all(w % 8 == 0 for w in inner)
+    assert res.report["priors"][""]["achieved_channel_ratio"] > 0
+
+
+def test_user_model_priors_found_automatically():
+    class Prior(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Conv2d(2, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 2, 3, padding=1))
+
+        def forward(self, x):
+            return x + self.net(x)
+
+    class Loop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.denoisers = nn.ModuleList([Prior(), Prior()])
+            self.unused = Prior()
+
+        def forward(self, y, op):
+            x = op.A_adjoint(y)
+            for d in self.denoisers:
+                x = d(x - 0.5 * op.A_adjoint(op.A(x) - y))
+            return x
+
+    op = load_operator(MRI_SPEC)
+    model = Loop()
+    inputs = example_inputs(model, "mbdl", op)
+    sites = find_priors(model, inputs)
+    assert [s.name for s in sites] == ["denoisers.0", "denoisers.1"]
+    assert all(s.inputs[0].shape == (1, 2, *SMALL_IMAGE_SIZE) for s in sites)
+
+
+def test_bad_ratio_and_unknown_prior():
+    model, spec, op = small("deq-edsr")
+    with pytest.raises(MbdlError, match="outside"):
+        prune_model(model, spec, op, ratio=1.2)
+    with pytest.raises(MbdlError, match="not a submodule"):
+        prune_model(model, spec, op, ratio=0.5, priors=["nope"])
+
+
+def test_nothing_pruned_is_an_error():
+    model, spec, op = small("deq-edsr")
+    with pytest.raises(PruningError, match="no parameters"):
+        prune_model(model, spec, op, ratio=0.5, ignore=["prior.*"])
