@@ -1,0 +1,1232 @@
+"""Fair side-by-side benchmark of an original MBDL model and its pruned (fine-tuned) versions.
+
+Fairness rules (see docs/bench.md):
+
+* every model sees the same measurements (simulated once from the evaluation images with the
+  operator and a fixed seed) and the same timing batch;
+* every DEQ runs with the same solver, tolerance and iteration cap — the first model's,
+  unless overridden for all — and the report gives iterations and residuals;
+* timing is interleaved: each round runs every model once (in rotating order), so clock and
+  thermal drift hits all models alike; medians and p10/p90 are reported, not means;
+* costs (prior MACs) are counted on the reconstructions actually run, so DEQ iteration
+  counts are part of the per-reconstruction cost;
+* a fine-tuned model whose training data overlaps the evaluation data is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import DataError, MbdlError
+
+SCHEMA_VERSION = 1
+DEFAULT_WARMUP = 10
+DEFAULT_REPEATS = 30
+ROLES = ("original", "pruned", "control")
+
+
+# ------------------------------------------------------------------------------ models
+@dataclass
+class BenchModel:
+    """One model to benchmark: the module, its metadata and operator, and how to call it."""
+
+    label: str
+    model: Any
+    meta: dict[str, Any] = field(default_factory=dict)
+    operator: Any = None
+    path: str | None = None
+    role: str = "pruned"
+
+
+def _label_for(path: str | Path, taken: set[str]) -> str:
+    base = Path(path).name
+    if base.endswith(".safetensors"):
+        base = base[: -len(".safetensors")]
+    label, i = base, 2
+    while label in taken:
+        label, i = f"{base}#{i}", i + 1
+    return label
+
+
+def load_bench_models(models: Sequence[Any], arch: str | None = None, device: str = "cpu") -> list[BenchModel]:
+    """Paths, :class:`io.LoadedModel` objects or :class:`BenchModel` s -> a list of BenchModel.
+
+    The first model is the reference ("original"); the others are "pruned" unless their
+    role says otherwise.
+    """
+    from .io import LoadedModel, load_model
+
+    out: list[BenchModel] = []
+    taken: set[str] = set()
+    for i, m in enumerate(models):
+        if isinstance(m, BenchModel):
+            bm = m
+        elif isinstance(m, LoadedModel):
+            bm = BenchModel(_label_for(m.path, taken), m.model, dict(m.meta), m.operator, str(m.path))
+        elif isinstance(m, (str, Path)):
+            lm = load_model(m, arch=arch, device="cpu")
+            bm = BenchModel(_label_for(m, taken), lm.model, dict(lm.meta), lm.operator, str(m))
+        else:
+            raise MbdlError(f"cannot benchmark a {type(m).__name__}", "pass model file paths")
+        if i == 0 and not isinstance(m, BenchModel):
+            bm.role = "original"
+        taken.add(bm.label)
+        out.append(bm)
+    if len(out) < 1:
+        raise MbdlError("no models to benchmark", "pass the original model and at least one pruned model")
+    return out
+
+
+# ------------------------------------------------------------------------------ devices
+def device_info(device: str) -> dict[str, Any]:
+    """Resolve ``device`` ("auto" included) and describe it: name, threads, fallback note."""
+    import torch
+
+    note = None
+    requested = device
+    if device == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        else:
+            device = "cpu"
+            note = "--device auto: no CUDA device available, fell back to CPU"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise MbdlError(f"--device {device} asked for CUDA, but no CUDA device is available", "use --device cpu or --device auto")
+    elif device != "cpu" and not device.startswith("cuda"):
+        raise MbdlError(f"unknown --device {device!r}", "use cpu, cuda, cuda:N or auto")
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = _cpu_name()
+    return {
+        "requested": requested,
+        "device": device,
+        "name": name,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(terse=True),
+        "note": note,
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(torch.device(device))
+
+
+# ------------------------------------------------------------------------------ memory
+class _MemoryProbe:
+    """Peak memory around one call: CUDA max allocated, or the process's peak RSS (VmHWM).
+
+    On Linux the RSS high-water mark is reset before each call (``/proc/self/clear_refs``),
+    so the CPU figure belongs to that call; elsewhere it is the process lifetime peak.
+    ``extra`` is the peak minus what was in use just before the call (the working memory).
+    """
+
+    def __init__(self, device: str):
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        self.can_reset = False
+        if not self.cuda:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+                self.can_reset = _read_status("VmHWM") is not None
+            except OSError:
+                self.can_reset = False
+        self.kind = (
+            "cuda max allocated" if self.cuda
+            else "process peak RSS (reset per call)" if self.can_reset
+            else "process peak RSS (lifetime)"
+        )
+        self.peak = 0
+        self.extra = 0
+
+    def before(self) -> None:
+        import torch
+
+        if self.cuda:
+            dev = torch.device(self.device)
+            torch.cuda.reset_peak_memory_stats(dev)
+            self._base = torch.cuda.memory_allocated(dev)
+        elif self.can_reset:
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+            self._base = (_read_status("VmRSS") or 0)
+        else:
+            self._base = _maxrss_bytes()
+
+    def after(self) -> None:
+        import torch
+
+        if self.cuda:
+            peak = torch.cuda.max_memory_allocated(torch.device(self.device))
+        elif self.can_reset:
+            peak = _read_status("VmHWM") or 0
+        else:
+            peak = _maxrss_bytes()
+        self.peak = max(self.peak, peak)
+        self.extra = max(self.extra, peak - self._base)
+
+
+def _read_status(key: str) -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _maxrss_bytes() -> int:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)
+
+
+# ------------------------------------------------------------------------------ timing
+@dataclass
+class TimingResult:
+    """Latency of one batched reconstruction over ``repeats`` runs (after ``warmup``)."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    min_ms: float
+    throughput: float  # images per second at the median
+    batch_size: int
+    warmup: int
+    repeats: int
+    peak_memory_mb: float
+    peak_extra_memory_mb: float
+    memory_kind: str
+    method: str
+    iterations_mean: float | None = None
+    residual_final: float | None = None
+    converged_fraction: float | None = None
+    samples_ms: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["samples_ms"] = [round(s, 4) for s in self.samples_ms]
+        return d
+
+
+def _percentile(xs: Sequence[float], q: float) -> float:
+    s = sorted(xs)
+    if not s:
+        return math.nan
+    pos = (len(s) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+class _Timer:
+    """Times one call: CUDA events plus synchronize on GPUs, perf_counter on CPUs."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.device = device
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            self.start = torch.cuda.Event(enable_timing=True)
+            self.end = torch.cuda.Event(enable_timing=True)
+        self.method = "CUDA events, synchronized" if self.cuda else "time.perf_counter"
+
+    def __call__(self, fn) -> float:
+        if self.cuda:
+            _sync(self.device)
+            self.start.record()
+            fn()
+            self.end.record()
+            self.end.synchronize()
+            return float(self.start.elapsed_time(self.end))
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+
+
+def _timing_batch(y, batch_size: int):
+    """The first ``batch_size`` measurements, tiled when there are fewer."""
+    import torch
+
+    n = y.shape[0]
+    if n >= batch_size:
+        return y[:batch_size]
+    reps = math.ceil(batch_size / n)
+    return torch.cat([y] * reps)[:batch_size]
+
+
+def time_models(models: Sequence[Any], y, op, device: str, warmup: int = DEFAULT_WARMUP,
+                repeats: int = DEFAULT_REPEATS, batch_size: int = 1, interleave: bool = True) -> list[TimingResult]:
+    """Time several models on the same batch of measurements.
+
+    Each model gets ``warmup`` untimed runs; then ``repeats`` rounds, each running every
+    model once (order rotated per round when ``interleave``), so drift is shared. DEQ models
+    report the mean iteration count and final residual of their timed runs (``last_info``).
+    """
+    import torch
+
+    if repeats < 1:
+        raise MbdlError(f"--repeats must be >= 1, got {repeats}", "use e.g. --repeats 30")
+    if warmup < 0:
+        raise MbdlError(f"--warmup must be >= 0, got {warmup}", "use e.g. --warmup 10")
+    if batch_size < 1:
+        raise MbdlError(f"--batch-size must be >= 1, got {batch_size}", "use e.g. --batch-size 1")
+    yb = _timing_batch(y, batch_size).to(device)
+    timer = _Timer(device)
+    samples: list[list[float]] = [[] for _ in models]
+    infos: list[list[dict]] = [[] for _ in models]
+    probes = [_MemoryProbe(device) for _ in models]
+    with torch.inference_mode():
+        for m in models:
+            for _ in range(warmup):
+                m(yb, op)
+            _sync(device)
+        order = list(range(len(models)))
+        for r in range(repeats):
+            if interleave and len(order) > 1:
+                k = r % len(order)
+                seq = order[k:] + order[:k]
+            else:
+                seq = order
+            for i in seq:
+                m = models[i]
+                probes[i].before()
+                samples[i].append(timer(lambda: m(yb, op)))
+                probes[i].after()
+                info = getattr(m, "last_info", None)
+                if isinstance(info, Mapping) and "residual" in info:
+                    infos[i].append(dict(info))
+    results = []
+    for i in range(len(models)):
+        s = samples[i]
+        med = statistics.median(s)
+        its = [float(d.get("iterations", math.nan)) for d in infos[i]]
+        results.append(TimingResult(
+            median_ms=med, p10_ms=_percentile(s, 0.1), p90_ms=_percentile(s, 0.9), mean_ms=statistics.fmean(s),
+            min_ms=min(s), throughput=batch_size / (med / 1e3) if med > 0 else math.inf, batch_size=batch_size,
+            warmup=warmup, repeats=repeats, peak_memory_mb=probes[i].peak / 2**20,
+            peak_extra_memory_mb=probes[i].extra / 2**20, memory_kind=probes[i].kind, method=timer.method,
+            iterations_mean=statistics.fmean(its) if its else None,
+            residual_final=float(infos[i][-1].get("residual")) if infos[i] else None,
+            converged_fraction=statistics.fmean(bool(d.get("converged")) for d in infos[i]) if infos[i] else None,
+            samples_ms=s,
+        ))
+    return results
+
+
+def time_model(model, y, op, device: str = "cpu", warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
+               batch_size: int = 1) -> TimingResult:
+    """Time one model (see :func:`time_models`): median/p10/p90 ms, images/s, peak memory, DEQ iterations."""
+    return time_models([model], y, op, device, warmup, repeats, batch_size)[0]
+
+
+# ------------------------------------------------------------------------------ solver settings
+SOLVER_KEYS = ("solver", "tol", "max_iter")
+
+
+def is_deq(model) -> bool:
+    return all(hasattr(model, k) for k in SOLVER_KEYS)
+
+
+def common_solver_settings(models: Sequence[BenchModel], solver: str | None = None, tol: float | None = None,
+                           max_iter: int | None = None) -> dict[str, Any] | None:
+    """The solver settings every DEQ will run with: the first DEQ's, with overrides for all."""
+    deqs = [m for m in models if is_deq(m.model)]
+    if not deqs:
+        if any(v is not None for v in (solver, tol, max_iter)):
+            raise MbdlError("--solver/--tol/--max-iter apply to DEQ models, and none of these models is one",
+                            "drop those options")
+        return None
+    ref = deqs[0].model
+    settings = {"solver": ref.solver, "tol": float(ref.tol), "max_iter": int(ref.max_iter)}
+    overridden = []
+    for key, value in (("solver", solver), ("tol", tol), ("max_iter", max_iter)):
+        if value is not None:
+            settings[key] = value
+            overridden.append(key)
+    if settings["tol"] is not None and not float(settings["tol"]) > 0:
+        raise MbdlError(f"--tol must be positive, got {settings['tol']}", "use e.g. --tol 1e-4")
+    if int(settings["max_iter"]) < 1:
+        raise MbdlError(f"--max-iter must be >= 1, got {settings['max_iter']}", "use e.g. --max-iter 100")
+    from .models.solvers import SOLVERS
+
+    if settings["solver"] not in SOLVERS:
+        raise MbdlError(f"unknown --solver {settings['solver']!r}", f"use one of: {', '.join(SOLVERS.names())}")
+    settings["source"] = f"{deqs[0].label} (first DEQ)" + (f"; overridden for all: {', '.join(overridden)}" if overridden else "")
+    settings["stored"] = {m.label: {k: getattr(m.model, k) for k in SOLVER_KEYS} for m in deqs}
+    return settings
+
+
+def apply_solver_settings(models: Sequence[BenchModel], settings: Mapping[str, Any] | None) -> None:
+    if not settings:
+        return
+    for m in models:
+        if is_deq(m.model):
+            m.model.solver = settings["solver"]
+            m.model.tol = float(settings["tol"])
+            m.model.max_iter = int(settings["max_iter"])
+
+
+# ------------------------------------------------------------------------------ operators
+def _canonical(spec: Any) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def common_operator(models: Sequence[BenchModel], operator: Any = None):
+    """The one operator all models run with; disagreeing recorded operators are an error."""
+    from .operators import load_operator
+
+    if operator is not None:
+        if not (hasattr(operator, "A") and hasattr(operator, "A_adjoint")):
+            operator = load_operator(operator)
+        return operator, "given (--operator), used for every model"
+    specs = [(m.label, (m.meta or {}).get("operator") or getattr(m.operator, "spec", None)) for m in models]
+    known = [(lbl, s) for lbl, s in specs if s]
+    missing = [lbl for lbl, s in specs if not s]
+    if not known:
+        if models[0].operator is not None:
+            return models[0].operator, f"from {models[0].label}"
+        raise MbdlError("none of the models records its operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
+    if missing and models[0].operator is None:
+        raise MbdlError(f"{', '.join(missing)} records no operator", "pass --operator SPEC to use one operator for all models")
+    ref_label, ref = known[0]
+    for lbl, s in known[1:]:
+        if _canonical(s) != _canonical(ref):
+            diff = _spec_difference(ref, s)
+            raise MbdlError(
+                f"{lbl} was built for a different operator than {ref_label} ({diff})",
+                "benchmark models of the same operator, or pass --operator to run all with one",
+            )
+    op = next((m.operator for m in models if m.operator is not None), None)
+    if op is None:
+        op = load_operator(ref)
+    return op, f"recorded in {ref_label}" + (" (identical in all models)" if len(known) > 1 else "")
+
+
+def _spec_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    keys = sorted(set(a) | set(b))
+    for k in keys:
+        if _canonical(a.get(k)) != _canonical(b.get(k)):
+            return f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
+    return "specs differ"
+
+
+# ------------------------------------------------------------------------------ data
+@dataclass
+class EvalData:
+    """Ground-truth evaluation images and where they came from."""
+
+    images: Any  # (N, C, H, W) tensor
+    source: str
+    hashes: list[str]
+    files: list[str] = field(default_factory=list)
+
+
+def tensor_sha256(t) -> str:
+    import hashlib
+
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def load_eval_data(data: Any, op, max_images: int | None = None, fit: str = "error") -> EvalData:
+    """Evaluation images from a tensor (N, C, H, W), or from volume files via :mod:`mbdlprune.data`."""
+    import torch
+
+    if isinstance(data, EvalData):
+        ev = data
+    elif torch.is_tensor(data):
+        imgs = data.detach().float()
+        if imgs.dim() == 3:
+            imgs = imgs[:, None]
+        ev = EvalData(imgs, f"tensor {tuple(imgs.shape)}", [tensor_sha256(imgs)])
+    elif isinstance(data, (str, Path)) or (isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, Path)) for d in data)):
+        ev = _load_volumes(data, op, fit)
+    else:
+        raise DataError(f"cannot use {type(data).__name__} as evaluation data", "pass a NIfTI/HDF5 file or folder (--data PATH)")
+    if ev.images.dim() != 4 or ev.images.shape[0] == 0:
+        raise DataError(f"evaluation data has shape {tuple(ev.images.shape)}", "give at least one image (N, C, H, W)")
+    if tuple(ev.images.shape[1:]) != tuple(op.image_shape):
+        raise DataError(
+            f"evaluation images are {tuple(ev.images.shape[1:])}, the operator takes {tuple(op.image_shape)}",
+            "set the operator's image_size/channels to the data, or resample the data",
+        )
+    if max_images is not None and ev.images.shape[0] > max_images:
+        ev = EvalData(ev.images[:max_images], ev.source + f" (first {max_images} images)", ev.hashes, ev.files)
+    return ev
+
+
+def _load_volumes(data: Any, op, fit: str = "error") -> EvalData:
+    import torch
+
+    try:
+        from . import data as D
+    except ImportError as e:  # pragma: no cover - the data module ships with the package
+        raise DataError(f"reading volume files needs mbdlprune.data ({e})", "pass images as a tensor") from None
+    paths = [data] if isinstance(data, (str, Path)) else list(data)
+    volumes = []
+    for p in paths:
+        if not Path(p).exists():
+            raise DataError(f"evaluation data {str(p)!r} does not exist", "check --data")
+        volumes.extend(D.read_volumes(p))
+    if not volumes:
+        raise DataError(f"no volumes found in {', '.join(map(str, paths))}", "point --data at NIfTI or HDF5 files")
+    kinds = {v.kind for v in volumes}
+    if kinds != {"image"}:
+        raise DataError("evaluation data must be images (ground truth), not k-space",
+                        "pass image files (NIfTI, NumPy, fastMRI reconstruction_rss) as --data")
+    imgs = torch.cat([D.slices_to_images(v, op, fit=fit) for v in volumes]).float()
+    hashes = sorted({v.sha256 for v in volumes if getattr(v, "sha256", None)})
+    files = sorted({str(getattr(v, "path", "")) for v in volumes})
+    return EvalData(imgs, ", ".join(map(str, paths)), hashes, files)
+
+
+def simulate_measurements(images, op, seed: int = 0):
+    """y = A x + noise with a fixed seed (noise drawn on the CPU, so every device sees the same y)."""
+    import torch
+
+    try:
+        from .data import simulate
+    except ImportError:
+        simulate = None
+    if simulate is not None:
+        return simulate(images, op, seed)
+    g = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        return op.measure(images, generator=g)
+
+
+# ------------------------------------------------------------------------------ fine-tune records
+_HEX = set("0123456789abcdef")
+
+
+def _is_sha256(s: Any) -> bool:
+    return isinstance(s, str) and len(s) == 64 and set(s.lower()) <= _HEX
+
+
+def training_hashes(record: Any) -> set[str]:
+    """Every sha256 (64 hex digits) anywhere in a fine-tune record: training and validation files."""
+    found: set[str] = set()
+
+    def walk(obj: Any) -> None:
+        if isinstance(obj, Mapping):
+            for k, v in obj.items():
+                if _is_sha256(k):
+                    found.add(str(k).lower())
+                walk(v)
+        elif isinstance(obj, (list, tuple, set)):
+            for v in obj:
+                walk(v)
+        elif _is_sha256(obj):
+            found.add(obj.lower())
+
+    walk(record)
+    return found
+
+
+def finetune_summary(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    rec = (meta or {}).get("finetune")
+    if not rec:
+        return None
+    keep = ("mode", "epochs", "steps", "lr", "loss", "best_epoch", "best_val_psnr", "teacher", "created")
+    out = {k: rec.get(k) for k in keep if rec.get(k) is not None}
+    out["training_hashes"] = len(training_hashes(rec))
+    return out
+
+
+def check_finetune_overlap(models: Sequence[BenchModel], eval_hashes: Iterable[str]) -> None:
+    """Refuse a model fine-tuned on any of the evaluation files."""
+    ev = {h.lower() for h in eval_hashes}
+    for m in models:
+        rec = (m.meta or {}).get("finetune")
+        if not rec:
+            continue
+        overlap = training_hashes(rec) & ev
+        if overlap:
+            raise DataError(
+                f"{m.label} was fine-tuned on {len(overlap)} of the evaluation files (sha256 {sorted(overlap)[0][:12]}…)",
+                "evaluate on data the model never trained on",
+            )
+
+
+# ------------------------------------------------------------------------------ costs and quality
+class _CostCounter:
+    """Counts prior calls and conv/linear MACs inside each prior during real reconstructions."""
+
+    def __init__(self, model):
+        from torch import nn
+
+        self.paths = list(model.prior_paths()) if hasattr(model, "prior_paths") else []
+        self.calls = {p: 0 for p in self.paths}
+        self.macs = {p: 0 for p in self.paths}
+        self.params = {}
+        self.handles = []
+        for p in self.paths:
+            prior = model.get_submodule(p)
+            self.params[p] = sum(t.numel() for t in prior.parameters())
+            self.handles.append(prior.register_forward_pre_hook(self._call_hook(p)))
+            for m in prior.modules():
+                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                    self.handles.append(m.register_forward_hook(self._mac_hook(p)))
+
+    def _call_hook(self, path):
+        def hook(module, args):
+            self.calls[path] += 1
+
+        return hook
+
+    def _mac_hook(self, path):
+        from torch import nn
+
+        def hook(m, args, out):
+            if isinstance(m, nn.modules.conv._ConvTransposeNd):
+                k = math.prod(m.kernel_size)
+                self.macs[path] += args[0].numel() * (m.out_channels // m.groups) * k
+            elif isinstance(m, nn.modules.conv._ConvNd):
+                k = math.prod(m.kernel_size)
+                self.macs[path] += out.numel() * (m.in_channels // m.groups) * k
+            else:
+                self.macs[path] += out.numel() * m.in_features
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@dataclass
+class ModelResult:
+    """Everything measured about one model."""
+
+    label: str
+    role: str
+    path: str | None
+    arch: str | None
+    pruning: dict[str, Any] | None
+    finetune: dict[str, Any] | None
+    params: int
+    prior_params: int
+    prior_macs: float  # one evaluation of each prior, per image
+    prior_calls_per_reconstruction: float
+    macs_per_reconstruction: float
+    priors: dict[str, dict[str, Any]]
+    timing: TimingResult
+    psnr: list[float]
+    ssim: list[float]
+    psnr_mean: float
+    psnr_std: float
+    ssim_mean: float
+    ssim_std: float
+    deq: dict[str, Any] | None = None
+    speedup: float | None = None
+    prior_macs_reduction: float | None = None
+    reconstruction_macs_reduction: float | None = None
+    speedup_per_macs_reduction: float | None = None
+    psnr_drop: float | None = None
+    psnr_drop_paired_std: float | None = None
+    ssim_drop: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "timing"}
+        d["timing"] = self.timing.to_dict()
+        return d
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    from .metrics import finite_mean_std
+
+    return finite_mean_std(values)
+
+
+def reconstruct_and_score(bm: BenchModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
+    """Reconstruct every measurement (batched), score against ``images``, count prior costs."""
+    import torch
+
+    from .metrics import compute_metrics
+
+    counter = _CostCounter(bm.model)
+    psnrs: list[float] = []
+    ssims: list[float] = []
+    its: list[float] = []
+    res: list[float] = []
+    conv: list[bool] = []
+    example = None
+    batches = 0
+    try:
+        with torch.inference_mode():
+            for s in range(0, y.shape[0], batch_size):
+                yb = y[s:s + batch_size].to(device)
+                xh = bm.model(yb, op)
+                batches += 1
+                info = getattr(bm.model, "last_info", None)
+                if isinstance(info, Mapping) and "residual" in info:
+                    its.append(float(info.get("iterations", math.nan)))
+                    res.append(float(info.get("residual", math.nan)))
+                    conv.append(bool(info.get("converged")))
+                xh = xh.float().cpu()
+                if example is None:
+                    example = xh[:1].clone()
+                m = compute_metrics(xh, images[s:s + batch_size], metric)
+                psnrs += [float(v) for v in m["psnr"]]
+                ssims += [float(v) for v in m["ssim"]]
+    finally:
+        counter.remove()
+    n = y.shape[0]
+    priors = {}
+    for p in counter.paths:
+        calls = counter.calls[p] / batches if batches else 0.0
+        per_recon = counter.macs[p] / n if n else 0.0
+        priors[p] = {
+            "params": counter.params[p],
+            "calls_per_reconstruction": calls,
+            "macs_per_call": per_recon / calls if calls else 0.0,
+            "macs_per_reconstruction": per_recon,
+        }
+    deq = None
+    if its:
+        deq = {
+            "iterations_mean": statistics.fmean(its),
+            "iterations_max": max(its),
+            "residual_mean": statistics.fmean(res),
+            "residual_max": max(res),
+            "converged_fraction": statistics.fmean(conv),
+        }
+    return {"psnr": psnrs, "ssim": ssims, "priors": priors, "deq": deq, "example": example}
+
+
+# ------------------------------------------------------------------------------ gates
+@dataclass
+class GateResult:
+    name: str
+    model: str
+    threshold: float
+    value: float
+    passed: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def evaluate_gates(results: Sequence[ModelResult], min_speedup: float | None = None,
+                   max_psnr_drop: float | None = None) -> list[GateResult]:
+    """Gates apply to every pruned model (not the original, not a control)."""
+    gates: list[GateResult] = []
+    pruned = [r for r in results if r.role == "pruned"]
+    for r in pruned:
+        if min_speedup is not None:
+            v = r.speedup if r.speedup is not None else math.nan
+            ok = v >= min_speedup
+            msg = (f"min-speedup gate {'passed' if ok else 'failed'}: {r.label} has a speedup of {v:.3f}x over the original, "
+                   f"needs >= {min_speedup:.3f}x" + ("" if ok else f" ({min_speedup - v:.3f}x short)"))
+            gates.append(GateResult("min_speedup", r.label, float(min_speedup), float(v), bool(ok), msg))
+        if max_psnr_drop is not None:
+            v = r.psnr_drop if r.psnr_drop is not None else math.nan
+            ok = v <= max_psnr_drop
+            msg = (f"max-psnr-drop gate {'passed' if ok else 'failed'}: {r.label} loses {v:.3f} dB PSNR, "
+                   f"allowed <= {max_psnr_drop:.3f} dB" + ("" if ok else f" ({v - max_psnr_drop:.3f} dB over)"))
+            gates.append(GateResult("max_psnr_drop", r.label, float(max_psnr_drop), float(v), bool(ok), msg))
+    return gates
+
+
+# ------------------------------------------------------------------------------ report
+def _clean(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become null, tuples lists, paths strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return _clean(obj.item())
+    return obj
+
+
+def _fmt(v: Any, spec: str = ".2f", none: str = "—") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return none
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+def _si(v: float | None) -> str:
+    if v is None:
+        return "—"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+@dataclass
+class BenchReport:
+    """The result of :func:`bench`: render with :meth:`table`, :meth:`to_dict`, :meth:`markdown`, :meth:`figure`."""
+
+    models: list[ModelResult]
+    environment: dict[str, Any]
+    settings: dict[str, Any]
+    solver: dict[str, Any] | None
+    operator: dict[str, Any]
+    data: dict[str, Any]
+    metric: dict[str, Any]
+    gates: list[GateResult] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    created: str = ""
+    examples: dict[str, Any] = field(default_factory=dict, repr=False)  # label -> (1,C,H,W) recon; "__truth__"
+
+    # -- gates
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failed_gates(self) -> list[GateResult]:
+        return [g for g in self.gates if not g.passed]
+
+    def gate_line(self) -> str:
+        """One line: the first failed gate and by how much, or that all passed."""
+        failed = self.failed_gates
+        if failed:
+            more = f" (+{len(failed) - 1} more failed)" if len(failed) > 1 else ""
+            return failed[0].message + more
+        if self.gates:
+            return f"all {len(self.gates)} gates passed"
+        return "no gates set"
+
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    # -- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return _clean({
+            "schema_version": SCHEMA_VERSION,
+            "created": self.created,
+            "environment": self.environment,
+            "settings": self.settings,
+            "solver": self.solver,
+            "operator": self.operator,
+            "data": self.data,
+            "metric": self.metric,
+            "models": [m.to_dict() for m in self.models],
+            "gates": [g.to_dict() for g in self.gates],
+            "passed": self.passed,
+            "notes": self.notes,
+        })
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def write_json(self, path: str | Path) -> Path:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, self.to_json() + "\n")
+        return Path(path)
+
+    # -- text
+    def context_line(self) -> str:
+        e, s = self.environment, self.settings
+        return (f"{e['device']} ({e['name']}), torch {e['torch']}, {e['torch_threads']} threads, {s['dtype']}, "
+                f"batch {s['batch_size']}, {s['warmup']} warm-up + {s['repeats']} timed runs")
+
+    def solver_line(self) -> str | None:
+        if not self.solver:
+            return None
+        s = self.solver
+        return f"DEQ solver for every model: {s['solver']}, tol {s['tol']:g}, max_iter {s['max_iter']} (from {s['source']})"
+
+    SPEED_HEADERS = ["model", "role", "params", "prior MACs", "prior calls/recon", "MACs/recon",
+                     "median ms [p10–p90]", "img/s", "work mem MB", "speedup", "prior MACs ↓", "speedup / MACs ↓"]
+    QUALITY_HEADERS = ["model", "PSNR dB", "PSNR drop", "SSIM", "SSIM drop", "DEQ iters", "DEQ resid."]
+
+    def _speed_rows(self) -> list[list[str]]:
+        rows = []
+        for m in self.models:
+            t = m.timing
+            ft = m.finetune
+            rows.append([
+                m.label,
+                m.role + (f" ({ft.get('mode')}, {ft.get('epochs')} ep)" if ft else ""),
+                _si(m.params),
+                _si(m.prior_macs),
+                _fmt(m.prior_calls_per_reconstruction, ".1f"),
+                _si(m.macs_per_reconstruction),
+                f"{_fmt(t.median_ms, '.2f')} [{_fmt(t.p10_ms, '.2f')}–{_fmt(t.p90_ms, '.2f')}]",
+                _fmt(t.throughput, ".1f"),
+                _fmt(t.peak_extra_memory_mb, ".1f"),
+                _fmt(m.speedup, ".2f") + ("x" if m.speedup is not None else ""),
+                _fmt(m.prior_macs_reduction, ".2f") + ("x" if m.prior_macs_reduction is not None else ""),
+                _fmt(m.speedup_per_macs_reduction, ".2f"),
+            ])
+        return rows
+
+    def _quality_rows(self) -> list[list[str]]:
+        rows = []
+        for m in self.models:
+            first = m.role == "original"
+            rows.append([
+                m.label,
+                f"{_fmt(m.psnr_mean)} ± {_fmt(m.psnr_std)}",
+                "—" if first else _fmt(m.psnr_drop, "+.2f"),
+                f"{_fmt(m.ssim_mean, '.4f')} ± {_fmt(m.ssim_std, '.4f')}",
+                "—" if first else _fmt(m.ssim_drop, "+.4f"),
+                _fmt(m.deq.get("iterations_mean"), ".1f") if m.deq else "—",
+                _fmt(m.deq.get("residual_max"), ".1e") if m.deq else "—",
+            ])
+        return rows
+
+    def table(self):
+        """A Rich renderable: a speed/cost table, a quality table and the context lines."""
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        keep = [0, 1, 2, 3, 4, 6, 9, 10, 11]  # the full set goes to Markdown and JSON
+        short = {"prior calls/recon": "calls", "median ms [p10–p90]": "ms median [p10–p90]", "speedup / MACs ↓": "speedup/MACs↓"}
+        speed = Table(title="speed and cost", title_justify="left")
+        for i in keep:
+            h = self.SPEED_HEADERS[i]
+            speed.add_column(short.get(h, h), justify="left" if h in ("model", "role") else "right", no_wrap=True)
+        for row in self._speed_rows():
+            speed.add_row(*[row[i] for i in keep])
+        quality = Table(title="quality", title_justify="left")
+        for h in self.QUALITY_HEADERS:
+            quality.add_column(h, justify="left" if h == "model" else "right", no_wrap=True)
+        for row in self._quality_rows():
+            quality.add_row(*row)
+        lines = [Text(self.context_line())]
+        if self.solver_line():
+            lines.append(Text(self.solver_line()))
+        lines.append(Text(f"metric: {self.metric['description']}"))
+        lines.append(Text(f"data: {self.data['source']} — {self.data['n_images']} images, measurement seed {self.data['seed']}"))
+        for n in self.notes:
+            lines.append(Text("note: " + n, style="yellow"))
+        for g in self.gates:
+            lines.append(Text(g.message, style="green" if g.passed else "bold red"))
+        return Group(speed, quality, *lines)
+
+    def print(self, console=None) -> None:
+        from rich.console import Console
+
+        (console or Console()).print(self.table())
+
+    def markdown(self) -> str:
+        """A Markdown summary (e.g. for a CI pull-request comment)."""
+        out = ["## mbdlprune bench", ""]
+        if self.gates:
+            status = "✅ all gates passed" if self.passed else "❌ " + self.gate_line()
+            out += [f"**{status}**", ""]
+        for headers, rows in ((self.SPEED_HEADERS, self._speed_rows()), (self.QUALITY_HEADERS, self._quality_rows())):
+            out.append("| " + " | ".join(headers) + " |")
+            out.append("|" + "|".join("---" if h in ("model", "role") else "---:" for h in headers) + "|")
+            for row in rows:
+                out.append("| " + " | ".join(c.replace("|", "\\|") for c in row) + " |")
+            out.append("")
+        out.append(f"- **Device:** {self.context_line()}")
+        if self.solver_line():
+            out.append(f"- **Solver:** {self.solver_line()}")
+            stored = self.solver.get("stored") or {}
+            diffs = [f"{k}: {v}" for k, v in stored.items()
+                     if any(v.get(x) != self.solver.get(x) for x in SOLVER_KEYS)]
+            if diffs:
+                out.append(f"- **Stored solver settings overridden:** {'; '.join(diffs)}")
+        out.append(f"- **Operator:** {self.operator.get('kind')} {self.operator.get('image_shape')} ({self.operator.get('source')})")
+        out.append(f"- **Data:** {self.data['source']} — {self.data['n_images']} images, measurement seed {self.data['seed']}")
+        out.append(f"- **Metric:** {self.metric['description']}")
+        out.append(f"- **Timing:** {self.settings['timing_method']}, median over interleaved runs; "
+                   f"memory = {self.models[0].timing.memory_kind} above the pre-call level")
+        for m in self.models:
+            if m.finetune:
+                out.append(f"- **Fine-tuned:** {m.label}: mode {m.finetune.get('mode')}, {m.finetune.get('epochs')} epochs")
+        for n in self.notes:
+            out.append(f"- **Note:** {n}")
+        if self.gates:
+            out.append("")
+            out.append("### Gates")
+            for g in self.gates:
+                out.append(f"- {'✅' if g.passed else '❌'} {g.message}")
+        return "\n".join(out) + "\n"
+
+    def write_markdown(self, path: str | Path) -> Path:
+        from .io import atomic_write_text
+
+        atomic_write_text(path, self.markdown())
+        return Path(path)
+
+    # -- figure
+    def figure(self, path: str | Path) -> Path:
+        """Reconstructions, error maps and speed-vs-PSNR in one PNG (needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise MbdlError("--figure needs matplotlib", "pip install matplotlib (or mbdlprune[plot])") from None
+        from .metrics import magnitude
+
+        truth = self.examples.get("__truth__")
+        n = len(self.models)
+        fig = plt.figure(figsize=(3.0 * (n + 1) + 4.5, 6.4), constrained_layout=True)
+        gs = fig.add_gridspec(2, n + 2)
+        if truth is not None:
+            t = magnitude(truth)[0, 0].numpy()
+            vmax = float(t.max()) or 1.0
+            ax = fig.add_subplot(gs[0, 0])
+            ax.imshow(t, cmap="gray", vmin=0, vmax=vmax)
+            ax.set_title("ground truth", fontsize=9)
+            ax.axis("off")
+            emax = None
+            errs = {}
+            for m in self.models:
+                rec = self.examples.get(m.label)
+                if rec is not None:
+                    errs[m.label] = abs(magnitude(rec)[0, 0].numpy() - t)
+            if errs:
+                emax = max(float(e.max()) for e in errs.values()) or 1.0
+            for i, m in enumerate(self.models):
+                rec = self.examples.get(m.label)
+                if rec is None:
+                    continue
+                ax = fig.add_subplot(gs[0, i + 1])
+                ax.imshow(magnitude(rec)[0, 0].numpy(), cmap="gray", vmin=0, vmax=vmax)
+                ax.set_title(f"{m.label}\n{m.psnr[0]:.2f} dB", fontsize=8)
+                ax.axis("off")
+                ax = fig.add_subplot(gs[1, i + 1])
+                ax.imshow(errs[m.label], cmap="magma", vmin=0, vmax=emax)
+                ax.set_title("|error|", fontsize=8)
+                ax.axis("off")
+        ax = fig.add_subplot(gs[:, n + 1])
+        for m in self.models:
+            ax.errorbar(m.timing.median_ms, m.psnr_mean, yerr=m.psnr_std if math.isfinite(m.psnr_std) else None,
+                        xerr=[[m.timing.median_ms - m.timing.p10_ms], [m.timing.p90_ms - m.timing.median_ms]],
+                        fmt="o", capsize=3, label=m.label)
+        ax.set_xlabel("median latency per batch (ms)")
+        ax.set_ylabel("PSNR (dB)")
+        ax.set_title("speed vs PSNR", fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        fig.suptitle(self.context_line() + (("\n" + self.solver_line()) if self.solver_line() else ""), fontsize=8)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return Path(path)
+
+
+# ------------------------------------------------------------------------------ bench
+def bench(
+    models: Sequence[Any],
+    data: Any,
+    operator: Any = None,
+    device: str = "auto",
+    solver: str | None = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    batch_size: int = 1,
+    metric: str = "plain",
+    seed: int = 0,
+    max_images: int | None = None,
+    fit: str = "error",
+    arch: str | None = None,
+    min_speedup: float | None = None,
+    max_psnr_drop: float | None = None,
+    control: bool | Mapping[str, Any] = False,
+    control_out: str | Path | None = None,
+    interleave: bool = True,
+    progress=None,
+) -> BenchReport:
+    """Benchmark ``models`` (first = original) side by side on ``data``; see the module docstring.
+
+    ``models``: file paths, :class:`io.LoadedModel` or :class:`BenchModel` objects.
+    ``data``: evaluation volumes (file/folder, read with :mod:`mbdlprune.data`) or an image
+    tensor (N, C, H, W). ``control``: also fine-tune the original with the pruned model's
+    fine-tune settings (True) or with the given settings (a dict for
+    :func:`mbdlprune.finetune.finetune`), and bench it as role "control".
+    """
+    import torch
+
+    from .metrics import get_definition
+
+    say = progress or (lambda msg: None)
+    metric_def = get_definition(metric)
+    env = device_info(device)
+    dev = env["device"]
+    entries = load_bench_models(models, arch=arch)
+    if control:
+        entries.append(_control_model(entries, control, control_out, arch, say))
+    op, op_source = common_operator(entries, operator)
+    op = op.to(dev)
+    solver_settings = common_solver_settings(entries, solver, tol, max_iter)
+    apply_solver_settings(entries, solver_settings)
+    ev = load_eval_data(data, op, max_images, fit)
+    check_finetune_overlap(entries, ev.hashes)
+    notes: list[str] = []
+    if env["note"]:
+        notes.append(env["note"])
+    for e in entries:
+        e.model.eval().to(device=dev, dtype=torch.float32)
+    say(f"simulating measurements for {ev.images.shape[0]} images (seed {seed})")
+    y = simulate_measurements(ev.images, op.to("cpu"), seed)
+    op = op.to(dev)
+
+    # quality and costs (also a first warm-up)
+    scored = []
+    for e in entries:
+        say(f"reconstructing with {e.label}")
+        scored.append(reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def))
+    say(f"timing {len(entries)} models: {warmup} warm-up + {repeats} interleaved runs, batch {batch_size}")
+    timings = time_models([e.model for e in entries], y, op, dev, warmup, repeats, batch_size, interleave)
+
+    results: list[ModelResult] = []
+    for e, sc, tm in zip(entries, scored, timings):
+        priors = sc["priors"]
+        prior_macs = float(sum(p["macs_per_call"] for p in priors.values()))
+        calls = float(sum(p["calls_per_reconstruction"] for p in priors.values()))
+        recon = float(sum(p["macs_per_reconstruction"] for p in priors.values()))
+        pm, ps = _stats(sc["psnr"])
+        sm, ss = _stats(sc["ssim"])
+        deq = sc["deq"]
+        if deq is not None and tm.iterations_mean is not None:
+            deq = {**deq, "timed_iterations_mean": tm.iterations_mean, "timed_residual_final": tm.residual_final}
+        pr = (e.meta or {}).get("pruning")
+        results.append(ModelResult(
+            label=e.label, role=e.role, path=e.path, arch=((e.meta or {}).get("arch") or {}).get("name"),
+            pruning={"ratio": pr.get("ratio"), "importance": pr.get("importance"), "round_to": pr.get("round_to")} if pr else None,
+            finetune=finetune_summary(e.meta), params=sum(p.numel() for p in e.model.parameters()),
+            prior_params=int(sum(p["params"] for p in priors.values())), prior_macs=prior_macs,
+            prior_calls_per_reconstruction=calls, macs_per_reconstruction=recon, priors=priors, timing=tm,
+            psnr=sc["psnr"], ssim=sc["ssim"], psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss, deq=deq,
+        ))
+    ref = results[0]
+    for r in results:
+        r.speedup = ref.timing.median_ms / r.timing.median_ms if r.timing.median_ms > 0 else None
+        r.prior_macs_reduction = ref.prior_macs / r.prior_macs if r.prior_macs else None
+        r.reconstruction_macs_reduction = ref.macs_per_reconstruction / r.macs_per_reconstruction if r.macs_per_reconstruction else None
+        if r.speedup is not None and r.prior_macs_reduction:
+            r.speedup_per_macs_reduction = r.speedup / r.prior_macs_reduction
+        r.psnr_drop = ref.psnr_mean - r.psnr_mean
+        r.ssim_drop = ref.ssim_mean - r.ssim_mean
+        diffs = [a - b for a, b in zip(ref.psnr, r.psnr) if math.isfinite(a) and math.isfinite(b)]
+        r.psnr_drop_paired_std = statistics.pstdev(diffs) if len(diffs) > 1 else None
+    for r in results:
+        if r.deq and r.deq.get("converged_fraction", 1.0) < 1.0:
+            notes.append(f"{r.label}: the DEQ solver stopped at max_iter before reaching tol on "
+                         f"{(1 - r.deq['converged_fraction']) * 100:.0f}% of the batches")
+    gates = evaluate_gates(results, min_speedup, max_psnr_drop)
+    report = BenchReport(
+        models=results,
+        environment=env,
+        settings={
+            "warmup": warmup, "repeats": repeats, "batch_size": batch_size, "dtype": "float32", "seed": seed,
+            "interleaved": interleave, "timing_method": timings[0].method if timings else "",
+            "min_speedup": min_speedup, "max_psnr_drop": max_psnr_drop,
+        },
+        solver=solver_settings,
+        operator={"kind": getattr(op, "kind", type(op).__name__), "image_shape": list(op.image_shape),
+                  "spec": getattr(op, "spec", None), "source": op_source},
+        data={"source": ev.source, "n_images": int(ev.images.shape[0]), "seed": seed, "sha256": ev.hashes, "files": ev.files},
+        metric=metric_def.to_dict(),
+        gates=gates,
+        notes=notes,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    report.examples["__truth__"] = ev.images[:1].clone()
+    for e, sc in zip(entries, scored):
+        report.examples[e.label] = sc["example"]
+    return report
+
+
+def _control_model(entries: list[BenchModel], control: bool | Mapping[str, Any], out: str | Path | None, arch, say) -> BenchModel:
+    """Fine-tune the original with the same data and budget as the (first) fine-tuned pruned model."""
+    import inspect
+    import tempfile
+
+    from .io import load_model
+
+    original = entries[0]
+    if original.path is None:
+        raise MbdlError("--control needs the original model as a file", "pass the original model's path first")
+    if isinstance(control, Mapping):
+        settings = dict(control)
+    else:
+        rec = next(((e.meta or {}).get("finetune") for e in entries[1:] if (e.meta or {}).get("finetune")), None)
+        if not rec:
+            raise MbdlError("--control needs a fine-tuned pruned model to copy the budget from",
+                            "fine-tune a pruned model first, or give the control's settings")
+        settings = _settings_from_record(rec)
+    try:
+        from .finetune import finetune
+    except ImportError as e:
+        raise MbdlError(f"--control needs mbdlprune.finetune ({e})", "install the full package") from None
+    accepted = set(inspect.signature(finetune).parameters)
+    settings = {k: v for k, v in settings.items() if k in accepted}
+    if out is None:
+        out = Path(tempfile.mkdtemp(prefix="mbdlprune-control-")) / "control.safetensors"
+    say(f"fine-tuning the original as a control ({settings.get('mode')}, {settings.get('epochs')} epochs)")
+    kwargs = dict(settings)
+    if "out" in accepted:
+        kwargs["out"] = out
+    if "force" in accepted:
+        kwargs.setdefault("force", True)
+    if "arch" in accepted and arch:
+        kwargs["arch"] = arch
+    result = finetune(original.path, **kwargs)
+    path = getattr(result, "out", None) or getattr(result, "path", None) or out
+    lm = load_model(path, arch=arch)
+    return BenchModel(f"{Path(original.path).name}+finetune (control)", lm.model, dict(lm.meta), lm.operator, str(path), "control")
+
+
+def _settings_from_record(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """Fine-tune settings (mode, epochs, data, optimiser) recorded by the fine-tune step."""
+    out: dict[str, Any] = {}
+    settings = rec.get("settings") if isinstance(rec.get("settings"), Mapping) else {}
+    for src in (rec, settings):
+        for k, v in src.items():
+            if k in ("mode", "epochs", "lr", "batch_size", "steps", "loss", "seed", "data", "val_data",
+                     "weight_decay", "max_steps", "patience", "val_fraction", "teacher", "crop", "tol", "max_iter"):
+                out[k] = v
+    if "data" not in out:
+        for key in ("data_paths", "train_data", "data_files", "files"):
+            if rec.get(key):
+                out["data"] = rec[key]
+                break
+    if "data" not in out:
+        raise MbdlError("the fine-tune record does not say which data it used", "give the control's data explicitly")
+    return out
