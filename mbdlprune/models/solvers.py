@@ -55,58 +55,48 @@ def fixed_point(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, max
 def anderson(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, max_iter: int = 100,
              tol: float = 1e-4, m: int = 5, lam: float = 1e-4, beta: float = 1.0,
              **kw: Any) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Anderson acceleration with memory ``m``, Tikhonov ``lam`` and mixing ``beta``.
+    """Anderson acceleration (type II) with memory ``m``, Tikhonov ``lam`` and mixing ``beta``.
 
-    Each step picks weights a (summing to one) minimising ||sum_i a_i (f(x_i) - x_i)||
-    over the last ``m`` iterates, then sets x = beta * sum a_i f(x_i) + (1-beta) * sum a_i x_i.
-    The weights come from the bordered normal equations [[0, 1^T], [1, G G^T / s + lam I]],
-    with s the mean squared residual norm, so ``lam`` is relative to the residuals' size.
+    With g(x) = f(x) - x and the last ``m`` differences dX, dG of iterates and residuals,
+    each step takes c = argmin ||g_k - dG c||^2 + lam ||D c||^2 (D: the column norms of dG,
+    so ``lam`` is scale free) and sets x+ = x_k + beta g_k - (dX + beta dG) c. This equals
+    the usual form with weights summing to one, but a QR least-squares solve instead of
+    normal equations keeps it accurate down to tight tolerances.
     """
     shape, n = x0.shape, x0.shape[0]
     m = max(1, int(m))
     max_iter = max(1, int(max_iter))
-    xs: list[torch.Tensor] = []  # flattened iterates (n, d), newest last
-    gs: list[torch.Tensor] = []  # their residuals f(x) - x
-    fs: list[torch.Tensor] = []  # f(x)
     x = x0.reshape(n, -1)
-    best_fx, residual = x0, float("inf")
-    for it in range(1, max_iter + 1):
-        fx = f(x.reshape(shape)).reshape(n, -1)
-        g = fx - x
+    fx = f(x0).reshape(n, -1)
+    g = fx - x
+    d_x: list[torch.Tensor] = []
+    d_g: list[torch.Tensor] = []
+    it = 1
+    while True:
         residual = float((g.norm(dim=1) / (fx.norm(dim=1) + _EPS)).max())
-        best_fx = fx
-        if residual < tol or it == max_iter:
+        if residual < tol or it >= max_iter:
             break
-        xs.append(x)
-        fs.append(fx)
-        gs.append(g)
-        if len(xs) > m:
-            xs.pop(0), fs.pop(0), gs.pop(0)
-        k = len(xs)
-        if k == 1:
-            x = fx
-            continue
-        G = torch.stack(gs, dim=1)  # (n, k, d)
-        gram = G @ G.transpose(1, 2)
-        # scale lam by the Gram's size so the regularisation is dimensionless
-        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(_EPS)
-        H = gram.new_zeros(n, k + 1, k + 1)
-        H[:, 0, 1:] = 1.0
-        H[:, 1:, 0] = 1.0
-        H[:, 1:, 1:] = gram / scale[:, None, None] + lam * torch.eye(k, dtype=gram.dtype, device=gram.device)
-        rhs = gram.new_zeros(n, k + 1, 1)
-        rhs[:, 0] = 1.0
-        try:
-            a = torch.linalg.solve(H, rhs)[:, 1:, 0]  # (n, k)
-        except RuntimeError:  # singular system: fall back to a plain step
-            x = fx
-            continue
-        mix_f = torch.einsum("nk,nkd->nd", a, torch.stack(fs, dim=1))
-        if beta == 1.0:
-            x = mix_f
+        if not d_g:
+            x_new = x + beta * g
         else:
-            x = beta * mix_f + (1.0 - beta) * torch.einsum("nk,nkd->nd", a, torch.stack(xs, dim=1))
-    return best_fx.reshape(shape), _info(it, residual, tol)
+            dg = torch.stack(d_g, dim=2)  # (n, d, k)
+            dx = torch.stack(d_x, dim=2)
+            k = dg.shape[2]
+            scale = dg.norm(dim=1, keepdim=True).clamp_min(1e-30)  # (n, 1, k)
+            ridge = (lam ** 0.5) * torch.eye(k, dtype=dg.dtype, device=dg.device).expand(n, k, k)
+            lhs = torch.cat([dg / scale, ridge], dim=1)
+            rhs = torch.cat([g, g.new_zeros(n, k)], dim=1).unsqueeze(2)
+            c = torch.linalg.lstsq(lhs, rhs).solution / scale.transpose(1, 2)  # (n, k, 1)
+            x_new = x + beta * g - ((dx + beta * dg) @ c).squeeze(2)
+        fx_new = f(x_new.reshape(shape)).reshape(n, -1)
+        g_new = fx_new - x_new
+        it += 1
+        d_x.append(x_new - x)
+        d_g.append(g_new - g)
+        if len(d_x) > m:
+            d_x.pop(0), d_g.pop(0)
+        x, fx, g = x_new, fx_new, g_new
+    return fx.reshape(shape), _info(it, residual, tol)
 
 
 def get_solver(name: str) -> Solver:
