@@ -1,0 +1,293 @@
+"""Fine-tuning losses, all with one signature: ``loss(x_net, x, y, op, model) -> Tensor``.
+
+``x_net`` is the network's reconstruction of the measurements ``y`` through operator ``op``;
+``x`` is the ground truth or ``None``; ``model`` is the network itself (the equivariance term
+runs it a second time). Two keyword-only extras: ``batch`` (the loader's dict, where a cached
+teacher output ``batch["teacher"]`` may sit) and ``generator`` (a ``torch.Generator`` for the
+random transforms, so a run is reproducible and resumable).
+
+Losses that need no ground truth (``distill``, ``mc``, ``equivariance``) never read ``x``.
+
+Terms (registry names)
+  * ``supervised`` — pixel loss between ``x_net`` and ``x`` (``pixel`` = l1, l2, smoothl1 or
+    ssim, i.e. 1 − SSIM on magnitudes). ``l1``, ``l2``, ``smoothl1`` and ``ssim`` are the same
+    term with that pixel loss.
+  * ``distill`` — pixel loss between ``x_net`` and the teacher's output (no ground truth).
+  * ``mc`` — measurement consistency ‖A x̂ − y‖ (L1 by default).
+  * ``equivariance`` — robust equivariant imaging: T a random rotation/flip keeping the image
+    size, y_T = A(T x̂) (+ the operator's noise), loss MSE(model(y_T), T x̂) with T x̂ detached.
+  * ``self-supervised`` — shorthand for ``mc`` + ``equivariance`` with the same weight.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError, DataError
+from ..registry import Registry
+
+PIXEL_LOSSES = ("l1", "l2", "smoothl1", "ssim")
+
+
+# ----------------------------------------------------------------------------- pixels
+def _ssim_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from .. import metrics
+
+    ma, mb = metrics.magnitude(a), metrics.magnitude(b)
+    h, w = ma.shape[-2:]
+    window = min(11, min(h, w) - (1 - min(h, w) % 2))
+    return 1.0 - metrics.ssim(ma, mb, window=window).mean()
+
+
+def pixel_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The pixel loss function ``f(prediction, target)`` called ``name``."""
+    table = {"l1": F.l1_loss, "l2": F.mse_loss, "smoothl1": F.smooth_l1_loss, "ssim": _ssim_loss}
+    if name not in table:
+        raise ConfigError(f"unknown pixel loss {name!r}", f"use one of: {', '.join(PIXEL_LOSSES)}")
+    return table[name]
+
+
+# ----------------------------------------------------------------------------- terms
+class Loss:
+    """Base class: a callable ``loss(x_net, x, y, op, model, *, batch=None, generator=None)``."""
+
+    name = "loss"
+    needs_ground_truth = False
+    needs_teacher = False
+
+    def __call__(self, x_net, x, y, op, model, *, batch: Mapping[str, Any] | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+class SupervisedLoss(Loss):
+    """Pixel loss against the ground truth."""
+
+    name = "supervised"
+    needs_ground_truth = True
+
+    def __init__(self, pixel: str = "smoothl1"):
+        self.pixel = pixel
+        self.fn = pixel_loss(pixel)
+
+    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+        if x is None:
+            raise DataError("supervised fine-tuning needs ground-truth images, and this data has measurements only",
+                            "use --mode self-supervised (or distill with --teacher), or pass image files")
+        return self.fn(x_net.float(), x.float())
+
+    def describe(self):
+        return {"name": self.name, "pixel": self.pixel}
+
+
+class DistillLoss(Loss):
+    """Pixel loss against the teacher's reconstruction of the same measurements; never reads ``x``.
+
+    The target is ``batch["teacher"]`` when the trainer cached it, else ``teacher(y, op)``.
+    """
+
+    name = "distill"
+    needs_teacher = True
+
+    def __init__(self, teacher: torch.nn.Module | None = None, pixel: str = "smoothl1"):
+        self.teacher = teacher
+        self.pixel = pixel
+        self.fn = pixel_loss(pixel)
+
+    def target(self, y, op, batch=None) -> torch.Tensor:
+        if batch is not None and "teacher" in batch:
+            return batch["teacher"]
+        if self.teacher is None:
+            raise ConfigError("distillation needs the original (unpruned) model as teacher", "pass --teacher ORIGINAL_CHECKPOINT")
+        was = self.teacher.training
+        self.teacher.eval()
+        with torch.no_grad():
+            out = self.teacher(y, op)
+        self.teacher.train(was)
+        return out
+
+    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+        target = self.target(y, op, batch).detach()
+        return self.fn(x_net.float(), target.to(x_net.device).float())
+
+    def describe(self):
+        return {"name": self.name, "pixel": self.pixel}
+
+
+class MeasurementConsistencyLoss(Loss):
+    """‖A x̂ − y‖ with an L1 (default) or L2 (mean squared) norm; needs only measurements."""
+
+    name = "mc"
+
+    def __init__(self, norm: str = "l1"):
+        if norm not in ("l1", "l2"):
+            raise ConfigError(f"unknown measurement-consistency norm {norm!r}", "use l1 or l2")
+        self.norm = norm
+
+    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+        r = op.A(x_net.float()) - y.float()
+        return r.abs().mean() if self.norm == "l1" else r.square().mean()
+
+    def describe(self):
+        return {"name": self.name, "norm": self.norm}
+
+
+def _randint(n: int, generator: torch.Generator | None) -> int:
+    return int(torch.randint(n, (1,), generator=generator).item())
+
+
+def transforms_for(height: int, width: int) -> list[tuple[int, bool]]:
+    """Non-identity (rot90 count k, flip W first) pairs that keep an H x W image H x W.
+
+    Square images: the 7 non-identity rotations/reflections of the square. Otherwise only
+    the 180° rotation and the two flips.
+    """
+    if height == width:
+        return [(k, f) for f in (False, True) for k in range(4) if (k, f) != (0, False)]
+    return [(2, False), (0, True), (2, True)]
+
+
+def apply_transform(x: torch.Tensor, t: tuple[int, bool]) -> torch.Tensor:
+    k, flip = t
+    if flip:
+        x = torch.flip(x, dims=(-1,))
+    return torch.rot90(x, k, dims=(-2, -1)) if k % 4 else x
+
+
+class EquivarianceLoss(Loss):
+    """Robust equivariant imaging: MSE(model(A(T x̂) [+ noise]), T x̂) with T x̂ detached.
+
+    ``noise=True`` (default) measures T x̂ with ``op.measure`` (the operator's noise model,
+    which adds nothing when its ``noise_sigma`` is 0); ``noise=False`` uses ``op.A``.
+    """
+
+    name = "equivariance"
+
+    def __init__(self, noise: bool = True):
+        self.noise = bool(noise)
+
+    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+        h, w = x_net.shape[-2:]
+        choices = transforms_for(h, w)
+        t = choices[_randint(len(choices), generator)]
+        tx = apply_transform(x_net.detach().float(), t)
+        with torch.no_grad():
+            y_t = op.measure(tx, generator) if self.noise else op.A(tx)
+        x_t = model(y_t, op)
+        return F.mse_loss(x_t.float(), tx)
+
+    def describe(self):
+        return {"name": self.name, "noise": self.noise}
+
+
+class CombinedLoss(Loss):
+    """Weighted sum of terms; ``last`` holds each term's value from the latest call."""
+
+    name = "combined"
+
+    def __init__(self, terms: list[tuple[str, float, Loss]]):
+        if not terms:
+            raise ConfigError("the loss has no terms with a non-zero weight", "give at least one loss a positive weight")
+        self.terms = terms
+        self.last: dict[str, float] = {}
+
+    @property
+    def needs_ground_truth(self) -> bool:  # type: ignore[override]
+        return any(t.needs_ground_truth for _, _, t in self.terms)
+
+    @property
+    def needs_teacher(self) -> bool:  # type: ignore[override]
+        return any(t.needs_teacher for _, _, t in self.terms)
+
+    def find(self, name: str) -> Loss | None:
+        return next((t for n, _, t in self.terms if n == name), None)
+
+    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+        total = None
+        last = {}
+        for name, weight, term in self.terms:
+            v = term(x_net, None if not term.needs_ground_truth else x, y, op, model, batch=batch, generator=generator)
+            last[name] = float(v.detach())
+            total = weight * v if total is None else total + weight * v
+        self.last = last
+        return total
+
+    def describe(self):
+        return {"terms": [{**t.describe(), "weight": w} for _, w, t in self.terms]}
+
+    def weights(self) -> dict[str, float]:
+        return {n: w for n, w, _ in self.terms}
+
+
+# ----------------------------------------------------------------------------- registries
+#: loss name -> factory(**options) -> Loss
+LOSSES: Registry[Callable[..., Loss]] = Registry("loss")
+LOSSES.register("supervised", SupervisedLoss)
+for _p in PIXEL_LOSSES:
+    LOSSES.register(_p, (lambda p: (lambda: SupervisedLoss(pixel=p)))(_p))
+LOSSES.register("distill", DistillLoss)
+LOSSES.register("mc", MeasurementConsistencyLoss)
+LOSSES.register("equivariance", EquivarianceLoss)
+#: names that stand for several terms
+SHORTHANDS = {"self-supervised": ("mc", "equivariance")}
+
+#: fine-tuning mode -> default term weights
+MODES: Registry[dict[str, float]] = Registry("fine-tuning mode")
+MODES.register("supervised", {"supervised": 1.0})
+MODES.register("distill", {"distill": 1.0})
+MODES.register("self-supervised", {"mc": 1.0, "equivariance": 1.0})
+MODES.register("distill+self-supervised", {"distill": 1.0, "mc": 1.0, "equivariance": 1.0})
+
+
+def loss_names() -> list[str]:
+    return sorted([*LOSSES.names(), *SHORTHANDS])
+
+
+def _build_term(name: str, options: Mapping[str, Any]) -> Loss:
+    factory = LOSSES.get(name)
+    params = inspect.signature(factory).parameters
+    return factory(**{k: v for k, v in options.items() if k in params and v is not None})
+
+
+def combine(weights: Mapping[str, float], **options: Any) -> CombinedLoss:
+    """Build the weighted sum of the named terms, e.g. ``combine({"distill": 1.0, "self-supervised": 0.5})``.
+
+    ``options`` go to the terms that take them: ``pixel`` (supervised/distill), ``teacher``
+    (distill), ``norm`` (mc), ``noise`` (equivariance). Zero weights drop a term.
+    """
+    flat: dict[str, float] = {}
+    for name, w in weights.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise ConfigError(f"loss weight for {name!r} must be a number, got {w!r}", 'write e.g. {"mc": 1.0}')
+        if w < 0 or w != w:
+            raise ConfigError(f"loss weight for {name!r} must be >= 0, got {w}", "use a non-negative weight")
+        for part in SHORTHANDS.get(name, (name,)):
+            if part not in LOSSES:
+                raise ConfigError(f"unknown loss {name!r}", f"use one of: {', '.join(loss_names())}")
+            flat[part] = flat.get(part, 0.0) + float(w)
+    terms = [(n, w, _build_term(n, options)) for n, w in flat.items() if w > 0]
+    return CombinedLoss(terms)
+
+
+def mode_weights(mode: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The default term weights of ``mode`` updated by ``overrides`` (e.g. from ``--weights``)."""
+    w = dict(MODES.get(mode))
+    for name, value in (overrides or {}).items():
+        parts = SHORTHANDS.get(name, (name,))
+        for part in parts:
+            if part not in LOSSES:
+                raise ConfigError(f"unknown loss {name!r} in the weights", f"use one of: {', '.join(loss_names())}")
+            w[part] = value
+    return w
+
+
+def build_mode_loss(mode: str, weights: Mapping[str, float] | None = None, **options: Any) -> CombinedLoss:
+    """The loss of a fine-tuning mode (``MODES``) with optional weight overrides."""
+    return combine(mode_weights(mode, weights), **options)

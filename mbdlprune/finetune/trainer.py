@@ -1,0 +1,798 @@
+"""The fine-tuning loop: data, losses, validation, best-weights selection, resumable state.
+
+One plain loop for every mode. Per epoch: train over the training samples, validate (PSNR on
+validation images with ground truth; measurement consistency for measurement-only data), keep
+the best-validation weights, write the training state atomically beside the output. At the
+end the best weights are written with :func:`mbdlprune.io.save_model` and the checkpoint's
+metadata gains a ``finetune`` record.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the loop joins the process group (NCCL on
+CUDA, gloo on CPU), wraps the model in DistributedDataParallel, shards samples with a
+DistributedSampler, and only rank 0 writes files and draws progress bars.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from ..config import check_keys
+from ..errors import ConfigError, DataError, MbdlError
+
+STATE_FORMAT = "mbdlprune-finetune-state"
+STATE_VERSION = 1
+SCHEDULES = ("none", "cosine")
+OPTIMIZERS = ("adam", "adamw")
+BACKWARDS = ("jfb", "implicit")
+#: teacher outputs are cached for the whole training set below this many bytes
+TEACHER_CACHE_BYTES = 2 << 30
+
+
+# ----------------------------------------------------------------------------- config
+@dataclass
+class FinetuneConfig:
+    """Every setting that shapes a fine-tuning run (stored in the record and the resume state).
+
+    ``loss`` is the pixel loss of the supervised/distill terms (l1, l2, smoothl1, ssim);
+    ``weights`` overrides the mode's term weights (e.g. ``{"equivariance": 0.5}``);
+    ``deq_backward`` ``None`` keeps the checkpoint's setting.
+    """
+
+    mode: str = "supervised"
+    epochs: int = 1
+    lr: float = 1e-4
+    batch_size: int = 1
+    val_fraction: float = 0.1
+    seed: int = 0
+    weight_decay: float = 0.0
+    grad_clip: float | None = None
+    lr_schedule: str = "none"
+    optimizer: str = "adam"
+    loss: str = "smoothl1"
+    weights: dict[str, float] = field(default_factory=dict)
+    mc_norm: str = "l1"
+    eq_noise: bool = True
+    device: str = "auto"
+    bf16: bool = False
+    checkpointing: bool = False
+    deq_backward: str | None = None
+    fit: str = "error"
+    axis: int = 2
+    normalize: str = "max"
+    metric: str = "plain"
+
+    #: settings that may change between an interrupted run and its resumption
+    RESUMABLE_CHANGES = ("device", "epochs")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "fine-tuning config") -> "FinetuneConfig":
+        names = [f.name for f in dataclasses.fields(cls)]
+        check_keys(d, names, where)
+        cfg = cls(**dict(d))
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        from .losses import MODES, PIXEL_LOSSES, mode_weights
+
+        def num(key, lo=None, integer=False, open_lo=False, allow_none=False):
+            v = getattr(self, key)
+            if v is None and allow_none:
+                return
+            ok_type = (int,) if integer else (int, float)
+            if isinstance(v, bool) or not isinstance(v, ok_type) or (not integer and v != v):
+                raise ConfigError(f"{key} must be a {'whole ' if integer else ''}number, got {v!r}", f"fix {key}")
+            if lo is not None and (v <= lo if open_lo else v < lo):
+                raise ConfigError(f"{key} must be {'>' if open_lo else '>='} {lo}, got {v}", f"set {key} {'above' if open_lo else 'to at least'} {lo}")
+
+        MODES.get(self.mode)
+        num("epochs", 1, integer=True)
+        num("lr", 0, open_lo=True)
+        num("batch_size", 1, integer=True)
+        num("val_fraction", 0)
+        if self.val_fraction >= 1:
+            raise ConfigError(f"val_fraction must be below 1, got {self.val_fraction}", "use e.g. 0.2")
+        num("seed", 0, integer=True)
+        num("weight_decay", 0)
+        num("grad_clip", 0, open_lo=True, allow_none=True)
+        num("axis", 0, integer=True)
+        for key, allowed in (("lr_schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("loss", PIXEL_LOSSES),
+                             ("mc_norm", ("l1", "l2")), ("fit", ("error", "crop", "pad", "crop-pad")),
+                             ("normalize", ("max", "volume", "none")), ("metric", ("plain", "paper"))):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"unknown {key} {getattr(self, key)!r}", f"use one of: {', '.join(allowed)}")
+        if self.deq_backward is not None and self.deq_backward not in BACKWARDS:
+            raise ConfigError(f"unknown DEQ backward {self.deq_backward!r}", "use jfb or implicit")
+        if not isinstance(self.weights, Mapping):
+            raise ConfigError("weights must be a JSON object of loss names to numbers", 'write e.g. {"mc": 1.0, "equivariance": 0.5}')
+        for key in ("eq_noise", "bf16", "checkpointing"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false, got {getattr(self, key)!r}", f"fix {key}")
+        mode_weights(self.mode, self.weights)  # unknown names fail here
+
+
+@dataclass
+class FinetuneResult:
+    """The fine-tuned model (best validation weights), its metadata, and the record."""
+
+    out: Path | None
+    model: Any
+    operator: Any
+    meta: dict[str, Any]
+    record: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        r = self.record
+        v = r["validation"]
+        return {
+            "out": str(self.out) if self.out else None,
+            "mode": r["mode"],
+            "epochs": r["epochs"],
+            "val_metric": v["metric"],
+            "before": v.get("before"),
+            "best": v.get("best"),
+            "best_epoch": v.get("best_epoch"),
+            "epoch_time_s": r["epoch_time_s"],
+            "train_slices": r["data"]["train"]["slices"],
+            "val_slices": (r["data"].get("val") or {}).get("slices", 0),
+            "warnings": list(self.warnings),
+        }
+
+
+# ----------------------------------------------------------------------------- distributed
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def _setup_distributed(device: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return _Dist()
+    import torch
+    import torch.distributed as dist
+
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    here = False
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local)
+        dist.init_process_group(backend=backend)
+        here = True
+    return _Dist(dist.get_rank(), dist.get_world_size(), local, here)
+
+
+def _resolve_device(device: str, d: _Dist) -> str:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MbdlError(f"device {device} asked for CUDA, but no CUDA device is available", "use --device cpu or --device auto")
+        if d.active or device == "cuda":
+            device = f"cuda:{d.local_rank}" if d.active else "cuda"
+    elif device != "cpu":
+        raise MbdlError(f"unknown device {device!r}", "use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def _all_reduce_sum(values: list[float], d: _Dist, device: str) -> list[float]:
+    if not d.active:
+        return values
+    import torch
+    import torch.distributed as dist
+
+    dev = device if device.startswith("cuda") else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# ----------------------------------------------------------------------------- helpers
+def _step_generator(seed: int, epoch: int, step: int, rank: int):
+    import torch
+
+    from ..data import sample_seed
+
+    return torch.Generator().manual_seed(sample_seed(seed, epoch * 1_000_003 + step, 1000 + rank))
+
+
+def _load_teacher(path: str | Path, meta: Mapping[str, Any], arch: str | None, unsafe_pickle: bool):
+    """The original (unpruned) model: the pruned file's architecture with the teacher's weights."""
+    from ..io import load_weights, read_checkpoint, restore_setup, sha256_file
+    from ..models.user import ArchSpec, build_arch
+
+    p = Path(path)
+    state, _ = read_checkpoint(p, unsafe_pickle)
+    spec = ArchSpec.from_dict(meta["arch"])
+    if spec.source == "factory" and arch is None:
+        raise MbdlError(f"the model was built by user code {spec.name!r}", f"pass --arch {spec.name} to allow running it for the teacher")
+    model, _ = build_arch(arch or spec.name, spec.args)
+    restore_setup(model, meta)
+    load_weights(model, state, p.name, resize=True)
+    model.eval()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    digest = sha256_file(p)
+    return model, {"path": str(p), "sha256": digest, "is_parent": meta.get("parent_sha256") in (None, digest),
+                   "parent_sha256": meta.get("parent_sha256")}
+
+
+def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist):
+    from ..data import build_dataset, check_no_overlap, file_hashes, list_data_files, read_volumes, split_by_file
+    from ..io import sha256_file
+
+    vols = read_volumes(data, axis=cfg.axis)
+    if val_data is not None:
+        train_v, val_v = vols, read_volumes(val_data, axis=cfg.axis)
+        check_no_overlap(file_hashes(train_v), file_hashes(val_v), "training", "validation")
+    else:
+        train_v, val_v = split_by_file(vols, cfg.val_fraction, cfg.seed)
+    eval_hashes: dict[str, str] = {}
+    if eval_data is not None:
+        eval_hashes = {str(p.resolve()): sha256_file(p) for p in list_data_files(eval_data)}
+        check_no_overlap(file_hashes(train_v), eval_hashes, "training", "evaluation")
+        if val_v:
+            check_no_overlap(file_hashes(val_v), eval_hashes, "validation", "evaluation")
+    train = build_dataset(train_v, op, fit=cfg.fit, normalize=cfg.normalize, seed=cfg.seed, stream=0)
+    val = build_dataset(val_v, op, fit=cfg.fit, normalize=cfg.normalize, seed=cfg.seed, stream=1) if val_v else None
+    return train, val, eval_hashes
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {}
+    for key in items[0]:
+        vals = [it[key] for it in items]
+        out[key] = torch.stack(vals) if isinstance(vals[0], torch.Tensor) else vals
+    return out
+
+
+def _autocast(device: str, enabled: bool):
+    import contextlib
+
+    import torch
+
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
+
+
+@dataclass
+class _ValResult:
+    metric: str  # "psnr" or "measurement-consistency"
+    value: float
+    extra: dict[str, float]
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "psnr"
+
+    def better_than(self, other: float | None) -> bool:
+        if other is None:
+            return True
+        return self.value > other if self.higher_is_better else self.value < other
+
+
+def _validate(model, ds, op, cfg: FinetuneConfig, device: str, d: _Dist) -> _ValResult | None:
+    """Mean PSNR/SSIM over validation images; mean L1 measurement consistency without ground truth."""
+    if ds is None:
+        return None
+    import torch
+
+    from .. import metrics
+
+    model.eval()
+    idx = list(range(d.rank, len(ds), d.world))
+    sums = [0.0, 0.0, 0.0, 0.0]  # psnr|mc, ssim, iterations, count
+    with torch.no_grad():
+        for start in range(0, len(idx), cfg.batch_size):
+            batch = _collate([ds[i] for i in idx[start:start + cfg.batch_size]])
+            y = batch["y"].to(device)
+            with _autocast(device, cfg.bf16):
+                x_net = model(y, op)
+            x_net = x_net.float()
+            n = y.shape[0]
+            if ds.has_ground_truth:
+                m = metrics.compute_metrics(x_net, batch["x"].to(device), cfg.metric)
+                sums[0] += float(m["psnr"].clamp(max=200).sum())
+                sums[1] += float(m["ssim"].sum())
+            else:
+                r = (op.A(x_net) - y).abs().reshape(n, -1).mean(dim=1)
+                sums[0] += float(r.sum())
+            info = getattr(model, "last_info", None) or {}
+            sums[2] += float(info.get("iterations", 0)) * n
+            sums[3] += n
+    sums = _all_reduce_sum(sums, d, device)
+    count = max(sums[3], 1.0)
+    if ds.has_ground_truth:
+        extra = {"ssim": sums[1] / count}
+        res = _ValResult("psnr", sums[0] / count, extra)
+    else:
+        res = _ValResult("measurement-consistency", sums[0] / count, {})
+    if sums[2] > 0:
+        res.extra["deq_iterations"] = sums[2] / count
+    return res
+
+
+def _cache_teacher(teacher, ds, op, device: str, batch_size: int) -> bool:
+    """Store the teacher's reconstructions of the training measurements (fixed for the run)."""
+    import torch
+
+    n = len(ds)
+    c, h, w = op.image_shape
+    if n * c * h * w * 4 > TEACHER_CACHE_BYTES:
+        return False
+    outs = []
+    teacher.to(device).eval()
+    with torch.no_grad():
+        for start in range(0, n, max(1, batch_size)):
+            y = ds.y[start:start + batch_size].to(device)
+            outs.append(teacher(y, op).float().cpu())
+    ds.extra["teacher"] = torch.cat(outs)
+    return True
+
+
+# ----------------------------------------------------------------------------- state files
+def state_paths(out: str | Path) -> tuple[Path, Path]:
+    """``(OUT.state.safetensors, OUT.state.json)`` beside the output."""
+    p = Path(out)
+    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
+    return p.with_name(stem + ".state.safetensors"), p.with_name(stem + ".state.json")
+
+
+def _save_state(out: Path, model, optimizer, best_state, info: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from ..io import atomic_write_bytes, atomic_write_text, sha256_file, state_for_saving
+
+    tensors: dict[str, Any] = {f"model.{k}": v for k, v in state_for_saving(model).items()}
+    if best_state is not None:
+        tensors.update({f"best.{k}": v.contiguous().clone() for k, v in best_state.items()})
+    osd = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in osd["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = val.detach().cpu().contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    tensors["rng.torch"] = torch.get_rng_state().clone()
+    ts_path, js_path = state_paths(out)
+    atomic_write_bytes(ts_path, lambda tmp: save_file(tensors, tmp, metadata={"format": STATE_FORMAT}))
+    doc = {**info, "format": STATE_FORMAT, "version": STATE_VERSION, "tensors_sha256": sha256_file(ts_path),
+           "optimizer": {"param_groups": osd["param_groups"], "scalars": scalars}}
+    atomic_write_text(js_path, json.dumps(doc, indent=1, sort_keys=True))
+
+
+def _load_state(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    from ..io import sha256_file
+
+    ts_path, js_path = state_paths(out)
+    if not ts_path.is_file() or not js_path.is_file():
+        raise MbdlError(f"no training state beside {out} ({ts_path.name} + {js_path.name})", "run without --resume to start a new run")
+    try:
+        doc = json.loads(js_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        raise MbdlError(f"{js_path.name} is damaged", "run without --resume to start again") from None
+    if doc.get("format") != STATE_FORMAT or doc.get("version", 0) > STATE_VERSION:
+        raise MbdlError(f"{js_path.name} is not a training state this mbdlprune can read", "run without --resume to start again")
+    if sha256_file(ts_path) != doc.get("tensors_sha256"):
+        raise MbdlError(f"{ts_path.name} does not match {js_path.name} (interrupted while saving?)", "run without --resume to start again")
+    return doc, load_file(str(ts_path))
+
+
+def _optimizer_state(doc: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, t in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = t
+    for idx, vals in doc["optimizer"]["scalars"].items():
+        state.setdefault(int(idx), {}).update(vals)
+    groups = doc["optimizer"]["param_groups"]
+    for g in groups:
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _check_resume(doc: dict[str, Any], cfg: FinetuneConfig, identity: dict[str, Any]) -> None:
+    old = doc.get("config", {})
+    new = cfg.to_dict()
+    skip = set(FinetuneConfig.RESUMABLE_CHANGES) if cfg.lr_schedule == "none" else {"device"}
+    for key in sorted(set(old) | set(new)):
+        if key in skip:
+            continue
+        if old.get(key) != new.get(key):
+            raise ConfigError(f"--resume with {key} = {new.get(key)!r}, but the interrupted run used {old.get(key)!r}",
+                              f"resume with the same settings ({key} = {old.get(key)!r}), or start again without --resume")
+    for key, value in identity.items():
+        if doc.get(key) != value:
+            raise ConfigError(f"--resume: the {key.replace('_', ' ')} differs from the interrupted run's", "resume with the same model and data, or start again without --resume")
+    if doc["epoch"] >= cfg.epochs:
+        raise ConfigError(f"the saved state has finished {doc['epoch']} epochs already (asked for {cfg.epochs})", "ask for more --epochs, or start again")
+
+
+# ----------------------------------------------------------------------------- progress
+class _Progress:
+    """A Rich progress bar (epoch, step, loss, validation, ETA) on stderr, or nothing."""
+
+    def __init__(self, enabled: bool, epochs: int, steps: int, metric: str):
+        self.enabled = enabled
+        self.p = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                          TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                          console=Console(stderr=True), transient=False)
+        self.epochs = epochs
+        self.metric = metric
+        self.p.start()
+        self.task = self.p.add_task(f"epoch 0/{epochs}", total=epochs * steps, loss="-", val="-")
+
+    def step(self, epoch: int, loss: float) -> None:
+        if self.p:
+            self.p.update(self.task, advance=1, description=f"epoch {epoch}/{self.epochs}", loss=f"{loss:.4g}")
+
+    def val(self, text: str) -> None:
+        if self.p:
+            self.p.update(self.task, val=text)
+
+    def skip(self, steps: int) -> None:
+        if self.p:
+            self.p.update(self.task, advance=steps)
+
+    def close(self) -> None:
+        if self.p:
+            self.p.stop()
+
+
+def _fmt_val(v: _ValResult | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v.value:.2f} dB" if v.metric == "psnr" else f"MC {v.value:.3g}"
+
+
+# ----------------------------------------------------------------------------- the loop
+def finetune(
+    pruned_path: str | Path,
+    *,
+    data: Any,
+    out: str | Path | None,
+    operator: Any = None,
+    teacher: str | Path | None = None,
+    arch: str | None = None,
+    val_data: Any = None,
+    eval_data: Any = None,
+    force: bool = False,
+    resume: bool = False,
+    progress: bool = False,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+    unsafe_pickle: bool = False,
+    config: FinetuneConfig | Mapping[str, Any] | None = None,
+    **options: Any,
+) -> FinetuneResult:
+    """Fine-tune a pruned checkpoint and write the best-validation weights to ``out``.
+
+    ``options`` are :class:`FinetuneConfig` fields (``mode``, ``epochs``, ``lr``, ``batch_size``,
+    ``val_fraction``, ``seed``, ...) and override ``config``; unknown names are a ConfigError.
+    ``operator``: spec path / dict / operator (default: the one stored in the checkpoint).
+    ``teacher``: the original (unpruned) checkpoint, needed by the distill modes.
+    ``val_data``: separate validation files (else ``val_fraction`` of the files, split by file).
+    ``eval_data``: files kept for evaluation; any overlap with training/validation is refused.
+    ``callback(event)`` receives ``{"event": "epoch", ...}`` dicts after each epoch's state is saved.
+    ``out=None`` trains in memory and writes nothing (no resume).
+    """
+    base = config.to_dict() if isinstance(config, FinetuneConfig) else dict(config or {})
+    cfg = FinetuneConfig.from_dict({**base, **options})
+    d = _setup_distributed(cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu"))
+    try:
+        return _run(pruned_path, cfg, d, data=data, out=out, operator=operator, teacher=teacher, arch=arch,
+                    val_data=val_data, eval_data=eval_data, force=force, resume=resume, progress=progress,
+                    callback=callback, unsafe_pickle=unsafe_pickle)
+    finally:
+        if d.initialized_here:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, teacher, arch, val_data, eval_data,
+         force, resume, progress, callback, unsafe_pickle) -> FinetuneResult:
+    import torch
+
+    from ..api import resolve_operator
+    from ..io import check_output_path, load_model, save_model, sha256_file, versions
+    from .losses import build_mode_loss
+
+    t_start = time.perf_counter()
+    device = _resolve_device(cfg.device, d)
+    out_path = Path(out) if out is not None else None
+    if out_path is not None:
+        check_output_path(out_path, force)
+    elif resume:
+        raise MbdlError("--resume needs the output path of the interrupted run", "pass -o OUT.safetensors")
+    warnings: list[str] = []
+
+    # model, operator, teacher
+    loaded = load_model(pruned_path, arch=arch, device="cpu")
+    model, meta = loaded.model, dict(loaded.meta)
+    op = resolve_operator(operator, meta) if operator is not None else loaded.operator
+    if op is None:
+        raise ConfigError(f"{Path(pruned_path).name} stores no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
+    op = op.to(device)
+    settings: dict[str, Any] = {}
+    if hasattr(model, "backward") and hasattr(model, "solver"):
+        if cfg.deq_backward is not None:
+            model.backward = cfg.deq_backward
+        settings["deq_backward"] = model.backward
+    elif cfg.deq_backward is not None:
+        warnings.append(f"--deq-backward {cfg.deq_backward} ignored: the model is not a DEQ")
+    if hasattr(model, "checkpointing"):
+        model.checkpointing = bool(cfg.checkpointing)
+        settings["checkpointing"] = bool(cfg.checkpointing)
+    elif cfg.checkpointing:
+        warnings.append("--checkpointing ignored: the model has no activation checkpointing switch")
+    model.to(device)
+
+    teacher_model, teacher_info = None, None
+    from .losses import mode_weights
+
+    weights = mode_weights(cfg.mode, cfg.weights)
+    if weights.get("distill", 0) > 0:
+        if teacher is None:
+            raise ConfigError(f"mode {cfg.mode!r} distils from the original model, and no teacher was given",
+                              "pass --teacher ORIGINAL_CHECKPOINT (the unpruned file given to prune)")
+        teacher_model, teacher_info = _load_teacher(teacher, meta, arch, unsafe_pickle)
+        teacher_model.to(device)
+        if not teacher_info["is_parent"]:
+            warnings.append(f"teacher {Path(teacher).name} is not the checkpoint this model was pruned from (sha256 differs)")
+    elif teacher is not None:
+        warnings.append(f"--teacher ignored: mode {cfg.mode!r} does not distil")
+    loss_fn = build_mode_loss(cfg.mode, cfg.weights, pixel=cfg.loss, teacher=teacher_model, norm=cfg.mc_norm, noise=cfg.eq_noise)
+
+    # data
+    train, val, eval_hashes = _prepare_data(cfg, op, data, val_data, eval_data, d)
+    if loss_fn.needs_ground_truth and train.kind != "image":
+        raise DataError(f"mode {cfg.mode!r} needs ground-truth images, and the training data is k-space only",
+                        "use --mode self-supervised, or distill with --teacher")
+    if len(train.dataset) < d.world:
+        raise DataError(f"{len(train.dataset)} training slices for {d.world} processes", "use more data or fewer processes")
+    cached_teacher = False
+    if teacher_model is not None:
+        cached_teacher = _cache_teacher(teacher_model, train.dataset, op, device, cfg.batch_size)
+
+    # optimiser (new: the pruned shapes differ from any earlier optimiser's)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    identity = {"pruned_sha256": sha256_file(pruned_path), "train_files": train.hashes,
+                "val_files": val.hashes if val else {}}
+    start_epoch, best_value, best_epoch, best_state = 0, None, None, None
+    history: list[dict[str, Any]] = []
+    before = None
+    resumed_from = None
+    if resume:
+        doc, tensors = _load_state(out_path)
+        _check_resume(doc, cfg, identity)
+        from ..io import load_weights
+
+        load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, "training state")
+        optimizer.load_state_dict(_optimizer_state(doc, tensors))
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        torch.set_rng_state(tensors["rng.torch"])
+        start_epoch, best_value, best_epoch = doc["epoch"], doc["best_value"], doc["best_epoch"]
+        history, before = doc["history"], doc["before"]
+        resumed_from = start_epoch
+    else:
+        v0 = _validate(model, val.dataset if val else None, op, cfg, device, d)
+        before = None if v0 is None else {"metric": v0.metric, "value": v0.value, **v0.extra}
+
+    # distributed wrapper
+    net = model
+    if d.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[d.local_rank] if device.startswith("cuda") else None)
+
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    ds = train.dataset
+    sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed) if d.active else None
+    steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(ds)) / cfg.batch_size)
+    val_metric = "psnr" if (val and val.kind == "image") else ("measurement-consistency" if val else None)
+    bar = _Progress(bool(progress) and d.main, cfg.epochs, steps_per_epoch, val_metric or "-")
+    bar.skip(start_epoch * steps_per_epoch)
+
+    def state_info(epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "config": cfg.to_dict(), **identity, "best_value": best_value, "best_epoch": best_epoch,
+                "history": history, "before": before, "val_metric": val_metric}
+
+    try:
+        if out_path is not None and d.main and not resume:
+            _save_state(out_path, model, optimizer, best_state, state_info(0))
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            lr = cfg.lr if cfg.lr_schedule == "none" else cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            from ..data import sample_seed
+
+            torch.manual_seed(sample_seed(cfg.seed, epoch, 2000 + d.rank))
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+                order = None
+            else:
+                order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 3000))).tolist()
+            loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler if sampler is not None else order,
+                                collate_fn=_collate, num_workers=0)
+            net.train()
+            sums = {"loss": 0.0}
+            n_seen = 0
+            for step, batch in enumerate(loader):
+                y = batch["y"].to(device)
+                x = batch["x"].to(device) if (loss_fn.needs_ground_truth and "x" in batch) else None
+                extra = {"teacher": batch["teacher"].to(device)} if "teacher" in batch else None
+                gen = _step_generator(cfg.seed, epoch, step, d.rank)
+                optimizer.zero_grad(set_to_none=True)
+                with _autocast(device, cfg.bf16):
+                    x_net = net(y, op)
+                    loss = loss_fn(x_net, x, y, op, net, batch=extra, generator=gen)
+                finite = bool(torch.isfinite(loss.detach()).all())
+                if d.active:
+                    finite = _all_reduce_sum([0.0 if finite else 1.0], d, device)[0] == 0.0
+                if not finite:
+                    raise MbdlError(
+                        f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; nothing was written to the output",
+                        ("lower --lr, set --grad-clip or drop --bf16, then continue from the last good state with --resume"
+                         if out_path is not None else "lower --lr, set grad_clip or drop bf16"),
+                    )
+                loss.backward()
+                if cfg.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                optimizer.step()
+                n = y.shape[0]
+                sums["loss"] += float(loss.detach()) * n
+                for k, v in loss_fn.last.items():
+                    sums[k] = sums.get(k, 0.0) + v * n
+                n_seen += n
+                bar.step(epoch + 1, float(loss.detach()))
+            keys = sorted(sums)
+            totals = _all_reduce_sum([sums[k] for k in keys] + [float(n_seen)], d, device)
+            train_means = {k: totals[i] / max(totals[-1], 1.0) for i, k in enumerate(keys)}
+            v = _validate(model, val.dataset if val else None, op, cfg, device, d)
+            if v is not None and v.better_than(best_value):
+                best_value, best_epoch = v.value, epoch + 1
+                best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+            elapsed = time.perf_counter() - t0
+            entry = {"epoch": epoch + 1, "lr": lr, "train": train_means, "time_s": elapsed}
+            if v is not None:
+                entry["val"] = {"metric": v.metric, "value": v.value, **v.extra}
+            history.append(entry)
+            bar.val(_fmt_val(v))
+            if out_path is not None and d.main:
+                _save_state(out_path, model, optimizer, best_state, state_info(epoch + 1))
+            if callback is not None and d.main:
+                callback({"event": "epoch", **entry})
+    finally:
+        bar.close()
+
+    # best weights, record, output
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    record = {
+        "mode": cfg.mode,
+        "pruned": Path(pruned_path).name,
+        "pruned_sha256": identity["pruned_sha256"],
+        "losses": loss_fn.describe(),
+        "weights": loss_fn.weights(),
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "lr_schedule": cfg.lr_schedule,
+        "optimizer": cfg.optimizer,
+        "weight_decay": cfg.weight_decay,
+        "grad_clip": cfg.grad_clip,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+        "config": cfg.to_dict(),
+        "normalization": {"images": cfg.normalize, "description": _norm_text(cfg.normalize, train.kind)},
+        "data": {"train": train.record(), "val": val.record() if val else None,
+                 "val_source": "val_data" if val_data is not None else (f"split by file, fraction {cfg.val_fraction}" if val else "none"),
+                 "eval_files": eval_hashes or None},
+        "validation": {
+            "metric": val_metric,
+            "definition": _val_definition(val_metric, cfg),
+            "before": None if before is None else before["value"],
+            "before_detail": before,
+            "best": best_value,
+            "best_epoch": best_epoch,
+            "kept": "best validation epoch" if best_state is not None else "last epoch (no validation data)",
+        },
+        "history": history,
+        "epoch_time_s": [h["time_s"] for h in history],
+        "teacher": teacher_info,
+        "teacher_cached": cached_teacher,
+        "model_settings": settings,
+        "operator": getattr(op, "spec", None),
+        "device": device,
+        "bf16": cfg.bf16,
+        "world_size": d.world,
+        "resumed_from_epoch": resumed_from,
+        "wall_time_s": time.perf_counter() - t_start,
+        "versions": versions(),
+    }
+    new_meta = {**meta, "finetune": record, "finetune_previous": meta.get("finetune"), "versions": versions()}
+    if getattr(op, "spec", None):
+        new_meta["operator"] = op.spec
+    written = None
+    if out_path is not None and d.main:
+        written = save_model(out_path, model, new_meta, force=force or resume)
+        for p in state_paths(out_path):
+            if p.exists():
+                p.unlink()
+    if d.active:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return FinetuneResult(written or out_path, model, op, new_meta, record, warnings)
+
+
+def _norm_text(normalize: str, kind: str) -> str:
+    what = "k-space" if kind == "kspace" else "image"
+    return {
+        "max": f"each slice's {what} divided by its largest magnitude",
+        "volume": f"each volume's {what} divided by its largest magnitude",
+        "none": f"{what} values as stored",
+    }[normalize]
+
+
+def _val_definition(metric: str | None, cfg: FinetuneConfig) -> str | None:
+    if metric == "psnr":
+        from ..metrics import get_definition
+
+        return get_definition(cfg.metric).describe()
+    if metric == "measurement-consistency":
+        return ("no ground truth in the validation data: mean |A x_hat - y| (L1) over the validation measurements, "
+                "lower is better; this checks data fidelity only, not image quality")
+    return None
