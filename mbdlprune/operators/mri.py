@@ -1,0 +1,195 @@
+"""Cartesian multi-coil MRI: y = M ⊙ F(S ⊙ x) with a centred orthonormal 2-D FFT F.
+
+Images are (N, 2, H, W) (real, imaginary); measurements are (N, coils, H, W, 2) in fastMRI's
+layout, zero where not sampled. Masks select phase-encode columns (the last dim, W).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from ..config import check_keys
+from ..errors import ConfigError, MbdlError
+from . import register_operator
+from .base import Operator
+from .common import (COMMON_KEYS, get_float, get_image_size, get_int, get_noise_sigma, get_str,
+                     reject_with, where_of)
+from .fft import chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, ifft2c
+from .files import binary_mask, load_array, looks_like_path
+from .masks import MASK_TYPES, center_run, fraction_center_lines, make_mask, paper_center_lines
+
+MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "seed", "coils", "coil_maps")
+DEFAULT_CENTER_FRACTION = 0.08
+COIL_DATASETS = ("coil_maps", "sens_maps")
+
+
+class MRIOperator(Operator):
+    """Undersampled Cartesian MRI with coil sensitivities normalised to sum_c |S_c|^2 = 1 when simulated.
+
+    Buffers: ``mask`` (1, 1, 1, W, 1) or (1, 1, H, W, 1), 1 = sampled; ``coil_maps`` (coils, H, W, 2).
+    Attributes used by unrolled networks: ``coils`` and ``num_low_frequencies`` (fully sampled
+    centre columns).
+    """
+
+    kind = "mri"
+
+    def __init__(self, image_size: tuple[int, int], mask: np.ndarray | torch.Tensor,
+                 coil_maps: np.ndarray | torch.Tensor, num_low_frequencies: int,
+                 noise_sigma: float = 0.0, spec: dict[str, Any] | None = None):
+        super().__init__(image_size, 2, noise_sigma, spec)
+        h, w = self.image_size
+        mask = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
+        shape = (1, 1, 1, w, 1) if mask.dim() == 1 else (1, 1, h, w, 1)
+        maps = torch.as_tensor(np.asarray(coil_maps), dtype=torch.float32)
+        if tuple(maps.shape[1:]) != (h, w, 2):
+            raise ValueError(f"coil_maps must be (coils, {h}, {w}, 2), got {tuple(maps.shape)}")
+        self.register_buffer("mask", mask.reshape(shape))
+        self.register_buffer("coil_maps", maps)
+        self.coils = int(maps.shape[0])
+        self.num_low_frequencies = int(num_low_frequencies)
+
+    @property
+    def measurement_shape(self) -> tuple[int, int, int, int]:
+        """(coils, H, W, 2) of one measurement."""
+        return (self.coils, *self.image_size, 2)
+
+    @property
+    def acceleration(self) -> float:
+        """Effective acceleration: all k-space entries / sampled entries."""
+        full = self.image_size[0] * self.image_size[1]
+        per_col = self.image_size[0] if self.mask.shape[2] == 1 else 1
+        return full / max(float(self.mask.sum()) * per_col, 1.0)
+
+    def sens_expand(self, x: torch.Tensor) -> torch.Tensor:
+        """Coil k-spaces F(S x) of images (N, 2, H, W) -> (N, coils, H, W, 2), no mask."""
+        self.check_image(x)
+        return fft2c(complex_mul(self.coil_maps, chan_to_complex(x).unsqueeze(1)))
+
+    def sens_reduce(self, k: torch.Tensor) -> torch.Tensor:
+        """Coil combination sum_c conj(S_c) F^{-1} k_c of (N, coils, H, W, 2) -> (N, 2, H, W), no mask."""
+        self._check_measurement(k)
+        img = complex_mul(complex_conj(self.coil_maps), ifft2c(k)).sum(1)
+        return complex_to_chan(img).contiguous()
+
+    def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        return self.sens_expand(x) * self.mask
+
+    def A_adjoint(self, y: torch.Tensor) -> torch.Tensor:  # noqa: N802
+        self._check_measurement(y)
+        return self.sens_reduce(y * self.mask)
+
+    def noise_mask(self, y: torch.Tensor) -> torch.Tensor:
+        """Complex Gaussian noise only on sampled entries (sigma per real and imaginary part)."""
+        return self.mask
+
+    def _check_measurement(self, y: torch.Tensor) -> None:
+        if y.dim() != 5 or tuple(y.shape[1:]) != self.measurement_shape:
+            raise MbdlError(f"k-space of shape {tuple(y.shape)} does not fit the mri operator "
+                            f"(expects (N, {', '.join(map(str, self.measurement_shape))}))",
+                            "check coils and image_size in the operator spec")
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, coils={self.coils}, acceleration={self.acceleration:.2f}, "
+                f"num_low_frequencies={self.num_low_frequencies}")
+
+
+def simulate_coil_maps(coils: int, height: int, width: int) -> np.ndarray:
+    """Smooth birdcage-like sensitivities (coils, H, W, 2) with sum_c |S_c|^2 = 1 at every pixel.
+
+    Coil c sits on a circle of radius 1.5 (half field of view = 1) at angle 2 pi c / coils with a
+    Gaussian magnitude profile of width 1 and a phase ramp pointing towards it.
+    """
+    half = max(height, width) / 2
+    yy, xx = np.meshgrid((np.arange(height) - (height - 1) / 2) / half,
+                         (np.arange(width) - (width - 1) / 2) / half, indexing="ij")
+    theta = 2 * np.pi * np.arange(coils)[:, None, None] / coils
+    cx, cy = 1.5 * np.cos(theta), 1.5 * np.sin(theta)
+    mag = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 2.0)
+    phase = theta + 0.5 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta))
+    maps = mag * np.exp(1j * phase)
+    maps /= np.sqrt((np.abs(maps) ** 2).sum(0, keepdims=True))
+    return np.stack((maps.real, maps.imag), -1).astype(np.float32)
+
+
+def coil_maps_from_array(arr: np.ndarray, height: int, width: int, where: str) -> np.ndarray:
+    """Accept (coils, H, W) complex, (coils, H, W, 2) real, (coils, H, W) real or (H, W) maps."""
+    if arr.dtype.kind == "c":
+        arr = np.stack((arr.real, arr.imag), -1)
+    elif not (arr.ndim == 4 and arr.shape[-1] == 2):
+        arr = np.stack((arr, np.zeros_like(arr)), -1)
+    if arr.ndim == 3:
+        arr = arr[None]
+    if arr.ndim != 4 or tuple(arr.shape[1:3]) != (height, width):
+        raise ConfigError(f"{where}: coil_maps file has shape {tuple(arr.shape)} (as real/imag), "
+                          f"expected (coils, {height}, {width}) complex or (coils, {height}, {width}, 2)",
+                          "save maps matching image_size, or change image_size")
+    if not np.isfinite(arr).all():
+        raise ConfigError(f"{where}: coil_maps file holds NaN or infinite values", "fix the coil maps")
+    return arr.astype(np.float32)
+
+
+def _mask_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, int], where: str,
+                    spec: dict[str, Any]) -> tuple[np.ndarray, int]:
+    h, w = hw
+    mask = get_str(table, "mask", "uniform", where)
+    if mask in MASK_TYPES:
+        accel = get_float(table, "acceleration", 4, where, minimum=1.0)
+        seed = get_int(table, "seed", 0, where)
+        if "center_fraction" in table:
+            cf = get_float(table, "center_fraction", None, where, minimum=0.0, maximum=1.0, max_open=True)
+            n_center = fraction_center_lines(w, cf)
+            spec["center_fraction"] = cf
+        elif mask == "uniform":
+            n_center = paper_center_lines(w, accel)
+        else:
+            n_center = fraction_center_lines(w, DEFAULT_CENTER_FRACTION)
+        try:
+            arr = make_mask(mask, w, accel, n_center, seed)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e.problem}", e.fix) from None
+        spec.update(mask=mask, acceleration=accel, seed=seed)
+        return arr, n_center
+    if not looks_like_path(mask):
+        raise ConfigError(f"{where}: unknown mask {mask!r}",
+                          f"use one of {', '.join(MASK_TYPES)} or a path to a .npy/.nii/.nii.gz/.h5 mask")
+    reject_with(table, ("acceleration", "center_fraction"), "with a mask file", where)
+    arr, path = load_array(mask, base_dir, "mask", where, datasets=("mask",))
+    arr = binary_mask(np.squeeze(arr) if arr.ndim > 1 else arr, "mask", where)
+    if not (arr.shape == (w,) or arr.shape == (h, w)):
+        raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({w},) or ({h}, {w})",
+                          "save a 1-D mask over the W columns or an H x W mask, or change image_size")
+    spec["mask"] = str(path)
+    if "seed" in table:
+        spec["seed"] = get_int(table, "seed", 0, where)
+    return arr, center_run(arr if arr.ndim == 1 else arr.min(axis=0))
+
+
+@register_operator("mri")
+def build_mri(table: Mapping[str, Any], base_dir: Path) -> MRIOperator:
+    """Build the MRI operator from an ``[operator]`` table (see docs/operators.md)."""
+    where = where_of("mri")
+    check_keys(table, MRI_KEYS, where)
+    h, w = get_image_size(table, where)
+    if get_int(table, "channels", 2, where) != 2:
+        raise ConfigError(f"{where}: channels must be 2 (real, imaginary) for mri", "remove channels or set it to 2")
+    spec: dict[str, Any] = {"kind": "mri", "image_size": [h, w], "noise_sigma": get_noise_sigma(table, where),
+                            "channels": 2}
+    mask, n_center = _mask_from_spec(table, base_dir, (h, w), where, spec)
+    if "coil_maps" in table:
+        arr, path = load_array(get_str(table, "coil_maps", None, where), base_dir, "coil_maps", where,
+                               datasets=COIL_DATASETS)
+        maps = coil_maps_from_array(arr, h, w, where)
+        if "coils" in table and get_int(table, "coils", 1, where) != maps.shape[0]:
+            raise ConfigError(f"{where}: coils = {table['coils']} but the coil_maps file holds {maps.shape[0]} coils",
+                              "remove coils (it is read from the file) or use matching coil maps")
+        spec["coil_maps"] = str(path)
+    else:
+        coils = get_int(table, "coils", 1, where, minimum=1)
+        maps = simulate_coil_maps(coils, h, w) if coils > 1 else \
+            np.stack((np.ones((1, h, w)), np.zeros((1, h, w))), -1).astype(np.float32)
+    spec["coils"] = int(maps.shape[0])
+    return MRIOperator((h, w), mask, maps, n_center, spec["noise_sigma"], spec)
