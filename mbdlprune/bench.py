@@ -412,7 +412,7 @@ def common_operator(models: Sequence[BenchModel], operator: Any = None):
     if operator is not None:
         if not (hasattr(operator, "A") and hasattr(operator, "A_adjoint")):
             operator = load_operator(operator)
-        return operator, "given (--operator), used for every model"
+        return operator, "given explicitly, used for every model"
     specs = [(m.label, (m.meta or {}).get("operator") or getattr(m.operator, "spec", None)) for m in models]
     known = [(lbl, s) for lbl, s in specs if s]
     missing = [lbl for lbl, s in specs if not s]
@@ -536,49 +536,82 @@ def _is_sha256(s: Any) -> bool:
     return isinstance(s, str) and len(s) == 64 and set(s.lower()) <= _HEX
 
 
+def _hashes_in(obj: Any, found: set[str]) -> None:
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            if _is_sha256(k):
+                found.add(str(k).lower())
+            _hashes_in(v, found)
+    elif isinstance(obj, (list, tuple, set)):
+        for v in obj:
+            _hashes_in(v, found)
+    elif _is_sha256(obj):
+        found.add(obj.lower())
+
+
+#: parts of a fine-tune record's ``data`` that are not training data (eval files it was told to avoid)
+_NOT_TRAINING = ("eval_files", "eval", "evaluation")
+
+
 def training_hashes(record: Any) -> set[str]:
-    """Every sha256 (64 hex digits) anywhere in a fine-tune record: training and validation files."""
+    """sha256 of every file a fine-tune record says it trained or validated on.
+
+    Reads ``record["data"]`` (``train`` / ``val`` file tables) except the evaluation files
+    the run was told to avoid, plus any ``*_hashes`` lists at the top level.
+    """
     found: set[str] = set()
-
-    def walk(obj: Any) -> None:
-        if isinstance(obj, Mapping):
-            for k, v in obj.items():
-                if _is_sha256(k):
-                    found.add(str(k).lower())
-                walk(v)
-        elif isinstance(obj, (list, tuple, set)):
-            for v in obj:
-                walk(v)
-        elif _is_sha256(obj):
-            found.add(obj.lower())
-
-    walk(record)
+    if not isinstance(record, Mapping):
+        return found
+    data = record.get("data")
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            if k not in _NOT_TRAINING:
+                _hashes_in(v, found)
+    elif data is not None:
+        _hashes_in(data, found)
+    for k, v in record.items():
+        if k.endswith("hashes") and not k.startswith("eval"):
+            _hashes_in(v, found)
     return found
 
 
-def finetune_summary(meta: Mapping[str, Any]) -> dict[str, Any] | None:
-    rec = (meta or {}).get("finetune")
-    if not rec:
-        return None
-    keep = ("mode", "epochs", "steps", "lr", "loss", "best_epoch", "best_val_psnr", "teacher", "created")
-    out = {k: rec.get(k) for k in keep if rec.get(k) is not None}
-    out["training_hashes"] = len(training_hashes(rec))
+def _finetune_records(meta: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    out = []
+    for key in ("finetune", "finetune_previous"):
+        rec = (meta or {}).get(key)
+        while isinstance(rec, Mapping):
+            out.append(rec)
+            rec = rec.get("previous") if isinstance(rec.get("previous"), Mapping) else None
     return out
 
 
+def finetune_summary(meta: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Mode, epochs and data of a model's fine-tune record, for reports (None if not fine-tuned)."""
+    rec = (meta or {}).get("finetune")
+    if not rec:
+        return None
+    cfg = rec.get("config") if isinstance(rec.get("config"), Mapping) else {}
+    out = {k: rec.get(k, cfg.get(k)) for k in ("mode", "epochs", "lr", "batch_size", "loss")}
+    data = rec.get("data") if isinstance(rec.get("data"), Mapping) else {}
+    train = data.get("train") if isinstance(data.get("train"), Mapping) else {}
+    out["train_slices"] = train.get("slices")
+    out["train_files"] = len(train.get("files") or {})
+    out["validation"] = (rec.get("validation") or {}).get("metric") if isinstance(rec.get("validation"), Mapping) else None
+    out["training_hashes"] = len(training_hashes(rec))
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def check_finetune_overlap(models: Sequence[BenchModel], eval_hashes: Iterable[str]) -> None:
-    """Refuse a model fine-tuned on any of the evaluation files."""
+    """Refuse a model fine-tuned (trained or validated) on any of the evaluation files."""
     ev = {h.lower() for h in eval_hashes}
     for m in models:
-        rec = (m.meta or {}).get("finetune")
-        if not rec:
-            continue
-        overlap = training_hashes(rec) & ev
-        if overlap:
-            raise DataError(
-                f"{m.label} was fine-tuned on {len(overlap)} of the evaluation files (sha256 {sorted(overlap)[0][:12]}…)",
-                "evaluate on data the model never trained on",
-            )
+        for rec in _finetune_records(m.meta):
+            overlap = training_hashes(rec) & ev
+            if overlap:
+                raise DataError(
+                    f"{m.label} was fine-tuned on {len(overlap)} of the evaluation files (sha256 {sorted(overlap)[0][:12]}…)",
+                    "evaluate on files the model never trained or validated on",
+                )
 
 
 # ------------------------------------------------------------------------------ costs and quality
@@ -1173,60 +1206,97 @@ def bench(
     return report
 
 
+def run_finetune(path: str | Path, settings: Mapping[str, Any], out: str | Path | None, arch: str | None = None,
+                 force: bool = True, eval_data: Any = None):
+    """Call :func:`mbdlprune.finetune.finetune` with ``settings`` (``data`` included); returns its result."""
+    try:
+        from .finetune import finetune
+    except ImportError as e:  # pragma: no cover - ships with the package
+        raise MbdlError(f"fine-tuning needs mbdlprune.finetune ({e})", "install the full package") from None
+    kwargs = dict(settings)
+    if "data" not in kwargs or kwargs["data"] is None:
+        raise MbdlError("fine-tuning needs training data", "give data = PATH in the fine-tune settings")
+    if arch is not None:
+        kwargs.setdefault("arch", arch)
+    if eval_data is not None and not _is_tensor(eval_data):
+        kwargs.setdefault("eval_data", eval_data)
+    return finetune(path, out=out, force=force, **kwargs)
+
+
+def _is_tensor(x: Any) -> bool:
+    try:
+        import torch
+
+        return torch.is_tensor(x)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def ensure_model_file(bm: BenchModel, folder: str | Path) -> str:
+    """A path to an mbdlprune file holding ``bm`` (writes one into ``folder`` when needed)."""
+    from .io import read_checkpoint, save_model
+
+    if bm.path and str(bm.path).endswith(".safetensors"):
+        try:
+            _, meta = read_checkpoint(bm.path)
+        except MbdlError:
+            meta = None
+        if meta is not None:
+            return str(bm.path)
+    if not (bm.meta or {}).get("arch"):
+        raise MbdlError(f"{bm.label} has no architecture record to save it with", "pass the model as an mbdlprune file")
+    out = Path(folder) / f"{bm.label.replace('/', '_')}.safetensors"
+    meta = {k: v for k, v in bm.meta.items() if k not in ("format_version",)}
+    if bm.operator is not None and getattr(bm.operator, "spec", None):
+        meta.setdefault("operator", bm.operator.spec)
+    save_model(out, bm.model, meta, force=True)
+    return str(out)
+
+
+def control_settings(entries: Sequence[BenchModel]) -> dict[str, Any]:
+    """The fine-tune settings of the first fine-tuned model: same mode, budget and data files."""
+    rec = next(((e.meta or {}).get("finetune") for e in entries[1:] if (e.meta or {}).get("finetune")), None)
+    if not rec:
+        raise MbdlError("--control needs a fine-tuned pruned model to copy the budget from",
+                        "fine-tune a pruned model first (mbdlprune finetune), then bench it with --control")
+    return settings_from_record(rec)
+
+
 def _control_model(entries: list[BenchModel], control: bool | Mapping[str, Any], out: str | Path | None, arch, say) -> BenchModel:
-    """Fine-tune the original with the same data and budget as the (first) fine-tuned pruned model."""
-    import inspect
+    """Fine-tune the original with the same data and budget as the fine-tuned pruned model."""
     import tempfile
 
     from .io import load_model
 
     original = entries[0]
-    if original.path is None:
-        raise MbdlError("--control needs the original model as a file", "pass the original model's path first")
-    if isinstance(control, Mapping):
-        settings = dict(control)
-    else:
-        rec = next(((e.meta or {}).get("finetune") for e in entries[1:] if (e.meta or {}).get("finetune")), None)
-        if not rec:
-            raise MbdlError("--control needs a fine-tuned pruned model to copy the budget from",
-                            "fine-tune a pruned model first, or give the control's settings")
-        settings = _settings_from_record(rec)
-    try:
-        from .finetune import finetune
-    except ImportError as e:
-        raise MbdlError(f"--control needs mbdlprune.finetune ({e})", "install the full package") from None
-    accepted = set(inspect.signature(finetune).parameters)
-    settings = {k: v for k, v in settings.items() if k in accepted}
-    if out is None:
-        out = Path(tempfile.mkdtemp(prefix="mbdlprune-control-")) / "control.safetensors"
+    settings = dict(control) if isinstance(control, Mapping) else control_settings(entries)
+    folder = Path(out).parent if out is not None else Path(tempfile.mkdtemp(prefix="mbdlprune-control-"))
+    out = Path(out) if out is not None else folder / "control.safetensors"
+    src = ensure_model_file(original, folder)
+    if settings.get("mode", "").startswith("distill") or "teacher" in settings:
+        settings.setdefault("teacher", src)
     say(f"fine-tuning the original as a control ({settings.get('mode')}, {settings.get('epochs')} epochs)")
-    kwargs = dict(settings)
-    if "out" in accepted:
-        kwargs["out"] = out
-    if "force" in accepted:
-        kwargs.setdefault("force", True)
-    if "arch" in accepted and arch:
-        kwargs["arch"] = arch
-    result = finetune(original.path, **kwargs)
-    path = getattr(result, "out", None) or getattr(result, "path", None) or out
+    result = run_finetune(src, settings, out, arch=arch)
+    path = getattr(result, "out", None) or out
     lm = load_model(path, arch=arch)
-    return BenchModel(f"{Path(original.path).name}+finetune (control)", lm.model, dict(lm.meta), lm.operator, str(path), "control")
+    return BenchModel(f"{original.label}+finetune (control)", lm.model, dict(lm.meta), lm.operator, str(path), "control")
 
 
-def _settings_from_record(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """Fine-tune settings (mode, epochs, data, optimiser) recorded by the fine-tune step."""
-    out: dict[str, Any] = {}
-    settings = rec.get("settings") if isinstance(rec.get("settings"), Mapping) else {}
-    for src in (rec, settings):
-        for k, v in src.items():
-            if k in ("mode", "epochs", "lr", "batch_size", "steps", "loss", "seed", "data", "val_data",
-                     "weight_decay", "max_steps", "patience", "val_fraction", "teacher", "crop", "tol", "max_iter"):
-                out[k] = v
-    if "data" not in out:
-        for key in ("data_paths", "train_data", "data_files", "files"):
-            if rec.get(key):
-                out["data"] = rec[key]
-                break
-    if "data" not in out:
-        raise MbdlError("the fine-tune record does not say which data it used", "give the control's data explicitly")
+def settings_from_record(rec: Mapping[str, Any]) -> dict[str, Any]:
+    """Fine-tune settings (config, training and validation files) recorded by the fine-tune step."""
+    cfg = dict(rec.get("config") or {}) if isinstance(rec.get("config"), Mapping) else {}
+    if not cfg:
+        cfg = {k: rec[k] for k in ("mode", "epochs", "lr", "batch_size", "seed", "loss") if k in rec}
+    cfg.pop("device", None)
+    data = rec.get("data") if isinstance(rec.get("data"), Mapping) else {}
+    train = (data.get("train") or {}).get("files") if isinstance(data.get("train"), Mapping) else None
+    val = (data.get("val") or {}).get("files") if isinstance(data.get("val"), Mapping) else None
+    if not train:
+        raise MbdlError("the fine-tune record does not list its training files", "give the control's settings explicitly")
+    missing = [p for p in list(train) + list(val or []) if not Path(p).exists()]
+    if missing:
+        raise DataError(f"the fine-tuning data file {missing[0]} no longer exists", "restore it, or give the control's data explicitly")
+    out: dict[str, Any] = {**cfg, "data": sorted(train)}
+    if val:
+        out["val_data"] = sorted(val)
     return out

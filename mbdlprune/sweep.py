@@ -1,0 +1,337 @@
+"""Prune one checkpoint at several ratios and benchmark all of them side by side in one run.
+
+The sweep answers "how much can I prune?": for each ratio it reports the realised speedup,
+the prior-MACs reduction, their quotient (how much of the MACs saving turns into time), the
+PSNR drop, and whether the model is on the speed/PSNR (Pareto) front. With
+``max_psnr_drop`` it writes the fastest model within that budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from .bench import BenchModel, BenchReport, _fmt, _si, bench, run_finetune
+from .errors import MbdlError
+
+
+def parse_ratios(text: str | Sequence[float]) -> list[float]:
+    """``"0.1,0.2"`` or a list -> sorted unique ratios in (0, 1)."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            values = [float(p) for p in parts]
+        except ValueError:
+            raise MbdlError(f"--ratios {text!r} is not a comma-separated list of numbers", "write e.g. --ratios 0.1,0.3,0.5") from None
+    else:
+        values = [float(v) for v in text]
+    if not values:
+        raise MbdlError("no pruning ratios given", "write e.g. --ratios 0.1,0.3,0.5")
+    for v in values:
+        if not 0.0 < v < 1.0:
+            raise MbdlError(f"pruning ratio {v} is outside (0, 1)", "give fractions of channels to remove, e.g. 0.3")
+    return sorted(set(values))
+
+
+def load_original(checkpoint: str | Path, arch: str | None = None, arch_args: Mapping[str, Any] | None = None,
+                  operator: Any = None, unsafe_pickle: bool = False):
+    """The unpruned model as a :class:`BenchModel` (role "original") plus its spec, meta and operator."""
+    from .api import load_checkpoint_model, resolve_operator
+
+    model, spec, meta = load_checkpoint_model(checkpoint, arch, dict(arch_args or {}) or None, unsafe_pickle)
+    op = resolve_operator(operator, meta)
+    if op is None and spec.kind == "mbdl":
+        raise MbdlError(f"{Path(checkpoint).name} records no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
+    full_meta = dict(meta or {})
+    full_meta.setdefault("arch", spec.to_dict())
+    if op is not None and getattr(op, "spec", None):
+        full_meta["operator"] = op.spec
+    full_meta.setdefault("pruning", None)
+    label = Path(checkpoint).name
+    for suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".tar", ".bin"):
+        if label.endswith(suffix):
+            label = label[: -len(suffix)]
+            break
+    bm = BenchModel(label, model, full_meta, op, str(checkpoint), "original")
+    return bm, spec, full_meta, op
+
+
+@dataclass
+class SweepPoint:
+    """One ratio of the sweep (the original has ratio 0)."""
+
+    ratio: float
+    label: str
+    path: str | None
+    achieved_channel_ratio: float | None
+    params: int
+    speedup: float | None
+    prior_macs_reduction: float | None
+    speedup_per_macs_reduction: float | None
+    psnr_mean: float
+    psnr_drop: float | None
+    ssim_mean: float
+    median_ms: float
+    on_front: bool = False
+    within_budget: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SweepReport:
+    """Points per ratio, the Pareto front, the chosen model and the full bench report."""
+
+    points: list[SweepPoint]
+    bench: BenchReport
+    max_psnr_drop: float | None = None
+    best: SweepPoint | None = None
+    best_path: str | None = None
+    out_dir: str | None = None
+    finetune: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from .bench import SCHEMA_VERSION, _clean
+
+        return _clean({
+            "schema_version": SCHEMA_VERSION,
+            "kind": "sweep",
+            "points": [p.to_dict() for p in self.points],
+            "front": [p.label for p in self.points if p.on_front],
+            "max_psnr_drop": self.max_psnr_drop,
+            "best": self.best.to_dict() if self.best else None,
+            "best_path": self.best_path,
+            "out_dir": self.out_dir,
+            "finetune": {k: v for k, v in (self.finetune or {}).items() if k != "data"} or None,
+            "notes": self.notes,
+            "bench": self.bench.to_dict(),
+        })
+
+    def exit_code(self) -> int:
+        """1 when a PSNR budget was set and no pruned model meets it."""
+        return 1 if self.max_psnr_drop is not None and self.best is None else 0
+
+    def summary_line(self) -> str:
+        if self.max_psnr_drop is None:
+            return f"{len(self.points) - 1} ratios benchmarked; front: {', '.join(p.label for p in self.points if p.on_front)}"
+        if self.best is None:
+            return f"no pruned model stays within a PSNR drop of {self.max_psnr_drop:g} dB"
+        where = f" -> {self.best_path}" if self.best_path else ""
+        return (f"fastest within {self.max_psnr_drop:g} dB: ratio {self.best.ratio:g} ({self.best.label}), "
+                f"speedup {self.best.speedup:.2f}x, PSNR drop {self.best.psnr_drop:.2f} dB{where}")
+
+    HEADERS = ["ratio", "model", "ch. removed", "params", "prior MACs ↓", "speedup", "speedup/MACs↓",
+               "median ms", "PSNR dB", "PSNR drop", "SSIM", "front", "budget"]
+
+    def _rows(self) -> list[list[str]]:
+        rows = []
+        for p in self.points:
+            rows.append([
+                f"{p.ratio:g}", p.label, _fmt(p.achieved_channel_ratio, ".3f"), _si(p.params),
+                _fmt(p.prior_macs_reduction, ".2f") + "x", _fmt(p.speedup, ".2f") + "x",
+                _fmt(p.speedup_per_macs_reduction, ".2f"), _fmt(p.median_ms, ".2f"), _fmt(p.psnr_mean),
+                "—" if p.ratio == 0 else _fmt(p.psnr_drop, "+.2f"), _fmt(p.ssim_mean, ".4f"),
+                "●" if p.on_front else "", {None: "", True: "yes", False: "no"}[p.within_budget],
+            ])
+        return rows
+
+    def table(self):
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        t = Table(title="pruning sweep (one run, identical solver settings)", title_justify="left")
+        for h in self.HEADERS:
+            t.add_column(h, justify="left" if h == "model" else "right", no_wrap=True)
+        for row in self._rows():
+            t.add_row(*row)
+        lines = [Text(self.bench.context_line())]
+        if self.bench.solver_line():
+            lines.append(Text(self.bench.solver_line()))
+        for n in self.bench.notes + self.notes:
+            lines.append(Text("note: " + n, style="yellow"))
+        lines.append(Text(self.summary_line(), style="bold"))
+        return Group(t, *lines)
+
+    def print(self, console=None) -> None:
+        from rich.console import Console
+
+        (console or Console()).print(self.table())
+
+    def markdown(self) -> str:
+        out = ["## mbdlprune sweep", "", f"**{self.summary_line()}**", ""]
+        out.append("| " + " | ".join(self.HEADERS) + " |")
+        out.append("|" + "|".join("---" if h == "model" else "---:" for h in self.HEADERS) + "|")
+        for row in self._rows():
+            out.append("| " + " | ".join(row) + " |")
+        out += ["", f"- **Device:** {self.bench.context_line()}"]
+        if self.bench.solver_line():
+            out.append(f"- **Solver:** {self.bench.solver_line()}")
+        out.append(f"- **Metric:** {self.bench.metric['description']}")
+        for n in self.bench.notes + self.notes:
+            out.append(f"- **Note:** {n}")
+        return "\n".join(out) + "\n"
+
+
+def pareto_front(points: Sequence[SweepPoint]) -> None:
+    """Mark points no other point beats on both speed (higher) and PSNR (higher)."""
+    for p in points:
+        p.on_front = not any(
+            (q.speedup or 0) >= (p.speedup or 0) and q.psnr_mean >= p.psnr_mean
+            and ((q.speedup or 0) > (p.speedup or 0) or q.psnr_mean > p.psnr_mean)
+            for q in points if q is not p
+        )
+
+
+def _achieved(meta: Mapping[str, Any] | None) -> float | None:
+    rec = (meta or {}).get("pruning")
+    if not rec:
+        return None
+    before = after = 0
+    for prior in (rec.get("priors") or {}).values():
+        for b, a in (prior.get("widths") or {}).values():
+            before += b
+            after += a
+    return round(1.0 - after / before, 4) if before else None
+
+
+def sweep(
+    checkpoint: str | Path,
+    arch: str | None = None,
+    arch_args: Mapping[str, Any] | None = None,
+    operator: Any = None,
+    ratios: str | Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5),
+    finetune: Mapping[str, Any] | None = None,
+    data: Any = None,
+    eval_data: Any = None,
+    max_psnr_drop: float | None = None,
+    out_dir: str | Path | None = None,
+    importance: str = "l1",
+    round_to: int | None = None,
+    prune_options: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    solver: str | None = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    warmup: int = 10,
+    repeats: int = 30,
+    batch_size: int = 1,
+    metric: str = "plain",
+    seed: int = 0,
+    max_images: int | None = None,
+    fit: str = "error",
+    force: bool = False,
+    unsafe_pickle: bool = False,
+    progress=None,
+) -> SweepReport:
+    """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
+
+    ``finetune``: settings for :func:`mbdlprune.finetune.finetune` (``mode``, ``epochs``, ...;
+    training files under ``data`` or the ``data`` argument); fine-tuning works on files, so it
+    needs ``out_dir``. ``eval_data`` (required): evaluation images, never used for training.
+    ``max_psnr_drop``: copy the fastest model within that PSNR drop to ``out_dir/best.safetensors``.
+    """
+    from .api import prune_model
+    from .io import save_model, sha256_file
+
+    say = progress or (lambda msg: None)
+    ratio_list = parse_ratios(ratios)
+    if eval_data is None:
+        raise MbdlError("a sweep needs evaluation data", "pass --eval-data PATH (images the models never trained on)")
+    ft = dict(finetune or {})
+    if ft:
+        ft.setdefault("data", data)
+        if ft.get("data") is None:
+            raise MbdlError("fine-tuning in a sweep needs training data", "pass --data PATH (separate from --eval-data)")
+        if out_dir is None:
+            raise MbdlError("fine-tuning in a sweep writes models", "pass --out-dir FOLDER")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        best_file = out / "best.safetensors"
+        if max_psnr_drop is not None and best_file.exists() and not force:
+            raise MbdlError(f"{best_file} already exists", "pass --force to overwrite it, or choose another --out-dir")
+
+    original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle)
+    parent_sha = sha256_file(checkpoint)
+    entries: list[BenchModel] = [original]
+    stem = original.label
+    opts = dict(prune_options or {})
+    if out is not None and ft:
+        original.path = _save(out / f"{stem}-original.safetensors", original, force)
+    for r in ratio_list:
+        say(f"pruning at ratio {r:g}")
+        model = copy.deepcopy(original.model)
+        res = prune_model(model, spec, op, ratio=r, importance=importance, round_to=round_to,
+                          parent_meta=meta,
+                          parent_sha256=parent_sha, **opts)
+        res.meta["parent"] = Path(checkpoint).name
+        label = f"{stem}-r{r:g}"
+        path = None
+        if out is not None:
+            path = str(save_model(out / f"{label}.safetensors", res.model, res.meta, force=force))
+        bm = BenchModel(label, res.model, res.meta, op, path, "pruned")
+        if ft:
+            say(f"fine-tuning ratio {r:g} ({ft.get('mode', 'supervised')}, {ft.get('epochs', 1)} epochs)")
+            settings = dict(ft)
+            if str(settings.get("mode", "")).startswith("distill"):
+                settings.setdefault("teacher", original.path)
+            result = run_finetune(path, settings, out / f"{label}-ft.safetensors", arch=arch if arch and ":" in arch else None,
+                                  force=force, eval_data=eval_data)
+            label = f"{label}-ft"
+            bm = BenchModel(label, result.model, dict(result.meta), op, str(result.out) if result.out else None, "pruned")
+        entries.append(bm)
+    report = bench(entries, eval_data, operator=op, device=device, solver=solver, tol=tol, max_iter=max_iter,
+                   warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed,
+                   max_images=max_images, fit=fit, progress=progress)
+
+    points = []
+    for r, (e, m) in zip([0.0] + ratio_list, zip(entries, report.models)):
+        points.append(SweepPoint(
+            ratio=r, label=m.label, path=e.path, achieved_channel_ratio=_achieved(e.meta) if r else 0.0, params=m.params,
+            speedup=m.speedup, prior_macs_reduction=m.prior_macs_reduction,
+            speedup_per_macs_reduction=m.speedup_per_macs_reduction, psnr_mean=m.psnr_mean,
+            psnr_drop=m.psnr_drop, ssim_mean=m.ssim_mean, median_ms=m.timing.median_ms,
+        ))
+    pareto_front(points)
+    best = None
+    if max_psnr_drop is not None:
+        for p in points[1:]:
+            p.within_budget = p.psnr_drop is not None and p.psnr_drop <= max_psnr_drop
+        ok = [p for p in points[1:] if p.within_budget and p.speedup is not None]
+        best = max(ok, key=lambda p: p.speedup) if ok else None
+    sr = SweepReport(points, report, max_psnr_drop, best, None, str(out) if out else None, ft or None)
+    slow = [p for p in points[1:] if p.speedup_per_macs_reduction is not None and p.speedup_per_macs_reduction < 0.8]
+    if slow:
+        sr.notes.append("realised speedup is below 0.8x of the prior-MACs reduction at ratio(s) "
+                        + ", ".join(f"{p.ratio:g} ({p.speedup_per_macs_reduction:.2f})" for p in slow)
+                        + ": operator cost, small images or channel widths the kernels run poorly (see round_to)")
+    if best is not None and out is not None:
+        target = out / "best.safetensors"
+        if best.path:
+            shutil.copyfile(best.path, target)
+        else:
+            e = entries[points.index(best)]
+            _save(target, e, True)
+        sr.best_path = str(target)
+    if out is not None:
+        import json
+
+        from .io import atomic_write_text
+
+        atomic_write_text(out / "sweep.json", json.dumps(sr.to_dict(), indent=2, allow_nan=False) + "\n")
+        atomic_write_text(out / "sweep.md", sr.markdown())
+    return sr
+
+
+def _save(path: Path, bm: BenchModel, force: bool) -> str:
+    from .io import save_model
+
+    meta = {k: v for k, v in (bm.meta or {}).items() if k != "format_version"}
+    return str(save_model(path, bm.model, meta, force=force))
+
