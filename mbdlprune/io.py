@@ -237,12 +237,20 @@ def state_for_saving(model) -> dict[str, Any]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def parameterless_norm_widths(model) -> dict[str, int]:
+    """``num_features`` of norm layers without weights or statistics (their width is not in the state)."""
+    from torch import nn
+
+    return {n: int(m.num_features) for n, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is None and m.running_mean is None}
+
+
 def save_model(path: str | Path, model, meta: dict[str, Any], force: bool = False) -> Path:
     """Write ``model``'s weights and ``meta`` (JSON in the safetensors header) atomically."""
     from safetensors.torch import save_file
 
     p = check_output_path(path, force)
-    meta = {**meta, "format_version": FORMAT_VERSION, "versions": meta.get("versions") or versions()}
+    meta = {**meta, "format_version": FORMAT_VERSION, "norm_widths": parameterless_norm_widths(model), "versions": meta.get("versions") or versions()}
     header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta, sort_keys=True)}
     state = state_for_saving(model)
     atomic_write_bytes(p, lambda tmp: save_file(state, tmp, metadata=header))
@@ -284,6 +292,8 @@ def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", o
     model, _ = build_arch(arch or spec.name, spec.args)
     restore_setup(model, meta)
     load_weights(model, state, p.name, resize=True)
+    for name, width in (meta.get("norm_widths") or {}).items():
+        model.get_submodule(name).num_features = int(width)
     model.eval().to(device)
     op = operator
     if op is None and meta.get("operator"):

@@ -314,6 +314,22 @@ def make_pruner(prior: nn.Module, inputs: tuple, cfg: PruneConfig, ignored: list
     )
 
 
+@contextmanager
+def _sync_parameterless_norms(module: nn.Module) -> Iterator[None]:
+    """Set ``num_features`` of norms without parameters (torch-pruning cannot see them) from their input."""
+
+    def hook(m, args):
+        m.num_features = int(args[0].shape[1])
+
+    hs = [m.register_forward_pre_hook(hook) for m in module.modules()
+          if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is None and m.running_mean is None]
+    try:
+        yield
+    finally:
+        for h in hs:
+            h.remove()
+
+
 def _taylor_backward(prior: nn.Module, inputs: tuple) -> None:
     """Taylor importance needs gradients: use the prior's output energy on its traced input."""
     prior.zero_grad(set_to_none=True)
@@ -348,7 +364,7 @@ def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str,
         prior.zero_grad(set_to_none=True)
     prior.train(was_training)
     after_params = count_params(prior)
-    with torch.no_grad():
+    with torch.no_grad(), _sync_parameterless_norms(prior):
         out = prior(*inputs)
     out_shape = tuple((out[0] if isinstance(out, (tuple, list)) else out).shape)
     if out_shape != ref_shape:

@@ -60,8 +60,8 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, max_it
     With g(x) = f(x) - x and the last ``m`` differences dX, dG of iterates and residuals,
     each step takes c = argmin ||g_k - dG c||^2 + lam ||D c||^2 (D: the column norms of dG,
     so ``lam`` is scale free) and sets x+ = x_k + beta g_k - (dX + beta dG) c. This equals
-    the usual form with weights summing to one, but a QR least-squares solve instead of
-    normal equations keeps it accurate down to tight tolerances.
+    the usual form with weights summing to one, solved via float64 normal equations, which
+    keeps it accurate down to tight tolerances and reproducible bit for bit.
     """
     shape, n = x0.shape, x0.shape[0]
     m = max(1, int(m))
@@ -86,7 +86,11 @@ def anderson(f: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, max_it
             ridge = (lam ** 0.5) * torch.eye(k, dtype=dg.dtype, device=dg.device).expand(n, k, k)
             lhs = torch.cat([dg / scale, ridge], dim=1)
             rhs = torch.cat([g, g.new_zeros(n, k)], dim=1).unsqueeze(2)
-            c = torch.linalg.lstsq(lhs, rhs).solution / scale.transpose(1, 2)  # (n, k, 1)
+            # normal equations in float64: as accurate here as QR, and bit-reproducible on
+            # CPU (LAPACK's least-squares driver is not, which breaks exact reload checks)
+            lhs64, rhs64 = lhs.double(), rhs.double()
+            gram = lhs64.transpose(1, 2) @ lhs64
+            c = torch.linalg.solve(gram, lhs64.transpose(1, 2) @ rhs64).to(lhs.dtype) / scale.transpose(1, 2)
             x_new = x + beta * g - ((dx + beta * dg) @ c).squeeze(2)
         fx_new = f(x_new.reshape(shape)).reshape(n, -1)
         g_new = fx_new - x_new
