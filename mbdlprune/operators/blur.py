@@ -73,8 +73,8 @@ def kernel_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, in
         return gaussian_kernel(size, sigma)
     if not looks_like_path(kernel):
         raise ConfigError(f"{where}: unknown kernel {kernel!r}", 'use "gaussian" or a path to a .npy/.nii/.nii.gz/.h5 kernel')
-    reject_with(table, ("kernel_size", "kernel_sigma"), "with a kernel file", where)
     arr, path = load_array(kernel, base_dir, "kernel", where, datasets=("kernel",))
+    reject_with(table, ("kernel_size", "kernel_sigma"), "with a kernel file", where)
     arr = np.squeeze(arr)
     if arr.ndim != 2 or arr.dtype.kind == "c":
         raise ConfigError(f"{where}: kernel file must hold a real 2-D array, got shape {arr.shape} ({arr.dtype})",

@@ -64,8 +64,8 @@ def build_inpaint(table: Mapping[str, Any], base_dir: Path) -> InpaintOperator:
         arr = random_pixel_mask(h, w, fraction, seed)
         spec.update(mask="random", fraction=fraction, seed=seed)
     elif looks_like_path(mask):
-        reject_with(table, ("fraction", "seed"), "with a mask file", where)
         arr, path = load_array(mask, base_dir, "mask", where, datasets=("mask",))
+        reject_with(table, ("fraction", "seed"), "with a mask file", where)
         arr = binary_mask(np.squeeze(arr), "mask", where)
         if arr.shape != (h, w):
             raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({h}, {w})",

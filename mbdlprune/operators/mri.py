@@ -156,8 +156,8 @@ def _mask_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, int
     if not looks_like_path(mask):
         raise ConfigError(f"{where}: unknown mask {mask!r}",
                           f"use one of {', '.join(MASK_TYPES)} or a path to a .npy/.nii/.nii.gz/.h5 mask")
-    reject_with(table, ("acceleration", "center_fraction"), "with a mask file", where)
     arr, path = load_array(mask, base_dir, "mask", where, datasets=("mask",))
+    reject_with(table, ("acceleration", "center_fraction"), "with a mask file", where)
     arr = binary_mask(np.squeeze(arr) if arr.ndim > 1 else arr, "mask", where)
     if not (arr.shape == (w,) or arr.shape == (h, w)):
         raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({w},) or ({h}, {w})",
