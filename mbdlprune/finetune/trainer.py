@@ -749,6 +749,8 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
             "best_epoch": best_epoch,
             "kept": "best validation epoch" if best_state is not None else "last epoch (no validation data)",
         },
+        "best_val_psnr": best_value if val_metric == "psnr" else None,
+        "val_psnr_before": (before or {}).get("value") if val_metric == "psnr" else None,
         "history": history,
         "epoch_time_s": [h["time_s"] for h in history],
         "teacher": teacher_info,

@@ -1,0 +1,128 @@
+"""CLI wiring for ``finetune`` (thin: parse options, call :func:`mbdlprune.finetune.finetune`, print)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli_common import DebugOpt, DeviceOpt, ForceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors, print_json
+
+MODE_HELP = "supervised | distill | self-supervised | distill+self-supervised"
+
+
+def _parse_weights(text: Optional[str]) -> dict:
+    from .errors import ConfigError
+
+    if not text:
+        return {}
+    t = text.strip()
+    try:
+        if t.startswith("{"):
+            w = json.loads(t)
+        else:
+            from .config import read_config_file
+
+            w = read_config_file(t)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--weights is not valid JSON: {e}", 'write e.g. \'{"mc": 1.0, "equivariance": 0.5}\'') from None
+    if not isinstance(w, dict):
+        raise ConfigError("--weights must be a JSON object", 'write e.g. \'{"mc": 1.0, "equivariance": 0.5}\'')
+    return w
+
+
+def _fmt(v, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}{unit}" if isinstance(v, float) else str(v)
+
+
+def render_finetune(result) -> None:
+    from rich.table import Table
+
+    r = result.record
+    v = r["validation"]
+    unit = " dB" if v["metric"] == "psnr" else ""
+    c = console()
+    t = Table(title=f"Fine-tuned ({r['mode']}) for {r['epochs']} epochs")
+    for col in ("epoch", "lr", "train loss", f"val {v['metric'] or '-'}", "time (s)"):
+        t.add_column(col, justify="right")
+    if v["before"] is not None:
+        t.add_row("before", "-", "-", _fmt(v["before"], unit), "-")
+    for h in r["history"]:
+        val = (h.get("val") or {}).get("value")
+        mark = " *" if h["epoch"] == v["best_epoch"] else ""
+        t.add_row(str(h["epoch"]), f"{h['lr']:.3g}", f"{h['train']['loss']:.4g}", _fmt(val, unit) + mark, f"{h['time_s']:.2f}")
+    c.print(t)
+    data = r["data"]
+    c.print(f"train: {data['train']['slices']} slices from {len(data['train']['files'])} file(s); "
+            f"validation: {(data['val'] or {}).get('slices', 0)} slices ({data['val_source']}); "
+            f"normalisation: {r['normalization']['description']}")
+    if v["metric"] == "measurement-consistency":
+        c.print("validation has no ground truth: the best epoch is chosen by measurement consistency (lower is better)")
+    c.print(f"kept: {v['kept']}" + (f" (epoch {v['best_epoch']})" if v["best_epoch"] else ""))
+    for w in result.warnings:
+        c.print(f"warning: {w}")
+    if result.out:
+        c.print(f"wrote {result.out}")
+
+
+def finetune_cmd(
+    pruned: Path = typer.Argument(..., help="Pruned model (.safetensors written by `mbdlprune prune`)."),
+    mode: str = typer.Option(..., "--mode", help=MODE_HELP),
+    data: List[Path] = typer.Option(..., "--data", help="Training data: NIfTI / .npy / .npz / fastMRI .h5 file or folder; repeatable."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (best validation weights)."),
+    val_data: List[Path] = typer.Option([], "--val-data", help="Separate validation files/folders (instead of --val-fraction); repeatable."),
+    eval_data: List[Path] = typer.Option([], "--eval-data", help="Files kept for evaluation: any overlap with training/validation is refused; repeatable."),
+    operator: Optional[Path] = OperatorOpt,
+    teacher: Optional[Path] = typer.Option(None, "--teacher", help="The original (unpruned) checkpoint, for distill modes."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="file.py:factory, only for models built by user code (runs that code)."),
+    epochs: int = typer.Option(..., "--epochs", help="Number of epochs."),
+    lr: float = typer.Option(1e-4, "--lr", help="Learning rate (Adam)."),
+    batch_size: int = typer.Option(1, "--batch-size"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of the --data files held out for validation (split by file)."),
+    seed: int = typer.Option(0, "--seed"),
+    loss: str = typer.Option("smoothl1", "--loss", help="Pixel loss of supervised/distill terms: l1, l2, smoothl1, ssim (1 - SSIM)."),
+    weights: Optional[str] = typer.Option(None, "--weights", help='Loss weights as JSON, e.g. \'{"mc": 1, "equivariance": 0.5}\'.'),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
+    lr_schedule: str = typer.Option("none", "--lr-schedule", help="none or cosine."),
+    device: str = DeviceOpt,
+    bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for the forward pass."),
+    checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing (unrolled networks)."),
+    deq_backward: Optional[str] = typer.Option(None, "--deq-backward", help="DEQ gradients: jfb (Jacobian-free) or implicit."),
+    fit: str = typer.Option("error", "--fit", help="Fit slices to the operator's image size: error, crop, pad, crop-pad."),
+    axis: int = typer.Option(2, "--axis", help="Slicing axis of 3-D/4-D NIfTI volumes."),
+    normalize: str = typer.Option("max", "--normalize", help="max (each slice to max magnitude 1), volume, or none."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.state.safetensors."),
+    unsafe_pickle: bool = UnsafePickleOpt,
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+    debug: bool = DebugOpt,
+):
+    """Fine-tune a pruned model on data (supervised, distillation or self-supervised) and keep the best weights."""
+    from .finetune import finetune
+
+    result = finetune(
+        pruned, data=list(data), out=out, operator=operator, teacher=teacher, arch=arch,
+        val_data=list(val_data) or None, eval_data=list(eval_data) or None, force=force, resume=resume,
+        progress=not json_out, unsafe_pickle=unsafe_pickle,
+        mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed, loss=loss,
+        weights=_parse_weights(weights), weight_decay=weight_decay, grad_clip=grad_clip, lr_schedule=lr_schedule,
+        device=device, bf16=bf16, checkpointing=checkpointing, deq_backward=deq_backward, fit=fit, axis=axis,
+        normalize=normalize,
+    )
+    import os
+
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        return
+    if json_out:
+        print_json({**result.summary(), "record": result.record})
+    else:
+        render_finetune(result)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("finetune")(handle_errors(finetune_cmd))
