@@ -21,7 +21,6 @@ try:
 except ImportError:  # tests/ imported as a package
     from tests._toy_ops import ToyInpaint, ToyMRI, toy_mri
 
-torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")
