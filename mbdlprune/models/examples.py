@@ -1,6 +1,6 @@
 """Small factory arguments per architecture, for fast tests and smoke runs on a CPU.
 
-``SMALL_ARGS[name]`` builds a model of a few thousand parameters that still exercises
+``SMALL_ARGS[name]`` builds a model of 1-20 thousand parameters that still exercises
 every code path (several blocks, poolings, cascades). ``SMALL_IMAGE_SIZE`` is an image
 size all of them accept.
 """
