@@ -50,7 +50,7 @@ def test_adjointness(kind):
 @pytest.mark.parametrize("kind", KINDS)
 def test_shapes_and_float64(kind):
     op = build(kind).to(torch.float64)
-    assert all(b.dtype in (torch.float64, torch.int64) for b in op.buffers())
+    assert all(b.dtype in (torch.float64, torch.int64, torch.int32) for b in op.buffers())
     x = torch.randn(3, *op.image_shape, dtype=torch.float64)
     y = op.A(x)
     assert y.dtype == torch.float64 and y.shape[0] == 3

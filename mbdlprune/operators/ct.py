@@ -72,9 +72,10 @@ def _sorted_entries(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n_pix:
     return key // n_pix, key % n_pix, vals
 
 
-def _crow(rows: np.ndarray, n_rows: int) -> torch.Tensor:
+def _crow(rows: np.ndarray, n_rows: int, itype=np.int64) -> torch.Tensor:
     """CSR row pointers of sorted row indices."""
-    return torch.as_tensor(np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=n_rows)))))
+    counts = np.bincount(rows, minlength=n_rows)
+    return torch.as_tensor(np.concatenate(([0], np.cumsum(counts))).astype(itype))
 
 
 class _SparseMatmul(torch.autograd.Function):
@@ -110,13 +111,15 @@ class CTOperator(Operator):
         n_rays = self.num_angles * self.detector_size
         rows, cols, vals = _sorted_entries(*radon_matrix(h, w, np.asarray(angles_deg), self.detector_size), h * w)
         perm_t = np.argsort(cols * n_rays + rows, kind="stable")
+        # 32-bit indices halve the memory of the matrix whenever they can address it.
+        itype = np.int32 if max(len(vals), n_rays, h * w) < 2 ** 31 - 1 else np.int64
         self.register_buffer("angles_deg", torch.as_tensor(np.asarray(angles_deg, dtype=np.float32)))
-        self.register_buffer("sys_crow", _crow(rows, n_rays))
-        self.register_buffer("sys_col", torch.as_tensor(cols))
+        self.register_buffer("sys_crow", _crow(rows, n_rays, itype))
+        self.register_buffer("sys_col", torch.as_tensor(cols.astype(itype)))
         self.register_buffer("sys_values", torch.as_tensor(vals, dtype=torch.float32))
-        self.register_buffer("sys_crow_t", _crow(cols, h * w))
-        self.register_buffer("sys_col_t", torch.as_tensor(rows[perm_t]))
-        self.register_buffer("perm_t", torch.as_tensor(perm_t))
+        self.register_buffer("sys_crow_t", _crow(cols, h * w, itype))
+        self.register_buffer("sys_col_t", torch.as_tensor(rows[perm_t].astype(itype)))
+        self.register_buffer("perm_t", torch.as_tensor(perm_t.astype(itype)))
 
     @property
     def measurement_shape(self) -> tuple[int, int, int]:
