@@ -444,6 +444,30 @@ def _spec_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return "specs differ"
 
 
+def lineage_notes(entries: Sequence[BenchModel]) -> list[str]:
+    """Notes for models that do not descend from the first one (other architecture or parent)."""
+    from .io import sha256_file
+
+    notes = []
+    ref = entries[0]
+    ref_arch = ((ref.meta or {}).get("arch") or {}).get("name")
+    ref_sha = None
+    if ref.path and Path(ref.path).is_file():
+        try:
+            ref_sha = sha256_file(ref.path)
+        except OSError:
+            ref_sha = None
+    for e in entries[1:]:
+        arch = ((e.meta or {}).get("arch") or {}).get("name")
+        if ref_arch and arch and arch != ref_arch:
+            notes.append(f"{e.label} is a {arch}, the reference {ref.label} a {ref_arch}: this compares different architectures")
+            continue
+        parent = (e.meta or {}).get("parent_sha256")
+        if ref_sha and parent and e.role == "pruned" and parent != ref_sha:
+            notes.append(f"{e.label} was not pruned from {ref.label} (its parent's sha256 differs)")
+    return notes
+
+
 # ------------------------------------------------------------------------------ data
 @dataclass
 class EvalData:
@@ -691,6 +715,7 @@ class ModelResult:
     psnr_drop: float | None = None
     psnr_drop_paired_std: float | None = None
     ssim_drop: float | None = None
+    psnr_drop_vs_control: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "timing"}
@@ -1133,6 +1158,7 @@ def bench(
     notes: list[str] = []
     if env["note"]:
         notes.append(env["note"])
+    notes += lineage_notes(entries)
     for e in entries:
         e.model.eval().to(device=dev, dtype=torch.float32)
     say(f"simulating measurements for {ev.images.shape[0]} images (seed {seed})")
@@ -1178,6 +1204,13 @@ def bench(
         r.ssim_drop = ref.ssim_mean - r.ssim_mean
         diffs = [a - b for a, b in zip(ref.psnr, r.psnr) if math.isfinite(a) and math.isfinite(b)]
         r.psnr_drop_paired_std = statistics.pstdev(diffs) if len(diffs) > 1 else None
+    ctrl = next((r for r in results if r.role == "control"), None)
+    if ctrl is not None:
+        for r in results:
+            if r.role == "pruned":
+                r.psnr_drop_vs_control = ctrl.psnr_mean - r.psnr_mean
+                notes.append(f"control: fine-tuning the original alone changes PSNR by {-ctrl.psnr_drop:+.2f} dB; "
+                             f"{r.label} is {-r.psnr_drop_vs_control:+.2f} dB against that control")
     for r in results:
         if r.deq and r.deq.get("converged_fraction", 1.0) < 1.0:
             notes.append(f"{r.label}: the DEQ solver stopped at max_iter before reaching tol on "

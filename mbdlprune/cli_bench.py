@@ -1,0 +1,224 @@
+"""CLI wiring for ``bench``, ``sweep`` and ``run`` (thin: parse, call the API, print).
+
+Exit codes: 0 when every gate passes (or none is set), 1 when a gate fails (one line says
+which and by how much), 2 for user errors.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli_common import ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors
+
+JsonPathOpt = typer.Option(None, "--json", help="Write the report as JSON to this file ('-' for stdout, then no table).")
+MarkdownOpt = typer.Option(None, "--markdown", help="Write a Markdown report (e.g. for a CI comment) to this file.")
+FigureOpt = typer.Option(None, "--figure", help="Write reconstructions, error maps and speed vs PSNR to this PNG (needs matplotlib).")
+BatchOpt = typer.Option(1, "--batch-size", help="Images per reconstruction call (timing and quality).")
+WarmupOpt = typer.Option(10, "--warmup", help="Untimed runs per model before timing.")
+RepeatsOpt = typer.Option(30, "--repeats", help="Timed runs per model (interleaved across models).")
+TolOpt = typer.Option(None, "--tol", help="DEQ tolerance for EVERY model (default: the first model's).")
+MaxIterOpt = typer.Option(None, "--max-iter", help="DEQ iteration cap for EVERY model (default: the first model's).")
+SolverOpt = typer.Option(None, "--solver", help="DEQ solver for EVERY model (default: the first model's).")
+MetricOpt = typer.Option("plain", "--metric", help="plain (magnitudes, peak = data range) or paper (crop, background, min-max, peak 1).")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the simulated measurement noise.")
+MaxImagesOpt = typer.Option(None, "--max-images", help="Use only the first N evaluation images.")
+FitOpt = typer.Option("error", "--fit", help="Fit slices to the operator's image size: error, crop, pad, crop-pad.")
+
+
+def _wide_console():
+    """The shared console; when output is not a terminal (CI logs, pipes) let tables use 160 columns."""
+    c = console()
+    if not c.is_terminal:
+        c.width = max(c.width, 160)
+    return c
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    err = console(stderr=True)
+    return lambda msg: err.print(f"[dim]{msg}[/dim]")
+
+
+def _emit(report, json_out: Optional[str], markdown: Optional[Path], figure: Optional[Path]) -> None:
+    """Write the requested files; print the table unless JSON goes to stdout."""
+    to_stdout = json_out == "-"
+    if figure is not None:
+        report.figure(figure)
+    if markdown is not None:
+        report.write_markdown(markdown)
+    if json_out and not to_stdout:
+        report.write_json(json_out)
+    if to_stdout:
+        sys.stdout.write(report.to_json() + "\n")
+        sys.stdout.flush()
+    else:
+        report.print(_wide_console())
+
+
+def _finish(code: int, line: str, json_to_stdout: bool) -> None:
+    if code:
+        sys.stderr.write(line + "\n")
+        raise typer.Exit(code)
+    if not json_to_stdout:
+        console().print(line)
+
+
+def bench_cmd(
+    models: List[Path] = typer.Argument(..., help="ORIGINAL PRUNED [MORE...]: model files; the first is the reference."),
+    data: List[Path] = typer.Option(..., "--data", help="Evaluation images: NIfTI / .npy / .npz / fastMRI .h5 file or folder; repeatable."),
+    operator: Optional[Path] = OperatorOpt,
+    device: str = DeviceOpt,
+    batch_size: int = BatchOpt,
+    warmup: int = WarmupOpt,
+    repeats: int = RepeatsOpt,
+    tol: Optional[float] = TolOpt,
+    max_iter: Optional[int] = MaxIterOpt,
+    solver: Optional[str] = SolverOpt,
+    metric: str = MetricOpt,
+    seed: int = SeedOpt,
+    max_images: Optional[int] = MaxImagesOpt,
+    fit: str = FitOpt,
+    json_out: Optional[str] = JsonPathOpt,
+    markdown: Optional[Path] = MarkdownOpt,
+    figure: Optional[Path] = FigureOpt,
+    control: bool = typer.Option(False, "--control", help="Also fine-tune the ORIGINAL with the pruned model's fine-tune data and budget, and bench it."),
+    control_out: Optional[Path] = typer.Option(None, "--control-out", help="Where to write the control model (default: a temporary folder)."),
+    min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Gate: every pruned model must be at least this much faster (exit 1 otherwise)."),
+    max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="Gate: no pruned model may lose more PSNR than this, in dB (exit 1 otherwise)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="file.py:factory, only for models built by user code (runs that code)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress messages."),
+    debug: bool = DebugOpt,
+):
+    """Time and score an original model and its pruned versions side by side, with identical solver settings."""
+    from .bench import bench
+    from .errors import MbdlError
+
+    if len(models) < 2 and not control:
+        raise MbdlError("bench needs the original model and at least one pruned model", "run: mbdlprune bench ORIGINAL PRUNED --data EVAL")
+    report = bench(
+        [str(m) for m in models], [str(d) for d in data] if len(data) > 1 else str(data[0]), operator=operator,
+        device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
+        batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, arch=arch,
+        min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
+        progress=_progress(quiet or json_out == "-"),
+    )
+    _emit(report, json_out, markdown, figure)
+    _finish(report.exit_code(), report.gate_line(), json_out == "-")
+
+
+def sweep_cmd(
+    checkpoint: Path = typer.Argument(..., help="The unpruned checkpoint (.safetensors, .pt, ...)."),
+    ratios: str = typer.Option(..., "--ratios", help="Comma-separated pruning ratios, e.g. 0.1,0.3,0.5."),
+    eval_data: List[Path] = typer.Option(..., "--eval-data", help="Evaluation images (never used for training); repeatable."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Registry name or file.py:factory (needed for plain checkpoints)."),
+    arch_args: Optional[str] = ArchArgsOpt,
+    operator: Optional[Path] = OperatorOpt,
+    importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 8)."),
+    finetune_mode: Optional[str] = typer.Option(None, "--finetune", help="Fine-tune every pruned model with this mode (needs --data and --out-dir)."),
+    data: List[Path] = typer.Option([], "--data", help="Fine-tuning data (separate from --eval-data); repeatable."),
+    epochs: int = typer.Option(1, "--epochs", help="Fine-tuning epochs per ratio."),
+    finetune_args: Optional[str] = typer.Option(None, "--finetune-args", help='More fine-tune settings as JSON, e.g. \'{"lr": 1e-4}\'.'),
+    max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="Write the fastest model within this PSNR drop (dB) to OUT_DIR/best.safetensors; exit 1 if none."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for the pruned models, sweep.json and sweep.md."),
+    device: str = DeviceOpt,
+    batch_size: int = BatchOpt,
+    warmup: int = WarmupOpt,
+    repeats: int = RepeatsOpt,
+    tol: Optional[float] = TolOpt,
+    max_iter: Optional[int] = MaxIterOpt,
+    solver: Optional[str] = SolverOpt,
+    metric: str = MetricOpt,
+    seed: int = SeedOpt,
+    max_images: Optional[int] = MaxImagesOpt,
+    fit: str = FitOpt,
+    json_out: Optional[str] = JsonPathOpt,
+    markdown: Optional[Path] = MarkdownOpt,
+    unsafe_pickle: bool = UnsafePickleOpt,
+    force: bool = ForceOpt,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress messages."),
+    debug: bool = DebugOpt,
+):
+    """Prune at several ratios and bench all side by side: speedup, MACs reduction, PSNR, Pareto front."""
+    import json
+
+    from .config import parse_json_or_file
+    from .errors import ConfigError
+    from .sweep import sweep
+
+    ft = None
+    if finetune_mode:
+        ft = {"mode": finetune_mode, "epochs": epochs}
+        if finetune_args:
+            t = finetune_args.strip()
+            try:
+                extra = json.loads(t)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"--finetune-args is not valid JSON: {e}", 'write e.g. \'{"lr": 1e-4}\'') from None
+            if not isinstance(extra, dict):
+                raise ConfigError("--finetune-args must be a JSON object", 'write e.g. \'{"lr": 1e-4}\'')
+            ft.update(extra)
+        ft["data"] = [str(d) for d in data] or None
+    ev = [str(d) for d in eval_data] if len(eval_data) > 1 else str(eval_data[0])
+    sr = sweep(
+        checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, ratios=ratios, finetune=ft,
+        data=[str(d) for d in data] or None, eval_data=ev, max_psnr_drop=max_psnr_drop, out_dir=out_dir,
+        importance=importance, round_to=round_to, device=device, solver=solver, tol=tol, max_iter=max_iter,
+        warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
+        fit=fit, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
+    )
+    to_stdout = json_out == "-"
+    text = json.dumps(sr.to_dict(), indent=2, allow_nan=False)
+    if json_out and not to_stdout:
+        from .io import atomic_write_text
+
+        atomic_write_text(json_out, text + "\n")
+    if markdown is not None:
+        from .io import atomic_write_text
+
+        atomic_write_text(markdown, sr.markdown())
+    if to_stdout:
+        sys.stdout.write(text + "\n")
+    else:
+        sr.print(_wide_console())
+    if sr.exit_code():
+        sys.stderr.write(sr.summary_line() + "\n")
+        raise typer.Exit(sr.exit_code())
+
+
+def run_cmd(
+    pipeline: Path = typer.Argument(..., help="Pipeline TOML: [model], [prune], [finetune], [bench], [gates], [output]."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Output folder (overrides [output] dir)."),
+    device: Optional[str] = typer.Option(None, "--device", help="Override [bench] device: cpu, cuda, cuda:N or auto."),
+    json_out: Optional[str] = JsonPathOpt,
+    force: bool = typer.Option(False, "--force", help="Overwrite outputs in the folder (as [output] force = true)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress messages."),
+    debug: bool = DebugOpt,
+):
+    """Run prune -> fine-tune -> bench from one TOML file; exit 1 when a gate fails."""
+    from .pipeline import run_pipeline
+
+    result = run_pipeline(pipeline, out_dir=out_dir, device=device, force=force or None,
+                          progress=_progress(quiet or json_out == "-"))
+    report = result.report
+    to_stdout = json_out == "-"
+    if json_out and not to_stdout:
+        report.write_json(json_out)
+    if to_stdout:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        c = _wide_console()
+        report.print(c)
+        c.print(f"outputs in {result.out_dir}: " + ", ".join(sorted(Path(p).name for p in result.files.values())))
+    _finish(result.exit_code, report.gate_line(), to_stdout)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(handle_errors(bench_cmd))
+    app.command("sweep")(handle_errors(sweep_cmd))
+    app.command("run")(handle_errors(run_cmd))
