@@ -33,7 +33,7 @@ class DEQ(nn.Module):
     vector-Jacobian product per adjoint iteration, and needs the map to contract.
     """
 
-    def __init__(self, prior: nn.Module, gamma: float = 5.0, alpha: float = 0.2, solver: str = "anderson",
+    def __init__(self, prior: nn.Module, gamma: float = 1.0, alpha: float = 0.2, solver: str = "anderson",
                  tol: float = 1e-4, max_iter: int = 100, backward: str = "jfb"):
         super().__init__()
         if backward not in BACKWARDS:
@@ -100,7 +100,7 @@ class DEQ(nn.Module):
 
 @register_arch("deq-edsr", kind="mbdl")
 def deq_edsr(in_channels: int = 2, n_feats: int = 64, n_blocks: int = 13, res_scale: float = 1.0,
-             gamma: float = 5.0, alpha: float = 0.2, solver: str = "anderson", tol: float = 1e-4,
+             gamma: float = 1.0, alpha: float = 0.2, solver: str = "anderson", tol: float = 1e-4,
              max_iter: int = 100, backward: str = "jfb") -> DEQ:
     """Deep equilibrium model with an EDSR prior (gradient step + relaxed prior)."""
     from .priors import EDSR
