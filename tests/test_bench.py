@@ -368,3 +368,14 @@ def test_pipeline_end_to_end_with_finetune_and_gate(models, tmp_path):
     p = _pipeline(models, tmp_path / "b", drop="-1000")
     r = _cli(["run", p, "--force", "--quiet"])
     assert r.exit_code == 1 and "max-psnr-drop gate failed" in r.output
+
+
+def test_example_ci_pipeline_parses():
+    from mbdlprune.operators import load_operator
+    from mbdlprune.pipeline import PipelineConfig
+
+    root = Path(__file__).resolve().parents[1] / "examples" / "ci"
+    cfg = PipelineConfig.load(root / "pipeline.toml")
+    assert cfg.prune.options["ratio"] == 0.3 and cfg.finetune.settings["mode"] == "supervised"
+    assert cfg.gates.min_speedup == 1.2 and cfg.gates.max_psnr_drop == 0.5
+    assert load_operator(cfg.model.operator).kind == "mri"
