@@ -222,6 +222,14 @@ def test_ground_truth_is_not_used_by_unsupervised_modes(setup, tmp_path, monkeyp
         run(setup, None, mode="supervised")
 
 
+def test_teacher_from_a_plain_torch_state_dict(setup, tmp_path):
+    state, _ = io.read_checkpoint(setup / "orig.safetensors")
+    torch.save({"state_dict": state}, tmp_path / "orig.pt")
+    r = run(setup, None, mode="distill", teacher=tmp_path / "orig.pt")
+    assert r.record["teacher"]["sha256"] == io.sha256_file(tmp_path / "orig.pt")
+    assert not r.record["teacher"]["is_parent"] and any("not the checkpoint" in w for w in r.warnings)
+
+
 def test_missing_teacher_overlap_and_single_file_errors(setup, tmp_path):
     with pytest.raises(ConfigError, match="--teacher"):
         run(setup, tmp_path / "a.safetensors", mode="distill")
@@ -246,6 +254,8 @@ def test_resume_gives_bit_identical_weights(setup, tmp_path):
         if event["epoch"] == 1:
             raise Stop
 
+    with pytest.raises(MbdlError, match="without --resume"):
+        run(setup, tmp_path / "b.safetensors", resume=True, **kw)
     with pytest.raises(Stop):
         run(setup, tmp_path / "b.safetensors", callback=stop_after_first, **kw)
     assert all(p.exists() for p in state_paths(tmp_path / "b.safetensors"))
