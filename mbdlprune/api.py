@@ -219,7 +219,7 @@ def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_arg
                        operator: Any = None, unsafe_pickle: bool = False) -> dict[str, Any]:
     """Architecture, priors, widths, params, MACs and pruning record of any checkpoint."""
     from .io import read_checkpoint
-    from .pruning import count_macs, count_params, find_priors, layer_widths
+    from .pruning import count_params, find_priors, layer_widths, shape_and_macs
 
     path = Path(checkpoint)
     state, meta = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
@@ -245,15 +245,12 @@ def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_arg
         info["priors"] = {p: {"params": count_params(model.get_submodule(p))} for p in getattr(model, "prior_paths", lambda: [])()}
         info["note"] = "pass --operator to see MACs"
         return info
-    import torch
-
     model.eval()
     inputs = example_inputs(model, spec.kind, op)
-    sites = find_priors(model, inputs)
+    sites, _ = find_priors(model, inputs)
     info["priors"] = {}
     for s in sites:
-        with torch.no_grad():
-            macs = count_macs(s.module, s.inputs)
+        _, macs = shape_and_macs(s.module, s.inputs)
         info["priors"][s.name] = {
             "params": count_params(s.module),
             "macs_per_call": macs,

@@ -27,6 +27,8 @@ IMPORTANCES = ("l1", "l2", "taylor", "lamp", "random")
 #: than the unpruned model on CPU despite 2.3x fewer MACs.
 DEFAULT_ROUND_TO = 8
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
+#: Largest side of the input used to trace a fully convolutional prior (see trace_inputs).
+TRACE_SIDE = 64
 
 
 @dataclass
@@ -104,14 +106,9 @@ def _record_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list
             h.remove()
 
 
-def run_model(model: nn.Module, inputs: tuple, kind: str):
-    """Forward of an MBDL model ``model(y, op)`` or a bare prior ``model(x)``."""
-    return model(*inputs)
-
-
 @contextmanager
-def cheap_solver(model: nn.Module, max_iter: int = 3) -> Iterator[None]:
-    """Cap a DEQ's iterations while tracing: one call of each prior is all the trace needs."""
+def cheap_solver(model: nn.Module, max_iter: int = 1) -> Iterator[None]:
+    """Cap a DEQ's iterations while tracing and checking: one call of each prior is all they need."""
     old = getattr(model, "max_iter", None)
     if isinstance(old, int):
         model.max_iter = min(old, max_iter)
@@ -122,11 +119,12 @@ def cheap_solver(model: nn.Module, max_iter: int = 3) -> Iterator[None]:
             model.max_iter = old
 
 
-def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None) -> list[PriorSite]:
+def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None) -> tuple[list[PriorSite], Any]:
     """Locate the prior(s): given names, the model's ``prior_paths()``, or auto-discovery.
 
     Auto-discovery keeps the outermost conv-bearing submodules that the forward really calls.
-    A module called several times (a prior shared across iterations) appears once.
+    A module called several times (a prior shared across iterations) appears once. Returns
+    the sites and the model's output on ``inputs`` (DEQ iterations capped).
     """
     if names is None and hasattr(model, "prior_paths"):
         names = list(model.prior_paths())
@@ -138,7 +136,7 @@ def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None)
         except AttributeError:
             raise MbdlError(f"--prior {n!r} is not a submodule of the model", f"choose among: {', '.join(candidate_prior_names(model)[:8])}") from None
     with torch.no_grad(), cheap_solver(model), _record_calls(model, cands) as seen:
-        run_model(model, inputs, "mbdl")
+        out = model(*inputs)
     called = [n for n in cands if n in seen]
     if explicit:
         missing = [n for n in cands if n not in seen]
@@ -156,7 +154,7 @@ def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None)
         sites.append(PriorSite(n, mod, args, calls))
     if not sites:
         raise MbdlError("no prior CNN with convolutions is called by the model", "pass --prior dotted.name of the CNN to prune")
-    return sites
+    return sites, out
 
 
 # -- guards ------------------------------------------------------------------------------------
@@ -338,45 +336,83 @@ def _taylor_backward(prior: nn.Module, inputs: tuple) -> None:
     out.pow(2).mean().backward()
 
 
+def shape_and_macs(module: nn.Module, inputs: tuple) -> tuple[tuple[int, ...], int]:
+    """Output shape and MACs of one call, on the meta device (no compute) when the layers allow."""
+    import copy
+
+    try:
+        meta = copy.deepcopy(module).to("meta")
+        meta_in = tuple(t.to("meta") if torch.is_tensor(t) else t for t in inputs)
+        macs = count_macs(meta, meta_in)
+        out = meta(*meta_in)
+    except Exception:  # a layer without a meta kernel: measure on real tensors instead
+        macs = count_macs(module, inputs)
+        with torch.no_grad():
+            out = module(*inputs)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    return tuple(out.shape), macs
+
+
+def trace_inputs(prior: nn.Module, inputs: tuple, full_out: tuple[int, ...]) -> tuple[tuple, tuple[int, ...]]:
+    """Inputs to trace the dependency graph with: spatially reduced when the prior is fully convolutional.
+
+    The graph and weight-based importances do not depend on the image size, and tracing a
+    1 M-parameter prior at 320x320 costs seconds. A reduced copy is used only if the prior
+    maps it to an output that scales like the full-size one; otherwise the real input is used.
+    """
+    x = inputs[0]
+    if len(inputs) != 1 or x.dim() != 4 or max(x.shape[-2:]) <= TRACE_SIDE:
+        return inputs, full_out
+    h, w = (min(n, TRACE_SIDE) for n in x.shape[-2:])
+    small = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    try:
+        with torch.no_grad():
+            out = prior(small)
+    except Exception:  # not fully convolutional (e.g. a Linear on flattened features)
+        return inputs, full_out
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    scaled = tuple(full_out[:2]) == tuple(out.shape[:2]) and all(
+        fo * si == so * fi for fo, fi, so, si in zip(full_out[2:], x.shape[2:], out.shape[2:], small.shape[2:]))
+    return ((small,), tuple(out.shape)) if scaled else (inputs, full_out)
+
+
 def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str, Any]:
     """Prune one prior in place; return its record (widths, params, MACs, history)."""
     prior, inputs = site.module, tuple(site.inputs)
     if not inputs or not torch.is_tensor(inputs[0]):
         raise PruningError(f"prior {site.name!r} is not called with a tensor", "pass --prior naming a CNN that takes an image tensor")
-    with torch.no_grad():
-        ref_out = prior(*inputs)
-    ref_shape = tuple((ref_out[0] if isinstance(ref_out, (tuple, list)) else ref_out).shape)
-    out_ch = ref_shape[1]
-    before_widths = layer_widths(prior)
-    before_params = count_params(prior)
-    before_macs = count_macs(prior, inputs)
-    ignored = output_layers(model, prior, out_ch)
-    ignored += [m for n, m in prior.named_modules() if n and _layer_matches(join_name(site.name, n), cfg.ignore)]
     was_training = prior.training
     prior.eval()
+    ref_shape, before_macs = shape_and_macs(prior, inputs)
+    trace, trace_shape = trace_inputs(prior, inputs, ref_shape)
+    before_widths = layer_widths(prior)
+    before_params = count_params(prior)
+    ignored = output_layers(model, prior, ref_shape[1])
+    ignored += [m for n, m in prior.named_modules() if n and _layer_matches(join_name(site.name, n), cfg.ignore)]
     with norm_parametrizations_removed(prior), grads_enabled(prior):
-        pruner = make_pruner(prior, inputs, cfg, ignored, site.name)
+        pruner = make_pruner(prior, trace, cfg, ignored, site.name)
         for _ in range(cfg.iterative_steps):
             if cfg.importance == "taylor":
-                _taylor_backward(prior, inputs)
+                _taylor_backward(prior, trace)
             pruner.step()
         history = pruner.pruning_history()
         prior.zero_grad(set_to_none=True)
     prior.train(was_training)
-    after_params = count_params(prior)
     with torch.no_grad(), _sync_parameterless_norms(prior):
-        out = prior(*inputs)
-    out_shape = tuple((out[0] if isinstance(out, (tuple, list)) else out).shape)
-    if out_shape != ref_shape:
-        raise PruningError(f"pruning changed the output of {site.name!r} from {ref_shape} to {out_shape}", "add the layer that produces the image to --ignore")
+        out = prior(*trace)
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    after_shape, after_macs = shape_and_macs(prior, inputs)
+    if tuple(out.shape) != trace_shape or after_shape != ref_shape:
+        raise PruningError(f"pruning changed the output of {site.name!r} from {ref_shape} to {after_shape}", "add the layer that produces the image to --ignore")
     after_widths = layer_widths(prior)
     return {
         "calls_per_forward": site.calls,
         "input_shape": [list(t.shape) for t in inputs if torch.is_tensor(t)],
+        "trace_shape": [list(t.shape) for t in trace if torch.is_tensor(t)],
         "params_before": before_params,
-        "params_after": after_params,
+        "params_after": count_params(prior),
         "macs_before": before_macs,
-        "macs_after": count_macs(prior, inputs),
+        "macs_after": after_macs,
         "widths": {k: [before_widths[k], after_widths.get(k, 0)] for k in before_widths},
         "ignored": sorted(join_name(site.name, n) for n, m in prior.named_modules() if any(m is i for i in ignored)),
         "history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
@@ -392,10 +428,8 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
     cfg.validate()
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    with torch.no_grad(), cheap_solver(model):
-        ref = run_model(model, inputs, "mbdl")
     total_before = count_params(model)
-    sites = find_priors(model, inputs, cfg.priors)
+    sites, ref = find_priors(model, inputs, cfg.priors)
     records = {s.name: prune_site(model, s, cfg) for s in sites}
     total_after = count_params(model)
     if total_after >= total_before:
@@ -404,7 +438,7 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
             "raise --ratio, lower --round-to, or check --ignore does not cover every layer",
         )
     with torch.no_grad(), cheap_solver(model):
-        out = run_model(model, inputs, "mbdl")
+        out = model(*inputs)
     if tuple(out.shape) != tuple(ref.shape):
         raise PruningError(f"the pruned model maps inputs to {tuple(out.shape)}, not {tuple(ref.shape)}", "report this model; add its output layers to --ignore")
     return {

@@ -183,7 +183,8 @@ def test_user_model_priors_found_automatically():
     op = load_operator(MRI_SPEC)
     model = Loop()
     inputs = example_inputs(model, "mbdl", op)
-    sites = find_priors(model, inputs)
+    sites, out = find_priors(model, inputs)
+    assert out.shape == (1, 2, *SMALL_IMAGE_SIZE)
     assert [s.name for s in sites] == ["denoisers.0", "denoisers.1"]
     assert all(s.inputs[0].shape == (1, 2, *SMALL_IMAGE_SIZE) for s in sites)
 
