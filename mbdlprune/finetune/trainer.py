@@ -764,7 +764,8 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
         "wall_time_s": time.perf_counter() - t_start,
         "versions": versions(),
     }
-    new_meta = {**meta, "finetune": record, "finetune_previous": meta.get("finetune"), "versions": versions()}
+    record["previous"] = meta.get("finetune")  # a chain of earlier fine-tuning records, newest first
+    new_meta = {**meta, "finetune": record, "versions": versions()}
     if getattr(op, "spec", None):
         new_meta["operator"] = op.spec
     written = None
