@@ -317,7 +317,7 @@ def _ddp_worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     from safetensors.torch import save_file
 
     r = finetune(Path(root) / "pruned.safetensors", data=Path(root) / "data", out=out, mode="self-supervised",
-                 epochs=2, val_fraction=0.34, lr=1e-3, device="cpu")
+                 epochs=1, val_fraction=0.34, lr=1e-3, device="cpu")
     save_file({k: v.contiguous() for k, v in r.model.state_dict().items()}, f"{out}.rank{rank}")
 
 
