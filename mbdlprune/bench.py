@@ -645,7 +645,8 @@ class _CostCounter:
     def __init__(self, model):
         from torch import nn
 
-        self.paths = list(model.prior_paths()) if hasattr(model, "prior_paths") else []
+        # models without prior_paths() (user code) are counted as one "prior": the whole model
+        self.paths = list(model.prior_paths()) if hasattr(model, "prior_paths") else [""]
         self.calls = {p: 0 for p in self.paths}
         self.macs = {p: 0 for p in self.paths}
         self.params = {}
@@ -767,7 +768,7 @@ def reconstruct_and_score(bm: BenchModel, y, images, op, device: str, batch_size
     for p in counter.paths:
         calls = counter.calls[p] / batches if batches else 0.0
         per_recon = counter.macs[p] / n if n else 0.0
-        priors[p] = {
+        priors[p or "(whole model)"] = {
             "params": counter.params[p],
             "calls_per_reconstruction": calls,
             "macs_per_call": per_recon / calls if calls else 0.0,

@@ -379,3 +379,25 @@ def test_example_ci_pipeline_parses():
     assert cfg.prune.options["ratio"] == 0.3 and cfg.finetune.settings["mode"] == "supervised"
     assert cfg.gates.min_speedup == 1.2 and cfg.gates.max_psnr_drop == 0.5
     assert load_operator(cfg.model.operator).kind == "mri"
+
+
+def test_bench_in_memory_user_models_without_prior_paths():
+    from mbdlprune.operators import load_operator
+
+    class Plain(torch.nn.Module):
+        def __init__(self, width):
+            super().__init__()
+            self.net = torch.nn.Sequential(torch.nn.Conv2d(2, width, 3, padding=1), torch.nn.ReLU(),
+                                           torch.nn.Conv2d(width, 2, 3, padding=1))
+
+        def forward(self, y, op):
+            x = op.A_adjoint(y)
+            return x + self.net(x)
+
+    op = load_operator(OP_SPEC)
+    a = B.BenchModel("wide", Plain(16), {}, op, None, "original")
+    b = B.BenchModel("narrow", Plain(8), {}, op, None, "pruned")
+    rep = B.bench([a, b], _images(2), **FAST)
+    assert rep.models[0].priors["(whole model)"]["calls_per_reconstruction"] == 1
+    assert rep.models[1].prior_macs_reduction == pytest.approx(2.0)
+    assert "wide" in rep.operator["source"]
