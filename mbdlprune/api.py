@@ -174,6 +174,26 @@ def prune(
     return result
 
 
+def convert(checkpoint: str | Path, *, arch: str, arch_args: dict | None = None, operator: Any = None,
+            out: str | Path, force: bool = False, unsafe_pickle: bool = False) -> Path:
+    """Write any supported checkpoint as an mbdlprune safetensors file (architecture + operator recorded)."""
+    from .io import check_output_path, save_model, sha256_file, versions
+
+    check_output_path(out, force)
+    model, spec, meta = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle)
+    op = resolve_operator(operator, meta)
+    new_meta = {
+        **(meta or {}),
+        "arch": spec.to_dict(),
+        "operator": getattr(op, "spec", None) if op is not None else (meta or {}).get("operator"),
+        "parent": Path(checkpoint).name,
+        "parent_sha256": sha256_file(checkpoint),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    return save_model(out, model, new_meta, force=force)
+
+
 def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
     """Per-prior and per-reconstruction cost before/after, for tables and JSON."""
     priors = {}

@@ -150,6 +150,32 @@ def inspect_cmd(
         c.print(t)
 
 
+def convert_cmd(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint: .safetensors, .pt/.pth/.ckpt/.tar."),
+    arch: Optional[str] = ArchOpt,
+    arch_args: Optional[str] = ArchArgsOpt,
+    operator: Optional[Path] = OperatorOpt,
+    out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file."),
+    unsafe_pickle: bool = UnsafePickleOpt,
+    force: bool = ForceOpt,
+    json_out: bool = JsonOpt,
+    debug: bool = DebugOpt,
+):
+    """Write a checkpoint as a self-describing mbdlprune file (for bench/finetune without --arch)."""
+    from .api import convert
+    from .config import parse_json_or_file
+    from .errors import MbdlError
+
+    if not arch:
+        raise MbdlError("convert needs --arch", "pass --arch NAME (see `mbdlprune archs`) or file.py:factory")
+    path = convert(checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out,
+                   force=force, unsafe_pickle=unsafe_pickle)
+    if json_out:
+        print_json({"output": str(path)})
+    else:
+        console().print(f"wrote {path}")
+
+
 def archs_cmd(json_out: bool = JsonOpt, debug: bool = DebugOpt):
     """List the built-in architectures and operator kinds."""
     from .models import get_arch, list_archs
@@ -174,4 +200,5 @@ def archs_cmd(json_out: bool = JsonOpt, debug: bool = DebugOpt):
 def register(app: typer.Typer) -> None:
     app.command("prune")(handle_errors(prune_cmd))
     app.command("inspect")(handle_errors(inspect_cmd))
+    app.command("convert")(handle_errors(convert_cmd))
     app.command("archs")(handle_errors(archs_cmd))

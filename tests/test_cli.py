@@ -52,6 +52,19 @@ def test_prune_json_then_inspect(deq_ckpt, tmp_path):
     assert "Pruned at ratio 0.25" in r.stdout
 
 
+def test_convert_records_arch_and_operator(deq_ckpt, tmp_path):
+    from mbdlprune.io import load_model
+
+    ckpt, op, arch_args = deq_ckpt
+    out = tmp_path / "orig.safetensors"
+    r = invoke("convert", ckpt, "--arch", "deq-edsr", "--arch-args", arch_args, "--operator", op, "-o", out)
+    assert r.exit_code == 0, r.output
+    loaded = load_model(out)
+    assert loaded.meta["arch"]["name"] == "deq-edsr" and loaded.operator is not None
+    sd = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(v, sd[k]) for k, v in loaded.model.state_dict().items())
+
+
 def test_archs_lists_registry():
     r = invoke("archs", "--json")
     assert r.exit_code == 0
