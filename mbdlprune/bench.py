@@ -18,9 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -59,7 +57,7 @@ def _label_for(path: str | Path, taken: set[str]) -> str:
     return label
 
 
-def load_bench_models(models: Sequence[Any], arch: str | None = None, device: str = "cpu") -> list[BenchModel]:
+def load_bench_models(models: Sequence[Any], arch: str | None = None) -> list[BenchModel]:
     """Paths, :class:`io.LoadedModel` objects or :class:`BenchModel` s -> a list of BenchModel.
 
     The first model is the reference ("original"); the others are "pruned" unless their
@@ -209,6 +207,10 @@ def _read_status(key: str) -> int | None:
 
 
 def _maxrss_bytes() -> int:
+    try:
+        import resource
+    except ImportError:  # Windows: no rusage
+        return 0
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
 
