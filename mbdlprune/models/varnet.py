@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, MbdlError
+from ..operators.fft import complex_conj, complex_mul, fft2c, ifft2c, rss_complex  # noqa: F401  (re-exported)
 from .priors import Unet
 from .registry import register_arch
 
@@ -28,35 +29,6 @@ OUTPUTS = ("complex", "rss")
 
 
 # ------------------------------------------------------------------ complex helpers
-def fft2c(x: torch.Tensor) -> torch.Tensor:
-    """Centered orthonormal 2D FFT over (H, W) of a (..., H, W, 2) real tensor."""
-    c = torch.view_as_complex(x.contiguous())
-    c = torch.fft.fftshift(torch.fft.fft2(torch.fft.ifftshift(c, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
-    return torch.view_as_real(c)
-
-
-def ifft2c(x: torch.Tensor) -> torch.Tensor:
-    """Centered orthonormal 2D inverse FFT over (H, W) of a (..., H, W, 2) real tensor."""
-    c = torch.view_as_complex(x.contiguous())
-    c = torch.fft.fftshift(torch.fft.ifft2(torch.fft.ifftshift(c, dim=(-2, -1)), norm="ortho"), dim=(-2, -1))
-    return torch.view_as_real(c)
-
-
-def complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    re = a[..., 0] * b[..., 0] - a[..., 1] * b[..., 1]
-    im = a[..., 0] * b[..., 1] + a[..., 1] * b[..., 0]
-    return torch.stack((re, im), dim=-1)
-
-
-def complex_conj(a: torch.Tensor) -> torch.Tensor:
-    return torch.stack((a[..., 0], -a[..., 1]), dim=-1)
-
-
-def rss_complex(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """Root sum of squared magnitudes over ``dim`` of a (..., 2) complex tensor."""
-    return (x ** 2).sum(dim=-1).sum(dim=dim).sqrt()
-
-
 def sens_expand(x: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
     """E: coil-combined image (N, 1, H, W, 2) -> coil k-space F(S x) (N, coils, H, W, 2)."""
     return fft2c(complex_mul(x, sens))
