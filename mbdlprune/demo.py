@@ -1,0 +1,301 @@
+"""``mbdlprune demo``: prune -> fine-tune -> bench on the example models shipped with the package.
+
+For each example model (``deq``, ``unrolled``): prune the prior at ``ratio`` (DepGraph, group
+L1, uniform per layer), fine-tune the pruned model by distillation from the unpruned original
+on the shipped fine-tuning slices (training-distribution slices, never the evaluation slices),
+then bench original vs pruned vs pruned + fine-tuned on the held-out evaluation slices with the
+same measurements and identical DEQ solver settings. Every file goes into one output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import MbdlError
+
+DEFAULT_OUT = "mbdlprune-demo"
+MODEL_CHOICES = ("deq", "unrolled", "all")
+LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)"}
+
+
+@dataclass
+class DemoSettings:
+    """Budgets of one demo run (the defaults take about 3 minutes on 2 CPU cores)."""
+
+    ratio: float = 0.5
+    mode: str = "distill"
+    epochs: int = 2
+    lr: float = 1e-3
+    loss: str = "l1"
+    batch_size: int = 1
+    #: use only the first N fine-tuning slices (None: all of them)
+    finetune_slices: int | None = None
+    #: validate on the shipped fine-tuning validation slices and keep the best epoch
+    validate: bool = True
+    warmup: int = 2
+    repeats: int = 5
+    #: evaluation slices used by the bench (None: all of them)
+    max_images: int | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: tiny budgets for smoke tests: seconds, not minutes; the numbers mean little
+QUICK = DemoSettings(epochs=1, finetune_slices=2, validate=False, warmup=0, repeats=1, max_images=2)
+
+
+@dataclass
+class DemoModelResult:
+    """What the demo did with one example model."""
+
+    name: str
+    original: Path
+    pruned: Path
+    finetuned: Path
+    prune: dict[str, Any]
+    finetune: dict[str, Any]
+    report: Any  # mbdlprune.bench.BenchReport
+    files: dict[str, Path]
+    seconds: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        models = {m.label: m for m in self.report.models}
+        orig, pruned, ft = (models[k] for k in ("original", "pruned", "pruned+finetuned"))
+
+        def row(m):
+            d = {"params": m.params, "median_ms": m.timing.median_ms, "speedup": m.speedup,
+                 "prior_macs_reduction": m.prior_macs_reduction, "psnr": m.psnr_mean, "ssim": m.ssim_mean}
+            if m.deq:
+                d["deq_iterations_mean"] = m.deq.get("iterations_mean")
+                d["deq_residual_max"] = m.deq.get("residual_max")
+            return d
+
+        return {"original": row(orig), "pruned": row(pruned), "pruned+finetuned": row(ft)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "original": str(self.original),
+            "files": {k: str(v) for k, v in self.files.items()},
+            "prune": self.prune,
+            "finetune": self.finetune,
+            "summary": self.summary(),
+            "bench": self.report.to_dict(),
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class DemoResult:
+    """Every model's result, the output folder, and the wall time."""
+
+    out: Path
+    models: list[DemoModelResult]
+    settings: DemoSettings
+    wall_time_s: float
+    files: dict[str, Path] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "wall_time_s": self.wall_time_s,
+            "settings": self.settings.to_dict(),
+            "models": [m.to_dict() for m in self.models],
+            "files": {k: str(v) for k, v in self.files.items()},
+        }
+
+    def summary_table(self):
+        """A Rich table: one row per model version, speed and quality side by side."""
+        from rich.table import Table
+
+        t = Table(title="mbdlprune demo: original vs pruned vs pruned + fine-tuned (held-out slices)", title_justify="left")
+        for col, just in (("model", "left"), ("version", "left"), ("params", "right"), ("ms / image", "right"),
+                          ("speedup", "right"), ("PSNR dB", "right"), ("SSIM", "right"), ("DEQ iters", "right")):
+            t.add_column(col, justify=just, no_wrap=True)
+        for m in self.models:
+            s = m.summary()
+            for i, (version, r) in enumerate(s.items()):
+                t.add_row(
+                    LABELS.get(m.name, m.name) if i == 0 else "",
+                    version,
+                    f"{r['params'] / 1e3:.1f}k",
+                    f"{r['median_ms']:.1f}",
+                    f"{r['speedup']:.2f}x" if r.get("speedup") else "—",
+                    f"{r['psnr']:.2f}",
+                    f"{r['ssim']:.4f}",
+                    f"{r['deq_iterations_mean']:.1f}" if r.get("deq_iterations_mean") is not None else "—",
+                )
+            if m is not self.models[-1]:
+                t.add_section()
+        return t
+
+
+# ----------------------------------------------------------------------------- folder
+def prepare_out_dir(out: str | Path, force: bool) -> Path:
+    """Create the output folder; refuse a non-empty one unless ``force``."""
+    p = Path(out).expanduser()
+    if p.exists() and not p.is_dir():
+        raise MbdlError(f"{str(p)!r} exists and is not a folder", "choose another --out folder")
+    if p.is_dir() and any(p.iterdir()) and not force:
+        raise MbdlError(f"output folder {str(p)!r} is not empty", "pass --force to overwrite the demo's files in it, or choose another --out")
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def _subset_slices(src: Path, n: int, dest: Path) -> Path:
+    """The first ``n`` slices of a shipped NIfTI file, written to ``dest`` (quick runs)."""
+    import nibabel as nib
+    import numpy as np
+
+    img = nib.load(str(src))
+    data = np.asanyarray(img.dataobj)[..., :n]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine), str(dest))
+    return dest
+
+
+# ----------------------------------------------------------------------------- the run
+def run_demo(
+    out: str | Path = DEFAULT_OUT,
+    *,
+    models: str | Sequence[str] = "all",
+    force: bool = False,
+    quick: bool = False,
+    settings: DemoSettings | None = None,
+    device: str = "cpu",
+    say: Callable[[str], None] | None = None,
+    progress: bool = False,
+    status: Callable[[str], Any] | None = None,
+) -> DemoResult:
+    """Run the demo on the shipped examples and write everything into ``out``.
+
+    ``models``: ``"deq"``, ``"unrolled"``, ``"all"`` or a list of names. ``quick`` uses
+    :data:`QUICK` budgets (a smoke test). ``say(msg)`` receives progress lines; ``progress``
+    shows the fine-tuning progress bar; ``status(msg)`` may return a context manager that shows
+    a spinner while a step runs (e.g. ``rich.console.Console.status``).
+    """
+    from .examples import MODEL_EXAMPLES, example_path
+
+    t0 = time.perf_counter()
+    names = _model_names(models)
+    cfg = settings or (QUICK if quick else DemoSettings())
+    say = say or (lambda msg: None)
+    folder = prepare_out_dir(out, force)
+    data = {
+        "eval": example_path("eval"),
+        "finetune": example_path("finetune"),
+        "finetune-val": example_path("finetune-val"),
+    }
+    if cfg.finetune_slices is not None:
+        sub = folder / "data"
+        sub.mkdir(exist_ok=True)
+        data["finetune"] = _subset_slices(data["finetune"], cfg.finetune_slices, sub / "finetune_subset.nii.gz")
+    results = []
+    for i, name in enumerate(names):
+        if name not in MODEL_EXAMPLES:
+            raise MbdlError(f"unknown demo model {name!r}", "use --model deq, unrolled or all")
+        say(f"[{i + 1}/{len(names)}] {LABELS[name]}")
+        results.append(_run_one(name, folder, data, cfg, device, say, progress, status))
+    result = DemoResult(folder, results, cfg, time.perf_counter() - t0)
+    summary = folder / "demo.json"
+    from .io import atomic_write_text
+
+    result.files["summary"] = summary
+    atomic_write_text(summary, json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    return result
+
+
+def _model_names(models: str | Sequence[str]) -> list[str]:
+    if isinstance(models, str):
+        if models not in MODEL_CHOICES:
+            raise MbdlError(f"unknown demo model {models!r}", "use --model deq, unrolled or all")
+        return ["deq", "unrolled"] if models == "all" else [models]
+    return list(models)
+
+
+def _spinner(status, msg: str):
+    import contextlib
+
+    return status(msg) if status is not None else contextlib.nullcontext()
+
+
+def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, device: str,
+             say: Callable[[str], None], progress: bool, status) -> DemoModelResult:
+    from .api import prune
+    from .bench import BenchModel, bench
+    from .examples import example_path
+    from .finetune import finetune
+    from .io import load_model
+
+    original = example_path(name)
+    sub = folder / name
+    sub.mkdir(exist_ok=True)
+    pruned_path, ft_path = sub / "pruned.safetensors", sub / "pruned_finetuned.safetensors"
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    with _spinner(status, f"{name}: pruning the prior at ratio {cfg.ratio}"):
+        pr = prune(original, out=pruned_path, force=True, ratio=cfg.ratio, seed=cfg.seed)
+    seconds["prune"] = time.perf_counter() - t
+    rep = pr.report
+    say(f"  pruned at {cfg.ratio}: {rep['params_before']:,} -> {rep['params_after']:,} parameters "
+        f"({seconds['prune']:.1f} s) -> {pruned_path}")
+
+    t = time.perf_counter()
+    say(f"  fine-tuning ({cfg.mode} from the original, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
+        f"{data['finetune'].name}" + (f", validating on {data['finetune-val'].name}" if cfg.validate else ""))
+    ft = finetune(
+        pruned_path, data=str(data["finetune"]), out=ft_path, force=True, teacher=str(original),
+        val_data=str(data["finetune-val"]) if cfg.validate else None, eval_data=str(data["eval"]),
+        progress=progress, mode=cfg.mode, epochs=cfg.epochs, lr=cfg.lr, loss=cfg.loss,
+        batch_size=cfg.batch_size, seed=cfg.seed, device=device, val_fraction=0.0,
+    )
+    seconds["finetune"] = time.perf_counter() - t
+    fts = ft.summary()
+    best = fts.get("best")
+    say(f"  fine-tuned in {seconds['finetune']:.1f} s" +
+        (f": validation PSNR {fts['before']:.2f} -> {best:.2f} dB (epoch {fts['best_epoch']})"
+         if best is not None and fts.get("before") is not None else "") + f" -> {ft_path}")
+    for w in ft.warnings:
+        say(f"  warning: {w}")
+
+    t = time.perf_counter()
+    entries = []
+    for label, path, role in (("original", original, "original"), ("pruned", pruned_path, "pruned"),
+                              ("pruned+finetuned", ft_path, "pruned")):
+        lm = load_model(path)
+        entries.append(BenchModel(label, lm.model, dict(lm.meta), lm.operator, str(path), role))
+    say(f"  benchmarking on {data['eval'].name} ({cfg.warmup} warm-up + {cfg.repeats} timed runs per model)")
+    with _spinner(status, f"{name}: benchmarking original vs pruned vs pruned+finetuned"):
+        report = bench(entries, str(data["eval"]), device=device, warmup=cfg.warmup, repeats=cfg.repeats,
+                       max_images=cfg.max_images, seed=cfg.seed, progress=None)
+    seconds["bench"] = time.perf_counter() - t
+    files = {"pruned": pruned_path, "pruned_finetuned": ft_path}
+    files["bench_json"] = report.write_json(sub / "bench.json")
+    files["bench_md"] = report.write_markdown(sub / "bench.md")
+    try:
+        files["figure"] = report.figure(sub / "bench.png")
+    except MbdlError:  # matplotlib is optional
+        pass
+    say(f"  benchmarked in {seconds['bench']:.1f} s -> {sub / 'bench.json'}")
+    return DemoModelResult(name, original, pruned_path, ft_path, rep, fts, report, files, seconds)
+
+
+def _json_safe(obj: Any) -> Any:
+    import math
+
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
