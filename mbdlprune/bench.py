@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -112,11 +113,29 @@ def device_info(device: str) -> dict[str, Any]:
         "device": device,
         "name": name,
         "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_average": _loadavg(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "platform": platform.platform(terse=True),
         "note": note,
     }
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
+def busy_note(env: Mapping[str, Any]) -> str | None:
+    """A warning when other processes kept the CPUs busy (1-minute load above the core count)."""
+    load, cpus = env.get("load_average"), env.get("cpu_count")
+    if load is None or not cpus or load <= cpus:
+        return None
+    return (f"the machine was busy (1-minute load average {load:g} on {cpus} CPUs) before timing: other processes "
+            f"share the cores, and multi-threaded CPU timings suffer most; rerun on an idle machine or with --threads 1")
 
 
 def _cpu_name() -> str:
@@ -1131,16 +1150,34 @@ def bench(
     control: bool | Mapping[str, Any] = False,
     control_out: str | Path | None = None,
     interleave: bool = True,
+    threads: int | None = None,
     progress=None,
 ) -> BenchReport:
     """Benchmark ``models`` (first = original) side by side on ``data``; see the module docstring.
 
     ``models``: file paths, :class:`io.LoadedModel` or :class:`BenchModel` objects.
     ``data``: evaluation volumes (file/folder, read with :mod:`mbdlprune.data`) or an image
-    tensor (N, C, H, W). ``control``: also fine-tune the original with the pruned model's
+    tensor (N, C, H, W). ``threads``: torch intra-op threads for this run (restored afterwards).
+    ``control``: also fine-tune the original with the pruned model's
     fine-tune settings (True) or with the given settings (a dict for
     :func:`mbdlprune.finetune.finetune`), and bench it as role "control".
     """
+    import torch
+
+    if threads is not None and threads < 1:
+        raise MbdlError(f"--threads must be >= 1, got {threads}", "use e.g. --threads 1")
+    before_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
+                      max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress)
+    finally:
+        torch.set_num_threads(before_threads)
+
+
+def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
+           max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress) -> BenchReport:
     import torch
 
     from .metrics import get_definition
@@ -1162,6 +1199,8 @@ def bench(
     if env["note"]:
         notes.append(env["note"])
     notes += lineage_notes(entries)
+    if not dev.startswith("cuda") and busy_note(env):
+        notes.append(busy_note(env))
     for e in entries:
         e.model.eval().to(device=dev, dtype=torch.float32)
     say(f"simulating measurements for {ev.images.shape[0]} images (seed {seed})")

@@ -27,6 +27,7 @@ MetricOpt = typer.Option("plain", "--metric", help="plain (magnitudes, peak = da
 SeedOpt = typer.Option(0, "--seed", help="Seed of the simulated measurement noise.")
 MaxImagesOpt = typer.Option(None, "--max-images", help="Use only the first N evaluation images.")
 FitOpt = typer.Option("error", "--fit", help="Fit slices to the operator's image size: error, crop, pad, crop-pad.")
+ThreadsOpt = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's); 1 gives steadier CPU timings on a busy machine.")
 
 
 def _wide_console():
@@ -83,6 +84,7 @@ def bench_cmd(
     seed: int = SeedOpt,
     max_images: Optional[int] = MaxImagesOpt,
     fit: str = FitOpt,
+    threads: Optional[int] = ThreadsOpt,
     json_out: Optional[str] = JsonPathOpt,
     markdown: Optional[Path] = MarkdownOpt,
     figure: Optional[Path] = FigureOpt,
@@ -103,7 +105,7 @@ def bench_cmd(
     report = bench(
         [str(m) for m in models], [str(d) for d in data] if len(data) > 1 else str(data[0]), operator=operator,
         device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
-        batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, arch=arch,
+        batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads, arch=arch,
         min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
         progress=_progress(quiet or json_out == "-"),
     )
@@ -137,6 +139,7 @@ def sweep_cmd(
     seed: int = SeedOpt,
     max_images: Optional[int] = MaxImagesOpt,
     fit: str = FitOpt,
+    threads: Optional[int] = ThreadsOpt,
     json_out: Optional[str] = JsonPathOpt,
     markdown: Optional[Path] = MarkdownOpt,
     unsafe_pickle: bool = UnsafePickleOpt,
@@ -170,7 +173,7 @@ def sweep_cmd(
         data=[str(d) for d in data] or None, eval_data=ev, max_psnr_drop=max_psnr_drop, out_dir=out_dir,
         importance=importance, round_to=round_to, device=device, solver=solver, tol=tol, max_iter=max_iter,
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
-        fit=fit, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
+        fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
     )
     to_stdout = json_out == "-"
     text = json.dumps(sr.to_dict(), indent=2, allow_nan=False)

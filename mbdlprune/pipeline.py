@@ -171,6 +171,7 @@ class BenchSection:
     max_iter: int | None = None
     max_images: int | None = None
     fit: str = "error"
+    threads: int | None = None
     control: bool = False
     figure: bool = False
 
@@ -186,7 +187,7 @@ class BenchSection:
         for key in ("control", "figure"):
             if key in t:
                 kw[key] = expect(t[key], bool, key, where)
-        for key in ("batch_size", "repeats", "max_iter", "max_images"):
+        for key in ("batch_size", "repeats", "max_iter", "max_images", "threads"):
             if key in t:
                 kw[key] = _number(t, key, where, integer=True, positive=True)
         for key in ("warmup", "seed"):
@@ -366,7 +367,8 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     report = bench(
         [original, final], [str(p) for p in bcfg.data], operator=op, device=bcfg.device, solver=bcfg.solver,
         tol=bcfg.tol, max_iter=bcfg.max_iter, warmup=bcfg.warmup, repeats=bcfg.repeats, batch_size=bcfg.batch_size,
-        metric=bcfg.metric, seed=bcfg.seed, max_images=bcfg.max_images, fit=bcfg.fit, arch=_user_arch(cfg.model.arch),
+        metric=bcfg.metric, seed=bcfg.seed, max_images=bcfg.max_images, fit=bcfg.fit, threads=bcfg.threads,
+        arch=_user_arch(cfg.model.arch),
         min_speedup=cfg.gates.min_speedup, max_psnr_drop=cfg.gates.max_psnr_drop, control=control,
         control_out=out / "control.safetensors" if control else None, progress=progress,
     )

@@ -75,6 +75,7 @@ class SweepPoint:
     psnr_drop: float | None
     ssim_mean: float
     median_ms: float
+    prior_calls: float | None = None
     on_front: bool = False
     within_budget: bool | None = None
 
@@ -125,7 +126,7 @@ class SweepReport:
         return (f"fastest within {self.max_psnr_drop:g} dB: ratio {self.best.ratio:g} ({self.best.label}), "
                 f"speedup {self.best.speedup:.2f}x, PSNR drop {self.best.psnr_drop:.2f} dB{where}")
 
-    HEADERS = ["ratio", "model", "ch. removed", "params", "prior MACs ↓", "speedup", "speedup/MACs↓",
+    HEADERS = ["ratio", "model", "ch. removed", "params", "prior MACs ↓", "calls/recon", "speedup", "speedup/MACs↓",
                "median ms", "PSNR dB", "PSNR drop", "SSIM", "front", "budget"]
 
     def _rows(self) -> list[list[str]]:
@@ -133,7 +134,7 @@ class SweepReport:
         for p in self.points:
             rows.append([
                 f"{p.ratio:g}", p.label, _fmt(p.achieved_channel_ratio, ".3f"), _si(p.params),
-                _fmt(p.prior_macs_reduction, ".2f") + "x", _fmt(p.speedup, ".2f") + "x",
+                _fmt(p.prior_macs_reduction, ".2f") + "x", _fmt(p.prior_calls, ".1f"), _fmt(p.speedup, ".2f") + "x",
                 _fmt(p.speedup_per_macs_reduction, ".2f"), _fmt(p.median_ms, ".2f"), _fmt(p.psnr_mean),
                 "—" if p.ratio == 0 else _fmt(p.psnr_drop, "+.2f"), _fmt(p.ssim_mean, ".4f"),
                 "●" if p.on_front else "", {None: "", True: "yes", False: "no"}[p.within_budget],
@@ -225,6 +226,7 @@ def sweep(
     seed: int = 0,
     max_images: int | None = None,
     fit: str = "error",
+    threads: int | None = None,
     force: bool = False,
     unsafe_pickle: bool = False,
     progress=None,
@@ -288,7 +290,7 @@ def sweep(
         entries.append(bm)
     report = bench(entries, eval_data, operator=op, device=device, solver=solver, tol=tol, max_iter=max_iter,
                    warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed,
-                   max_images=max_images, fit=fit, progress=progress)
+                   max_images=max_images, fit=fit, threads=threads, progress=progress)
 
     points = []
     for r, (e, m) in zip([0.0] + ratio_list, zip(entries, report.models)):
@@ -297,6 +299,7 @@ def sweep(
             speedup=m.speedup, prior_macs_reduction=m.prior_macs_reduction,
             speedup_per_macs_reduction=m.speedup_per_macs_reduction, psnr_mean=m.psnr_mean,
             psnr_drop=m.psnr_drop, ssim_mean=m.ssim_mean, median_ms=m.timing.median_ms,
+            prior_calls=m.prior_calls_per_reconstruction,
         ))
     pareto_front(points)
     best = None

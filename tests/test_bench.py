@@ -401,3 +401,15 @@ def test_bench_in_memory_user_models_without_prior_paths():
     assert rep.models[0].priors["(whole model)"]["calls_per_reconstruction"] == 1
     assert rep.models[1].prior_macs_reduction == pytest.approx(2.0)
     assert "wide" in rep.operator["source"]
+
+
+def test_threads_option_and_busy_note(models):
+    orig, pruned, _ = models["unrolled"]
+    before = torch.get_num_threads()
+    rep = B.bench([orig, pruned], _images(2), threads=1, **FAST)
+    assert rep.environment["torch_threads"] == 1 and torch.get_num_threads() == before
+    assert "cpu_count" in rep.environment and "load_average" in rep.environment
+    assert "busy" in B.busy_note({"load_average": 5.0, "cpu_count": 2})
+    assert B.busy_note({"load_average": 1.0, "cpu_count": 2}) is None
+    with pytest.raises(MbdlError):
+        B.bench([orig, pruned], _images(2), threads=0, **FAST)
