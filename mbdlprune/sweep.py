@@ -264,8 +264,6 @@ def sweep(
     entries: list[BenchModel] = [original]
     stem = original.label
     opts = dict(prune_options or {})
-    if out is not None and ft:
-        original.path = _save(out / f"{stem}-original.safetensors", original, force)
     for r in ratio_list:
         say(f"pruning at ratio {r:g}")
         model = copy.deepcopy(original.model)

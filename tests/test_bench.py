@@ -413,3 +413,20 @@ def test_threads_option_and_busy_note(models):
     assert B.busy_note({"load_average": 1.0, "cpu_count": 2}) is None
     with pytest.raises(MbdlError):
         B.bench([orig, pruned], _images(2), threads=0, **FAST)
+
+
+def test_sweep_with_finetune_keeps_lineage(models, tmp_path):
+    from mbdlprune.sweep import sweep
+
+    _, _, raw = models["deq-edsr"]
+    sr = sweep(raw, arch="deq-edsr", arch_args=DEQ_ARGS, operator=models["dir"] / "op.toml", ratios=[0.5],
+               finetune={"mode": "supervised", "epochs": 1, "val_fraction": 0.0, "batch_size": 3},
+               data=str(models["dir"] / "train.npy"), eval_data=str(models["dir"] / "eval.npy"),
+               out_dir=tmp_path / "swf", round_to=1, **FAST)
+    assert sr.points[1].label.endswith("-ft") and Path(sr.points[1].path).is_file()
+    assert sr.bench.models[1].finetune["mode"] == "supervised"
+    assert not any("not pruned from" in n for n in sr.bench.notes)
+    with pytest.raises(MbdlError, match="out-dir"):
+        sweep(raw, arch="deq-edsr", arch_args=DEQ_ARGS, operator=models["dir"] / "op.toml", ratios=[0.5],
+              finetune={"mode": "supervised", "epochs": 1}, data=str(models["dir"] / "train.npy"),
+              eval_data=_images(), **FAST)
