@@ -221,6 +221,9 @@ def atomic_write_bytes(path: str | Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, p)
     except BaseException:
         if os.path.exists(tmp):

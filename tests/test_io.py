@@ -131,6 +131,7 @@ def test_save_is_atomic_and_refuses_overwrite(tmp_path):
     assert out.read_bytes() == stamp
     save_model(out, res.model, res.meta, force=True)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert out.stat().st_mode & 0o044  # readable by others, as with a plain open()
 
 
 def test_metadata_is_plain_json_in_header(tmp_path):
