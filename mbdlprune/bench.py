@@ -734,6 +734,9 @@ class ModelResult:
     prior_macs_reduction: float | None = None
     reconstruction_macs_reduction: float | None = None
     speedup_per_macs_reduction: float | None = None
+    timed_calls: float | None = None  # prior calls per reconstruction in the timed runs
+    per_call_speedup: float | None = None  # speedup of the time per prior call (per DEQ iteration)
+    per_call_speedup_per_macs_reduction: float | None = None
     psnr_drop: float | None = None
     psnr_drop_paired_std: float | None = None
     ssim_drop: float | None = None
@@ -743,6 +746,15 @@ class ModelResult:
         d = {k: v for k, v in self.__dict__.items() if k != "timing"}
         d["timing"] = self.timing.to_dict()
         return d
+
+
+def _timed_calls(r: "ModelResult") -> float | None:
+    """Prior calls per reconstruction during the timed runs (DEQ: the timed iterations)."""
+    calls = r.prior_calls_per_reconstruction or None
+    if r.timing.iterations_mean is not None and r.deq and r.deq.get("iterations_mean"):
+        per_iter = (calls or r.deq["iterations_mean"]) / r.deq["iterations_mean"]
+        return r.timing.iterations_mean * per_iter
+    return calls
 
 
 def _stats(values: list[float]) -> tuple[float, float]:
@@ -952,7 +964,8 @@ class BenchReport:
         return f"DEQ solver for every model: {s['solver']}, tol {s['tol']:g}, max_iter {s['max_iter']} (from {s['source']})"
 
     SPEED_HEADERS = ["model", "role", "params", "prior MACs", "prior calls/recon", "MACs/recon",
-                     "median ms [p10–p90]", "img/s", "work mem MB", "speedup", "prior MACs ↓", "speedup / MACs ↓"]
+                     "median ms [p10–p90]", "img/s", "work mem MB", "speedup", "prior MACs ↓", "speedup / MACs ↓",
+                     "per-call speedup", "per-call speedup / MACs ↓"]
     QUALITY_HEADERS = ["model", "PSNR dB", "PSNR drop", "SSIM", "SSIM drop", "DEQ iters", "DEQ resid."]
 
     def _speed_rows(self) -> list[list[str]]:
@@ -973,6 +986,8 @@ class BenchReport:
                 _fmt(m.speedup, ".2f") + ("x" if m.speedup is not None else ""),
                 _fmt(m.prior_macs_reduction, ".2f") + ("x" if m.prior_macs_reduction is not None else ""),
                 _fmt(m.speedup_per_macs_reduction, ".2f"),
+                _fmt(m.per_call_speedup, ".2f") + ("x" if m.per_call_speedup is not None else ""),
+                _fmt(m.per_call_speedup_per_macs_reduction, ".2f"),
             ])
         return rows
 
@@ -997,8 +1012,9 @@ class BenchReport:
         from rich.table import Table
         from rich.text import Text
 
-        keep = [0, 1, 2, 3, 4, 6, 9, 10, 11]  # the full set goes to Markdown and JSON
-        short = {"prior calls/recon": "calls", "median ms [p10–p90]": "ms median [p10–p90]", "speedup / MACs ↓": "speedup/MACs↓"}
+        keep = [0, 1, 2, 3, 4, 6, 9, 10, 11, 13]  # the full set goes to Markdown and JSON
+        short = {"prior calls/recon": "calls", "median ms [p10–p90]": "ms median [p10–p90]", "speedup / MACs ↓": "speedup/MACs↓",
+                 "per-call speedup / MACs ↓": "per-call/MACs↓"}
         speed = Table(title="speed and cost", title_justify="left")
         for i in keep:
             h = self.SPEED_HEADERS[i]
@@ -1242,6 +1258,11 @@ def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeat
         r.reconstruction_macs_reduction = ref.macs_per_reconstruction / r.macs_per_reconstruction if r.macs_per_reconstruction else None
         if r.speedup is not None and r.prior_macs_reduction:
             r.speedup_per_macs_reduction = r.speedup / r.prior_macs_reduction
+        r.timed_calls = _timed_calls(r)
+        if r.timed_calls and ref.timed_calls and r.timing.median_ms > 0:
+            r.per_call_speedup = (ref.timing.median_ms / ref.timed_calls) / (r.timing.median_ms / r.timed_calls)
+            if r.prior_macs_reduction:
+                r.per_call_speedup_per_macs_reduction = r.per_call_speedup / r.prior_macs_reduction
         r.psnr_drop = ref.psnr_mean - r.psnr_mean
         r.ssim_drop = ref.ssim_mean - r.ssim_mean
         diffs = [a - b for a, b in zip(ref.psnr, r.psnr) if math.isfinite(a) and math.isfinite(b)]

@@ -129,6 +129,9 @@ def test_bench_deq_identical_solver_settings(models, tmp_path):
     assert o.role == "original" and p.role == "pruned"
     assert o.speedup == pytest.approx(1.0) and o.psnr_drop == pytest.approx(0.0)
     assert p.deq["iterations_mean"] >= 1 and "residual_max" in p.deq
+    assert p.timed_calls == pytest.approx(p.timing.iterations_mean)
+    want = (o.timing.median_ms / o.timed_calls) / (p.timing.median_ms / p.timed_calls)
+    assert p.per_call_speedup == pytest.approx(want)
     assert p.prior_macs_reduction > 1.5 and p.prior_params < o.prior_params
     assert p.macs_per_reconstruction == pytest.approx(p.prior_macs * p.prior_calls_per_reconstruction, rel=1e-6)
     assert p.psnr_drop == pytest.approx(o.psnr_mean - p.psnr_mean)
@@ -144,6 +147,7 @@ def test_bench_unrolled_costs_and_no_solver(models):
     rep = B.bench([orig, pruned], _images(), batch_size=2, metric="paper", **FAST)
     assert rep.solver is None and rep.models[0].deq is None
     assert rep.models[0].prior_calls_per_reconstruction == pytest.approx(UNROLLED_ARGS["steps"])
+    assert rep.models[1].per_call_speedup == pytest.approx(rep.models[1].speedup)
     assert rep.metric["name"] == "paper" and rep.settings["batch_size"] == 2
     with pytest.raises(MbdlError, match="DEQ"):
         B.bench([orig, pruned], _images(), tol=1e-3, **FAST)
