@@ -80,10 +80,6 @@ def candidate_prior_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if n and _has_conv(m) and not isinstance(m, (nn.ModuleList, nn.ModuleDict))]
 
 
-class _StopForward(Exception):
-    pass
-
-
 @contextmanager
 def _record_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list]]:
     """Record the first inputs and the call count of each named submodule during a forward."""
@@ -119,12 +115,54 @@ def cheap_solver(model: nn.Module, max_iter: int = 1) -> Iterator[None]:
             model.max_iter = old
 
 
+def _zeros_like_meta(out, like: torch.Tensor):
+    """Real zero tensors shaped like a meta-device output (tensor, tuple or list)."""
+    if torch.is_tensor(out):
+        return torch.zeros(out.shape, dtype=out.dtype, device=like.device)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_zeros_like_meta(o, like) for o in out)
+    raise TypeError(f"cannot probe a module returning {type(out).__name__}")
+
+
+@contextmanager
+def _probe_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list]]:
+    """Like :func:`_record_calls`, but each named module is replaced by a probe that records its
+    inputs and returns zeros of the right shape (computed on the meta device): finding the
+    priors then costs no convolution at full image size."""
+    import copy
+
+    seen: dict[str, list] = {}
+    patched = []
+    for name in names:
+        mod = model.get_submodule(name)
+        meta_mod = copy.deepcopy(mod).to("meta")
+
+        def probe(*args, _name=name, _meta=meta_mod, **kwargs):
+            entry = seen.setdefault(_name, [None, 0])
+            if entry[0] is None:
+                entry[0] = tuple(a.detach().clone() if torch.is_tensor(a) else a for a in args)
+            entry[1] += 1
+            to_meta = lambda a: a.to("meta") if torch.is_tensor(a) else a  # noqa: E731
+            out = _meta(*map(to_meta, args), **{k: to_meta(v) for k, v in kwargs.items()})
+            like = next(a for a in args if torch.is_tensor(a))
+            return _zeros_like_meta(out, like)
+
+        mod.forward = probe
+        patched.append(mod)
+    try:
+        yield seen
+    finally:
+        for mod in patched:
+            del mod.forward
+
+
 def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None) -> tuple[list[PriorSite], Any]:
     """Locate the prior(s): given names, the model's ``prior_paths()``, or auto-discovery.
 
     Auto-discovery keeps the outermost conv-bearing submodules that the forward really calls.
     A module called several times (a prior shared across iterations) appears once. Returns
-    the sites and the model's output on ``inputs`` (DEQ iterations capped).
+    the sites and the model's output on ``inputs`` (DEQ iterations capped; computed with the
+    priors probed, so only its shape is meaningful).
     """
     if names is None and hasattr(model, "prior_paths"):
         names = list(model.prior_paths())
@@ -135,8 +173,12 @@ def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None)
             model.get_submodule(n)
         except AttributeError:
             raise MbdlError(f"--prior {n!r} is not a submodule of the model", f"choose among: {', '.join(candidate_prior_names(model)[:8])}") from None
-    with torch.no_grad(), cheap_solver(model), _record_calls(model, cands) as seen:
-        out = model(*inputs)
+    try:
+        with torch.no_grad(), cheap_solver(model), _probe_calls(model, cands) as seen:
+            out = model(*inputs)
+    except Exception:  # a layer without a meta kernel, or code that needs real prior outputs
+        with torch.no_grad(), cheap_solver(model), _record_calls(model, cands) as seen:
+            out = model(*inputs)
     called = [n for n in cands if n in seen]
     if explicit:
         missing = [n for n in cands if n not in seen]
