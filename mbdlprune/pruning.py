@@ -340,7 +340,7 @@ def make_pruner(prior: nn.Module, inputs: tuple, cfg: PruneConfig, ignored: list
         for pat, r in cfg.layer_ratios.items():
             if isinstance(m, LAYER_TYPES) and _layer_matches(full, [pat]):
                 ratio_dict[m] = r
-    return tp.pruner.MetaPruner(
+    pruner = tp.pruner.MetaPruner(
         prior,
         example_inputs=tuple(inputs),
         importance=make_importance(cfg.importance),
@@ -352,6 +352,19 @@ def make_pruner(prior: nn.Module, inputs: tuple, cfg: PruneConfig, ignored: list
         round_to=cfg.round_to if cfg.round_to and cfg.round_to > 1 else None,
         ignored_layers=ignored,
     )
+    pruner._round_to = _round_to_nearest  # torch-pruning rounds the kept width down; we round to nearest
+    return pruner
+
+
+def _round_to_nearest(n_pruned: int, current_channels: int, round_to: int) -> int:
+    """Channels to prune so the kept width is the multiple of ``round_to`` nearest the request.
+
+    Rounding down (torch-pruning's rule) turns 32 channels at ratio 0.3 (22 kept) into 16,
+    the same model as ratio 0.5; the nearest multiple keeps 24. At least ``round_to`` stay.
+    """
+    kept = current_channels - n_pruned
+    nearest = max(round_to, int(round(kept / round_to)) * round_to)
+    return max(current_channels - min(nearest, current_channels), 0)
 
 
 @contextmanager
