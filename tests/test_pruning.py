@@ -201,3 +201,12 @@ def test_nothing_pruned_is_an_error():
     model, spec, op = small("deq-edsr")
     with pytest.raises(PruningError, match="no parameters"):
         prune_model(model, spec, op, ratio=0.5, ignore=["prior.*"])
+
+
+@pytest.mark.parametrize("ratio,kept", [(0.3, 24), (0.5, 16)])
+def test_round_to_keeps_nearest_multiple(ratio, kept):
+    """Neighbouring ratios stay distinct models: 32 channels at 0.3 keep 24, at 0.5 keep 16."""
+    model, spec = build_arch("edsr", {"n_feats": 32, "n_blocks": 2})
+    res = prune_model(model, spec, None, ratio=ratio, round_to=8, image_size=(16, 16))
+    widths = res.meta["pruning"]["priors"][""]["widths"]
+    assert {after for before, after in widths.values() if before == 32} == {kept}
