@@ -210,3 +210,22 @@ def test_round_to_keeps_nearest_multiple(ratio, kept):
     res = prune_model(model, spec, None, ratio=ratio, round_to=8, image_size=(16, 16))
     widths = res.meta["pruning"]["priors"][""]["widths"]
     assert {after for before, after in widths.values() if before == 32} == {kept}
+
+
+def test_group_norm_can_force_more_and_is_reported():
+    """GroupNorm keeps widths divisible by its groups; the record shows the achieved ratio per layer."""
+    from mbdlprune.pruning import achieved_ratios
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.g = nn.Conv2d(2, 32, 3, padding=1), nn.GroupNorm(8, 32)
+            self.c = nn.Conv2d(32, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.g(self.a(x))))
+
+    net = Net()
+    record = prune_priors(net, (torch.randn(1, 2, 16, 16),), PruneConfig(ratio=0.3, round_to=1, priors=[""]))
+    assert net.g.num_channels % net.g.num_groups == 0
+    assert achieved_ratios(record)["a"] >= 0.3 and record["priors"][""]["widths"]["a"][1] == net.a.out_channels
