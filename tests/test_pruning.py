@@ -121,6 +121,7 @@ def test_frozen_checkpoint_still_prunes():
     assert not any(p.requires_grad for p in model.parameters())  # flags restored
 
 
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
 @pytest.mark.parametrize("norm", ["weight_norm", "spectral_norm", "legacy_weight_norm"])
 def test_norm_parametrizations_removed_and_restored(norm):
     from torch.nn.utils import parametrizations, parametrize
