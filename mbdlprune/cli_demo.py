@@ -38,7 +38,7 @@ def demo_cmd(
             m.pop("bench", None)  # the full reports are in the folder
         print_json(_json_safe(summary))
         return
-    err = console(stderr=True)
+    err = _wide(console(stderr=True))
     err.print(f"[bold]mbdlprune demo[/bold]: prune -> fine-tune -> bench on the example models shipped with the package "
               f"({'quick budgets' if quick else 'about 3 minutes on 2 CPU cores'})")
 

@@ -25,20 +25,21 @@ LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)"}
 
 @dataclass
 class DemoSettings:
-    """Budgets of one demo run (the defaults take about 3 minutes on 2 CPU cores)."""
+    """Budgets of one demo run (the defaults take 2 to 3 minutes on 2 CPU cores)."""
 
     ratio: float = 0.5
     mode: str = "distill"
-    epochs: int = 2
+    epochs: int = 20
     lr: float = 1e-3
+    lr_schedule: str = "cosine"
     loss: str = "l1"
     batch_size: int = 1
     #: use only the first N fine-tuning slices (None: all of them)
     finetune_slices: int | None = None
     #: validate on the shipped fine-tuning validation slices and keep the best epoch
     validate: bool = True
-    warmup: int = 2
-    repeats: int = 5
+    warmup: int = 3
+    repeats: int = 10
     #: evaluation slices used by the bench (None: all of them)
     max_images: int | None = None
     seed: int = 0
@@ -253,7 +254,7 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
     ft = finetune(
         pruned_path, data=str(data["finetune"]), out=ft_path, force=True, teacher=str(original),
         val_data=str(data["finetune-val"]) if cfg.validate else None, eval_data=str(data["eval"]),
-        progress=progress, mode=cfg.mode, epochs=cfg.epochs, lr=cfg.lr, loss=cfg.loss,
+        progress=progress, mode=cfg.mode, epochs=cfg.epochs, lr=cfg.lr, lr_schedule=cfg.lr_schedule, loss=cfg.loss,
         batch_size=cfg.batch_size, seed=cfg.seed, device=device, val_fraction=0.0,
     )
     seconds["finetune"] = time.perf_counter() - t
