@@ -10,8 +10,9 @@ from .cli_common import DebugOpt, JsonOpt, console, handle_errors, print_json
 
 
 def _wide(c):
+    """Let tables use 180 columns when output is not a terminal (logs, pipes)."""
     if not c.is_terminal:
-        c.width = max(c.width, 140)
+        c.width = max(c.width, 180)
     return c
 
 
@@ -40,7 +41,7 @@ def demo_cmd(
         return
     err = _wide(console(stderr=True))
     err.print(f"[bold]mbdlprune demo[/bold]: prune -> fine-tune -> bench on the example models shipped with the package "
-              f"({'quick budgets' if quick else 'about 3 minutes on 2 CPU cores'})")
+              f"({'quick budgets' if quick else 'about 2 minutes on 2 idle CPU cores'})")
 
     def say(msg: str) -> None:
         err.print(msg, highlight=False)

@@ -25,7 +25,7 @@ LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)"}
 
 @dataclass
 class DemoSettings:
-    """Budgets of one demo run (the defaults take 2 to 3 minutes on 2 CPU cores)."""
+    """Budgets of one demo run (the defaults take about 100 s on 2 idle CPU cores, 3 minutes on busy ones)."""
 
     ratio: float = 0.5
     mode: str = "distill"

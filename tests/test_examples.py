@@ -137,7 +137,7 @@ def test_demo_quick_unrolled(tmp_path):
 
 @pytest.mark.slow
 def test_demo_full_defaults(tmp_path, request):
-    """The demo as users run it (2 to 3 minutes on 2 CPU cores); skipped unless run with -m slow."""
+    """The demo as users run it (about 100 s on 2 idle CPU cores); skipped unless run with -m slow."""
     if "slow" not in (request.config.getoption("-m") or "") or "not slow" in request.config.getoption("-m"):
         pytest.skip("the full demo takes minutes: run with -m slow")
     threads = torch.get_num_threads()
