@@ -117,22 +117,34 @@ def test_demo_rejects_unknown_model(tmp_path):
     assert r.exit_code == 2 and "unknown demo model" in r.output
 
 
-def test_demo_quick_unrolled(tmp_path):
-    """The whole chain (prune -> distill -> bench) on the unrolled example with tiny budgets."""
+def test_demo_quick(tmp_path):
+    """The whole chain (prune -> distill -> bench) on both examples with tiny budgets (seconds)."""
     out = tmp_path / "demo"
-    r = runner.invoke(app, ["demo", "--out", str(out), "--model", "unrolled", "--quick", "--json"])
+    r = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
-    (m,) = summary["models"]
-    assert m["name"] == "unrolled"
-    s = m["summary"]
-    assert s["pruned"]["params"] < s["original"]["params"]
-    assert s["pruned+finetuned"]["params"] == s["pruned"]["params"]
-    for f in ("unrolled/pruned.safetensors", "unrolled/pruned_finetuned.safetensors", "unrolled/bench.json", "demo.json"):
-        assert (out / f).is_file(), f
-    meta = read_header_meta(out / "unrolled" / "pruned_finetuned.safetensors")
-    assert meta["finetune"]["mode"] == "distill"
-    assert meta["pruning"]["ratio"] == 0.5
+    assert [m["name"] for m in summary["models"]] == ["deq", "unrolled"]
+    for m in summary["models"]:
+        name, s = m["name"], m["summary"]
+        assert s["pruned"]["params"] < s["original"]["params"]
+        assert s["pruned+finetuned"]["params"] == s["pruned"]["params"]
+        for f in ("pruned.safetensors", "pruned_finetuned.safetensors", "bench.json", "bench.md"):
+            assert (out / name / f).is_file(), f
+        meta = read_header_meta(out / name / "pruned_finetuned.safetensors")
+        assert meta["finetune"]["mode"] == "distill"
+        assert meta["pruning"]["ratio"] == 0.5
+    deq = summary["models"][0]["summary"]
+    assert all(v["deq_iterations_mean"] > 0 for v in deq.values())  # same solver settings, iterations reported
+    assert (out / "demo.json").is_file()
+
+
+def test_demo_force_reuses_its_folder(tmp_path):
+    out = tmp_path / "demo"
+    assert runner.invoke(app, ["demo", "--out", str(out), "--quick", "--model", "unrolled", "--json"]).exit_code == 0
+    r = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--model", "unrolled", "--json"])
+    assert r.exit_code == 2 and "not empty" in r.output
+    r = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--model", "unrolled", "--json", "--force"])
+    assert r.exit_code == 0, r.output
 
 
 @pytest.mark.slow
