@@ -121,7 +121,7 @@ def sweep_cmd(
     arch_args: Optional[str] = ArchArgsOpt,
     operator: Optional[Path] = OperatorOpt,
     importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
-    round_to: Optional[int] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 8)."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 16)."),
     finetune_mode: Optional[str] = typer.Option(None, "--finetune", help="Fine-tune every pruned model with this mode (needs --data and --out-dir)."),
     data: List[Path] = typer.Option([], "--data", help="Fine-tuning data (separate from --eval-data); repeatable."),
     epochs: int = typer.Option(1, "--epochs", help="Fine-tuning epochs per ratio."),

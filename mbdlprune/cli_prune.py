@@ -70,7 +70,7 @@ def prune_cmd(
     importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
     global_pruning: bool = typer.Option(False, "--global", help="Rank channels across layers instead of per layer."),
     iterative_steps: int = typer.Option(1, "--iterative-steps", help="Reach the ratio in this many steps."),
-    round_to: int = typer.Option(8, "--round-to", help="Keep widths multiples of this (8: full-speed CPU/GPU kernels; 1: off)."),
+    round_to: int = typer.Option(16, "--round-to", help="Keep widths multiples of this (16: full-speed AVX-512/GPU kernels; 1: off)."),
     layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="Per-layer ratio NAME=RATIO (glob on module names); repeatable."),
     ignore: List[str] = typer.Option([], "--ignore", help="Module name or glob never pruned; repeatable."),
     prior: List[str] = typer.Option([], "--prior", help="Dotted name of a prior to prune (default: found automatically); repeatable."),

@@ -22,10 +22,10 @@ from torch import nn
 from .errors import MbdlError, PruningError
 
 IMPORTANCES = ("l1", "l2", "taylor", "lamp", "random")
-#: Default width multiple. CPU convolution kernels (oneDNN, AVX2/AVX-512) and CUDA tensor cores
-#: run widths that are multiples of 8 at full speed; odd widths (20, 42, 44) measured no faster
-#: than the unpruned model on CPU despite 2.3x fewer MACs.
-DEFAULT_ROUND_TO = 8
+#: Default width multiple. oneDNN's AVX-512 convolution kernels (16 floats per vector) ran
+#: widths 16/32/48/64 at 42-49 GMAC/s on the reference CPU but 20/24 at 25-35, and CUDA tensor
+#: cores want multiples of 8; widths like 20, 42, 44 ran no faster than the unpruned model.
+DEFAULT_ROUND_TO = 16
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 #: Largest side of the input used to trace a fully convolutional prior (see trace_inputs).
 TRACE_SIDE = 64
