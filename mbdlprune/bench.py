@@ -55,33 +55,61 @@ def _label_for(path: str | Path, taken: set[str]) -> str:
     return label
 
 
-def load_bench_models(models: Sequence[Any], arch: str | None = None) -> list[BenchModel]:
+def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pickle: bool = False) -> list[BenchModel]:
     """Paths, :class:`io.LoadedModel` objects or :class:`BenchModel` s -> a list of BenchModel.
 
     The first model is the reference ("original"); the others are "pruned" unless their
-    role says otherwise.
+    role says otherwise. A plain checkpoint (a .pth of the original, say) is built with the
+    architecture and operator recorded in the first mbdlprune file among ``models``.
     """
-    from .io import LoadedModel, load_model
+    from .io import LoadedModel, is_mbdlprune_file, load_model
 
-    out: list[BenchModel] = []
+    out: list[BenchModel | None] = []
+    plain: list[tuple[int, Path]] = []
     taken: set[str] = set()
     for i, m in enumerate(models):
         if isinstance(m, BenchModel):
             bm = m
         elif isinstance(m, LoadedModel):
             bm = BenchModel(_label_for(m.path, taken), m.model, dict(m.meta), m.operator, str(m.path))
+        elif isinstance(m, (str, Path)) and not is_mbdlprune_file(m):
+            plain.append((i, Path(m)))
+            out.append(None)
+            continue
         elif isinstance(m, (str, Path)):
             lm = load_model(m, arch=arch, device="cpu")
             bm = BenchModel(_label_for(m, taken), lm.model, dict(lm.meta), lm.operator, str(m))
         else:
             raise MbdlError(f"cannot benchmark a {type(m).__name__}", "pass model file paths")
-        if i == 0 and not isinstance(m, BenchModel):
-            bm.role = "original"
         taken.add(bm.label)
         out.append(bm)
+    for i, path in plain:
+        out[i] = _plain_checkpoint_model(path, [b for b in out if b is not None], arch, unsafe_pickle, taken)
+        taken.add(out[i].label)
+    for i, (m, bm) in enumerate(zip(models, out)):
+        if i == 0 and not isinstance(m, BenchModel):
+            bm.role = "original"
     if len(out) < 1:
         raise MbdlError("no models to benchmark", "pass the original model and at least one pruned model")
     return out
+
+
+def _plain_checkpoint_model(path: Path, described: Sequence[BenchModel], arch: str | None, unsafe_pickle: bool,
+                            taken: set[str]) -> BenchModel:
+    """Build a plain checkpoint with the architecture an mbdlprune file among the models records."""
+    from .api import load_checkpoint_model
+    from .models.user import ArchSpec
+
+    ref = next((b for b in described if b.meta.get("arch")), None)
+    if ref is None:
+        raise MbdlError(f"{path.name} does not say which architecture it is, and no other model records one",
+                        "pass a pruned .safetensors written by mbdlprune too, or run `mbdlprune convert` first")
+    spec = ArchSpec.from_dict(ref.meta["arch"])
+    if spec.source == "factory" and arch != spec.name:
+        raise MbdlError(f"{path.name} would be built by user code {spec.name!r}", f"pass --arch {spec.name} to allow running it")
+    model, spec, _ = load_checkpoint_model(path, spec.name, spec.args, unsafe_pickle)
+    meta = {"arch": spec.to_dict(), "operator": (ref.meta or {}).get("operator")}
+    return BenchModel(_label_for(path, taken), model.eval(), meta, ref.operator, str(path))
 
 
 # ------------------------------------------------------------------------------ solver settings

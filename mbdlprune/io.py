@@ -50,6 +50,21 @@ def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> tuple[dict
     return find_weights(_torch_load(p, unsafe_pickle), str(p)), None
 
 
+def is_mbdlprune_file(path: str | Path) -> bool:
+    """True when ``path`` is a safetensors file written by mbdlprune (reads the header only)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT_NAME
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def _read_safetensors(p: Path):
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open

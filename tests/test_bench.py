@@ -434,3 +434,15 @@ def test_sweep_with_finetune_keeps_lineage(models, tmp_path):
         sweep(raw, arch="deq-edsr", arch_args=DEQ_ARGS, operator=models["dir"] / "op.toml", ratios=[0.5],
               finetune={"mode": "supervised", "epochs": 1}, data=str(models["dir"] / "train.npy"),
               eval_data=_images(), **FAST)
+
+
+def test_plain_original_checkpoint_benches_beside_pruned_file(models):
+    """A raw .pt original is built with the architecture the pruned file records."""
+    orig_sf, pruned, raw = models["deq-edsr"]
+    rep = B.bench([str(raw), str(pruned)], str(models["dir"] / "eval.npy"), **FAST)
+    ref = B.bench([str(orig_sf), str(pruned)], str(models["dir"] / "eval.npy"), **FAST)
+    d, e = rep.to_dict(), ref.to_dict()
+    assert d["models"][0]["role"] == "original"
+    assert d["models"][0]["psnr_mean"] == pytest.approx(e["models"][0]["psnr_mean"])
+    with pytest.raises(MbdlError, match="convert"):
+        B.bench([str(raw), str(models["unrolled"][2])], str(models["dir"] / "eval.npy"), **FAST)
