@@ -213,6 +213,8 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
             "widths_before": sorted({w[0] for w in widths.values()}),
             "widths_after": sorted({w[1] for w in widths.values()}),
             "achieved_channel_ratio": _achieved(widths),
+            "layers": {layer: {"before": b, "after": a, "removed": round(1 - a / b, 4) if b else 0.0}
+                       for layer, (b, a) in widths.items()},
         }
     return {
         "ratio": record["ratio"],

@@ -34,6 +34,20 @@ def _fmt_int(n: int) -> str:
     return str(n)
 
 
+def render_layers(report: dict) -> None:
+    """Per-layer widths and the fraction really removed (norm groups and rounding can differ from --ratio)."""
+    from rich.table import Table
+
+    t = Table(title="layers (output channels)")
+    for col in ("layer", "before", "after", "removed"):
+        t.add_column(col, justify="left" if col == "layer" else "right")
+    for prior, p in report["priors"].items():
+        for layer, w in p["layers"].items():
+            name = f"{prior}.{layer}" if prior and layer else prior or layer
+            t.add_row(name, str(w["before"]), str(w["after"]), f"{100 * w['removed']:.1f}%")
+    console().print(t)
+
+
 def render_prune(report: dict, out: Path | None) -> None:
     from rich.table import Table
 
@@ -77,6 +91,7 @@ def prune_cmd(
     prune_sensitivity: bool = typer.Option(False, "--prune-sensitivity", help="e2e-varnet: prune the sensitivity-map U-Net too."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="HxW for tracing a bare prior without an operator, e.g. 64x64."),
     seed: int = typer.Option(0, "--seed"),
+    layers: bool = typer.Option(False, "--layers", help="Also print every layer's width before/after and the fraction removed."),
     unsafe_pickle: bool = UnsafePickleOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
@@ -103,6 +118,8 @@ def prune_cmd(
     if json_out:
         print_json({"output": str(result.out), **result.report})
     else:
+        if layers:
+            render_layers(result.report)
         render_prune(result.report, result.out)
 
 

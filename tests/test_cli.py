@@ -40,6 +40,9 @@ def test_prune_json_then_inspect(deq_ckpt, tmp_path):
     report = json.loads(r.stdout)
     assert report["params_after"] < report["params_before"] and out.is_file()
     assert report["priors"]["prior"]["macs_after"] < report["priors"]["prior"]["macs_before"]
+    head = report["priors"]["prior"]["layers"]["head"]
+    assert head["after"] < head["before"] and head["removed"] == pytest.approx(1 - head["after"] / head["before"], abs=1e-4)
+    assert report["priors"]["prior"]["layers"]["tail"]["removed"] == 0.0  # image channels kept
     r = invoke("inspect", out, "--json")
     assert r.exit_code == 0, r.output
     info = json.loads(r.stdout)
@@ -47,9 +50,9 @@ def test_prune_json_then_inspect(deq_ckpt, tmp_path):
     r = invoke("inspect", out)
     assert r.exit_code == 0 and "prior" in r.stdout
     # an mbdlprune file can be pruned again without --arch, and the table renders
-    r = invoke("prune", out, "--ratio", "0.25", "--round-to", "1", "-o", tmp_path / "pp.safetensors")
+    r = invoke("prune", out, "--ratio", "0.25", "--round-to", "1", "-o", tmp_path / "pp.safetensors", "--layers")
     assert r.exit_code == 0, r.output
-    assert "Pruned at ratio 0.25" in r.stdout
+    assert "Pruned at ratio 0.25" in r.stdout and "prior.head" in r.stdout
 
 
 def test_convert_records_arch_and_operator(deq_ckpt, tmp_path):
