@@ -82,7 +82,7 @@ def tiny_problem(noise=0.0):
     return op, model.train(), x, y
 
 
-@pytest.mark.parametrize("name", ["supervised", "l1", "l2", "smoothl1", "ssim", "distill", "mc", "equivariance"])
+@pytest.mark.parametrize("name", ["supervised", "l1", "l2", "smoothl1", "ssim", "distill", "mc", "equivariance", "jacobian"])
 def test_each_loss_is_finite_and_has_gradients(name):
     op, model, x, y = tiny_problem()
     teacher, _ = build_arch("deq-edsr", DEQ_ARGS)
@@ -146,6 +146,79 @@ def test_combine_weights_registry_and_strict_config():
     with pytest.raises(ConfigError, match="lr"):
         FinetuneConfig.from_dict({"lr": 0})
     assert FinetuneConfig.from_dict({"mode": "distill", "epochs": 2}).epochs == 2
+
+
+# ----------------------------------------------------------------------------- Jacobian term
+def _small_deq(alpha, gamma=0.5):
+    """A DEQ small enough for its exact iteration Jacobian: 2 x 8 x 8 images (dim 128)."""
+    torch.manual_seed(3)
+    op = load_operator({**SPEC, "image_size": [8, 8], "noise_sigma": 0.0})
+    model, _ = build_arch("deq-edsr", {"n_feats": 4, "n_blocks": 1, "gamma": gamma, "alpha": alpha, "max_iter": 30, "tol": 1e-5})
+    y = op.A(torch.rand(1, 2, 8, 8))
+    return op, model.train(), y
+
+
+def _exact_frobenius_per_dim(model, y, op):
+    x_star = model.fixed_point(y, op)
+    with torch.no_grad():
+        J = torch.autograd.functional.jacobian(lambda v: model.step(v, y, op), x_star)
+    return float(J.reshape(x_star.numel(), x_star.numel()).pow(2).sum()) / x_star.numel()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_jacobian_term_is_an_unbiased_estimate_of_the_frobenius_norm(alpha):
+    # alpha 0: J = I - gamma A^H A (the prior plays no part); alpha 0.5: the prior's Jacobian enters too
+    op, model, y = _small_deq(alpha)
+    exact = _exact_frobenius_per_dim(model, y, op)
+    term = L.JacobianLoss()
+    g = torch.Generator().manual_seed(0)
+    x_net = model(y, op)
+    est = torch.stack([term(x_net, None, y, op, model, generator=g).detach() for _ in range(1500)]).mean().item()
+    assert exact > 0.1
+    assert abs(est - exact) < 0.08 * exact, (est, exact)
+
+
+def test_jacobian_term_vanishes_for_a_zero_prior_with_alpha_one():
+    op, model, y = _small_deq(alpha=1.0)
+    for p in model.prior.parameters():
+        torch.nn.init.zeros_(p)  # f(x) = prior(z) = 0 everywhere: J_f = 0
+    v = L.JacobianLoss()(model(y, op), None, y, op, model, generator=torch.Generator().manual_seed(0))
+    assert float(v.detach()) == 0.0
+
+
+def test_jacobian_term_reuses_the_training_fixed_point_and_combines_with_any_mode():
+    op, model, x, y = tiny_problem()
+    model(y, op)
+    assert model.fixed_point(y, op) is model._last_fixed_point[1]  # kept by the training forward
+    assert model.fixed_point(y.clone(), op) is not model._last_fixed_point[1]  # other measurements: solved again
+    teacher, _ = build_arch("deq-edsr", DEQ_ARGS)
+    loss = L.build_mode_loss("distill+self-supervised", {"jacobian": 0.05}, teacher=teacher.eval())
+    assert loss.weights() == {"distill": 1.0, "mc": 1.0, "equivariance": 1.0, "jacobian": 0.05}
+    v = loss(model(y, op), None, y, op, model, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(v) and list(loss.last) == ["distill", "mc", "equivariance", "jacobian"]
+    assert loss.describe()["terms"][-1]["definition"].startswith("||e^T J||^2 / dim")
+
+
+def test_jacobian_term_refuses_models_that_are_not_deq(tmp_path):
+    op = load_operator(SPEC)
+    model, spec = build_arch("unrolled", {"prior": "dncnn", "steps": 2, "prior_args": {"features": 8, "depth": 2}})
+    y = op.A(torch.rand(1, 2, 32, 32))
+    with pytest.raises(ConfigError, match="DEQ"):
+        L.JacobianLoss()(model(y, op), None, y, op, model)
+    io.save_model(tmp_path / "u.safetensors", model, {"arch": spec.to_dict(), "operator": op.spec})
+    with pytest.raises(ConfigError, match="DEQ"):
+        finetune(tmp_path / "u.safetensors", data=tmp_path, out=None, mode="supervised", epochs=1,
+                 weights={"jacobian": 0.1})
+
+
+def test_jacobian_weight_in_a_run_is_recorded(setup, tmp_path):
+    out = tmp_path / "jac.safetensors"
+    r = run(setup, out, mode="distill", teacher=setup / "orig.safetensors", weights={"jacobian": 0.05})
+    rec = io.read_checkpoint(out)[1]["finetune"]
+    assert rec["weights"] == {"distill": 1.0, "jacobian": 0.05}
+    assert [t["name"] for t in rec["losses"]["terms"]] == ["distill", "jacobian"]
+    assert rec["history"][0]["train"]["jacobian"] > 0
+    assert r.summary()["best_epoch"] == 1
 
 
 # ----------------------------------------------------------------------------- DEQ gradients

@@ -16,7 +16,15 @@ Terms (registry names)
   * ``mc`` — measurement consistency ‖A x̂ − y‖ (L1 by default).
   * ``equivariance`` — robust equivariant imaging: T a random rotation/flip keeping the image
     size, y_T = A(T x̂) (+ the operator's noise), loss MSE(model(y_T), T x̂) with T x̂ detached.
+  * ``jacobian`` — DEQ only: a Hutchinson estimate of ‖J_f(x*)‖_F² / dim, J_f the Jacobian of
+    one DEQ iteration f(x) = ``model.step(x, y, op)`` at the fixed point x*: ‖εᵀJ_f‖² / dim with
+    one probe ε ~ N(0, I) (a vector-Jacobian product kept in the graph). Penalising it keeps
+    the iteration contractive, so the solver needs few iterations (Jacobian regularisation of
+    deep equilibrium models, Bai, Koltun and Kolter, 2021). Never reads ``x`` or ``x_net``.
   * ``self-supervised`` — shorthand for ``mc`` + ``equivariance`` with the same weight.
+
+Any term combines with any mode through the weights, e.g.
+``build_mode_loss("distill", {"jacobian": 0.05})``.
 """
 
 from __future__ import annotations
@@ -58,6 +66,8 @@ class Loss:
     name = "loss"
     needs_ground_truth = False
     needs_teacher = False
+    #: reads state the model kept from the forward that made ``x_net`` (run before other terms)
+    uses_forward_state = False
 
     def __call__(self, x_net, x, y, op, model, *, batch: Mapping[str, Any] | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -65,6 +75,9 @@ class Loss:
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name}
+
+    def check_model(self, model) -> None:
+        """Raise ConfigError when this term cannot apply to ``model`` (default: every model is fine)."""
 
 
 class SupervisedLoss(Loss):
@@ -187,6 +200,49 @@ class EquivarianceLoss(Loss):
         return {"name": self.name, "noise": self.noise}
 
 
+def _unwrap(model):
+    """The module inside a DistributedDataParallel (or similar ``.module``) wrapper."""
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
+
+
+class JacobianLoss(Loss):
+    """‖εᵀ J_f(x*)‖² / dim, ε ~ N(0, I): one-probe Hutchinson estimate of ‖J_f(x*)‖_F² / dim.
+
+    f is one DEQ iteration ``model.step(x, y, op)`` and x* its fixed point, taken from the
+    latest training forward on this ``y`` (:meth:`DEQ.fixed_point`) or solved again. The
+    vector-Jacobian product keeps its graph, so the term has gradients on the prior's
+    parameters (and on the DEQ's gamma and alpha). ``generator`` draws the probe.
+    """
+
+    name = "jacobian"
+    uses_forward_state = True
+    definition = ("||e^T J||^2 / dim, e ~ N(0, I) (one Hutchinson probe), J = df/dx at the fixed point x*, "
+                  "f one DEQ iteration")
+
+    def check_model(self, model) -> None:
+        from ..models.deq import DEQ
+
+        m = _unwrap(model)
+        if not isinstance(m, DEQ):
+            raise ConfigError(f"the jacobian loss needs a deep equilibrium (DEQ) model, and this is a {type(m).__name__}",
+                              "drop the jacobian weight: it regularises the fixed-point iteration of DEQ models only")
+
+    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+        self.check_model(model)
+        deq = _unwrap(model)
+        x_star = deq.fixed_point(y, op).detach()
+        xs = x_star.clone().requires_grad_(True)
+        with torch.enable_grad():
+            fx = deq.step(xs, y, op)
+            eps = torch.randn(xs.shape, generator=generator, dtype=xs.dtype).to(xs.device)
+            (vjp,) = torch.autograd.grad(fx, xs, eps.to(fx.dtype), create_graph=True)
+        return vjp.float().pow(2).sum() / eps.numel()
+
+    def describe(self):
+        return {"name": self.name, "definition": self.definition}
+
+
 class CombinedLoss(Loss):
     """Weighted sum of terms; ``last`` holds each term's value from the latest call."""
 
@@ -206,17 +262,23 @@ class CombinedLoss(Loss):
     def needs_teacher(self) -> bool:  # type: ignore[override]
         return any(t.needs_teacher for _, _, t in self.terms)
 
+    def check_model(self, model) -> None:
+        for _, _, term in self.terms:
+            term.check_model(model)
+
     def find(self, name: str) -> Loss | None:
         return next((t for n, _, t in self.terms if n == name), None)
 
     def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
         total = None
         last = {}
-        for name, weight, term in self.terms:
+        # terms that reuse the model's latest forward state (e.g. the DEQ fixed point) run before
+        # terms that run the model again (equivariance); the sum is the same in any order
+        for name, weight, term in sorted(self.terms, key=lambda t: not t[2].uses_forward_state):
             v = term(x_net, None if not term.needs_ground_truth else x, y, op, model, batch=batch, generator=generator)
             last[name] = float(v.detach())
             total = weight * v if total is None else total + weight * v
-        self.last = last
+        self.last = {n: last[n] for n, _, _ in self.terms}
         return total
 
     def describe(self):
@@ -235,6 +297,7 @@ for _p in PIXEL_LOSSES:
 LOSSES.register("distill", DistillLoss)
 LOSSES.register("mc", MeasurementConsistencyLoss)
 LOSSES.register("equivariance", EquivarianceLoss)
+LOSSES.register("jacobian", JacobianLoss)
 #: names that stand for several terms
 SHORTHANDS = {"self-supervised": ("mc", "equivariance")}
 

@@ -588,6 +588,7 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
     elif teacher is not None:
         warnings.append(f"--teacher ignored: mode {cfg.mode!r} does not distil")
     loss_fn = build_mode_loss(cfg.mode, cfg.weights, pixel=cfg.loss, teacher=teacher_model, norm=cfg.mc_norm, noise=cfg.eq_noise)
+    loss_fn.check_model(model)  # e.g. the jacobian term applies to DEQ models only
 
     # data
     train, val, eval_hashes = _prepare_data(cfg, op, data, val_data, eval_data, d)

@@ -25,6 +25,8 @@ class DEQ(nn.Module):
 
     ``solver``, ``tol`` and ``max_iter`` may be changed at run time. After each forward,
     ``last_info = {"iterations", "residual", "converged"}`` describes the forward solve.
+    A training forward (grad enabled) also keeps its fixed point (detached) for
+    :meth:`fixed_point`, so a regulariser at x* (e.g. the Jacobian penalty) need not solve again.
 
     ``backward="implicit"``: the output is f(x*) with a gradient hook that replaces the
     incoming gradient g by the solution u of the adjoint fixed point u = J^T u + g
@@ -63,12 +65,27 @@ class DEQ(nn.Module):
             x_star, info = solve(lambda x: self.step(x, y, op), x0, self.max_iter, self.tol)
         self.last_info = info
         if not (torch.is_grad_enabled() and self.training):
+            self._last_fixed_point = None
             return x_star
         x_star = x_star.detach()
+        self._last_fixed_point = (y, x_star)
         out = self.step(x_star, y, op)
         if self.backward == "implicit" and out.requires_grad:
             out.register_hook(self._adjoint_hook(x_star, y, op))
         return out
+
+    def fixed_point(self, y: torch.Tensor, op: nn.Module) -> torch.Tensor:
+        """The fixed point x* for measurements ``y`` (detached, no graph).
+
+        The one kept by the latest training forward when it was called with this very ``y``
+        tensor; otherwise a fresh solve with the current solver settings.
+        """
+        cached = getattr(self, "_last_fixed_point", None)
+        if cached is not None and cached[0] is y:
+            return cached[1]
+        with torch.no_grad():
+            x_star, _ = get_solver(self.solver)(lambda x: self.step(x, y, op), op.A_adjoint(y), self.max_iter, self.tol)
+        return x_star.detach()
 
     def _adjoint_hook(self, x_star: torch.Tensor, y: torch.Tensor, op: nn.Module):
         # a separate graph for J, so the hook never re-enters the graph it is attached to
