@@ -85,7 +85,7 @@ def finetune_cmd(
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Fraction of the --data files held out for validation (split by file)."),
     seed: int = typer.Option(0, "--seed"),
     loss: str = typer.Option("smoothl1", "--loss", help="Pixel loss of supervised/distill terms: l1, l2, smoothl1, ssim (1 - SSIM)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help='Loss weights as JSON, e.g. \'{"mc": 1, "equivariance": 0.5}\'.'),
+    weights: Optional[str] = typer.Option(None, "--weights", help='Loss weights as JSON, e.g. \'{"mc": 1, "equivariance": 0.5}\'; adds terms too, e.g. \'{"jacobian": 0.05}\' (DEQ only).'),
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
     lr_schedule: str = typer.Option("none", "--lr-schedule", help="none or cosine."),
