@@ -196,6 +196,8 @@ def convert(checkpoint: str | Path, *, arch: str, arch_args: dict | None = None,
 
 def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
     """Per-prior and per-reconstruction cost before/after, for tables and JSON."""
+    from .pruning import removed_fraction
+
     priors = {}
     per_recon = [0, 0]
     nominal = getattr(model, "max_iter", None)
@@ -212,7 +214,7 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
             "calls_per_reconstruction": calls,
             "widths_before": sorted({w[0] for w in widths.values()}),
             "widths_after": sorted({w[1] for w in widths.values()}),
-            "achieved_channel_ratio": _achieved(widths),
+            "achieved_channel_ratio": removed_fraction(widths.values()) or 0.0,
             "layers": {layer: {"before": b, "after": a, "removed": round(1 - a / b, 4) if b else 0.0}
                        for layer, (b, a) in widths.items()},
         }
@@ -228,12 +230,6 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
         "seconds": record["seconds"],
         "priors": priors,
     }
-
-
-def _achieved(widths: Mapping[str, list[int]]) -> float:
-    before = sum(b for b, _ in widths.values())
-    after = sum(a for _, a in widths.values())
-    return round(1.0 - after / before, 4) if before else 0.0
 
 
 # -- inspecting ------------------------------------------------------------------------------

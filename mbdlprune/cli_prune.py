@@ -10,6 +10,7 @@ import typer
 
 from .cli_common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt,
                          console, handle_errors, print_json)
+from .report import _si
 
 
 def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
@@ -25,13 +26,6 @@ def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
         if not sep or not name:
             raise MbdlError(f"--layer-ratio {item!r} is not NAME=RATIO", "write e.g. --layer-ratio 'prior.body.*=0.3'")
     return out
-
-
-def _fmt_int(n: int) -> str:
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
 
 
 def render_layers(report: dict) -> None:
@@ -57,8 +51,8 @@ def render_prune(report: dict, out: Path | None) -> None:
     for name, p in report["priors"].items():
         t.add_row(
             name,
-            f"{_fmt_int(p['params_before'])} → {_fmt_int(p['params_after'])}",
-            f"{_fmt_int(p['macs_before'])} → {_fmt_int(p['macs_after'])}",
+            f"{_si(p['params_before'])} → {_si(p['params_after'])}",
+            f"{_si(p['macs_before'])} → {_si(p['macs_after'])}",
             str(p["calls_per_reconstruction"]),
             f"{p['widths_before']} → {p['widths_after']}",
             f"{100 * p['achieved_channel_ratio']:.1f}%",
@@ -68,8 +62,8 @@ def render_prune(report: dict, out: Path | None) -> None:
     b, a = report["macs_per_reconstruction_before"], report["macs_per_reconstruction_after"]
     it = report.get("nominal_iterations")
     nominal = f" (at max_iter = {it}, an upper bound; `bench` measures real iterations)" if it else ""
-    c.print(f"model params {_fmt_int(report['params_before'])} → {_fmt_int(report['params_after'])}; "
-            f"prior MACs per reconstruction {_fmt_int(b)} → {_fmt_int(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
+    c.print(f"model params {_si(report['params_before'])} → {_si(report['params_after'])}; "
+            f"prior MACs per reconstruction {_si(b)} → {_si(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
     if out:
         c.print(f"wrote {out}")
 
@@ -162,7 +156,7 @@ def inspect_cmd(
             t.add_column(col)
         for name, p in info["priors"].items():
             widths = sorted(set((p.get("widths") or {}).values()))
-            t.add_row(name, _fmt_int(p["params"]), _fmt_int(p["macs_per_call"]) if "macs_per_call" in p else "-",
+            t.add_row(name, _si(p["params"]), _si(p["macs_per_call"]) if "macs_per_call" in p else "-",
                       "x".join(map(str, p.get("input_shape", []))) or "-", str(widths) if widths else "-")
         c.print(t)
 

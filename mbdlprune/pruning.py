@@ -512,6 +512,14 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
     }
 
 
+def removed_fraction(pairs) -> float | None:
+    """Fraction of output channels removed over ``(before, after)`` width pairs (None when empty)."""
+    pairs = list(pairs)
+    before = sum(b for b, _ in pairs)
+    after = sum(a for _, a in pairs)
+    return round(1.0 - after / before, 4) if before else None
+
+
 def achieved_ratios(record: dict[str, Any]) -> dict[str, float]:
     """Fraction of output channels removed per layer (may exceed the request near norm groups)."""
     out = {}

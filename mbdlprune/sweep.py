@@ -192,15 +192,12 @@ def pareto_front(points: Sequence[SweepPoint]) -> None:
 
 
 def _achieved(meta: Mapping[str, Any] | None) -> float | None:
+    from .pruning import removed_fraction
+
     rec = (meta or {}).get("pruning")
     if not rec:
         return None
-    before = after = 0
-    for prior in (rec.get("priors") or {}).values():
-        for b, a in (prior.get("widths") or {}).values():
-            before += b
-            after += a
-    return round(1.0 - after / before, 4) if before else None
+    return removed_fraction(pair for prior in (rec.get("priors") or {}).values() for pair in (prior.get("widths") or {}).values())
 
 
 def sweep(
