@@ -19,15 +19,6 @@ UNROLLED_ARGS = {"prior": "dncnn", "steps": 2, "prior_args": {"features": 8, "de
 FAST = {"warmup": 0, "repeats": 2, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Behaviour tests, not timing: one intra-op thread keeps tiny convolutions fast on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(n=3, seed=0):
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")

@@ -39,15 +39,6 @@ def sentinel(shape):
     return torch.zeros(shape).as_subclass(Sentinel)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run fastest (and steadiest on a shared CPU) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """Three NIfTI files of real brain slices (32x32), an original tiny DEQ and its 50% pruned copy."""
