@@ -236,21 +236,21 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
 def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_args: dict | None = None,
                        operator: Any = None, unsafe_pickle: bool = False) -> dict[str, Any]:
     """Architecture, priors, widths, params, MACs and pruning record of any checkpoint."""
-    from .io import read_checkpoint
+    from .io import is_mbdlprune_file, read_checkpoint
     from .pruning import count_params, find_priors, layer_widths, shape_and_macs
 
     path = Path(checkpoint)
-    state, meta = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
-    info: dict[str, Any] = {
-        "path": str(path),
-        "tensors": len(state),
-        "params_in_file": int(sum(v.numel() for v in state.values())),
-        "mbdlprune_file": meta is not None,
-    }
-    if meta is None and not arch:
+
+    def file_info(state, meta) -> dict[str, Any]:
+        return {"path": str(path), "tensors": len(state), "params_in_file": int(sum(v.numel() for v in state.values())),
+                "mbdlprune_file": meta is not None}
+
+    if not arch and not is_mbdlprune_file(path):
+        info = file_info(*read_checkpoint(path, unsafe_pickle=unsafe_pickle))
         info["note"] = "pass --arch to see priors, widths and MACs"
         return info
     model, spec, meta = load_checkpoint_model(path, arch, arch_args, unsafe_pickle)
+    info = file_info(model.state_dict(), meta)  # loaded strictly: the same tensors as the file
     op = resolve_operator(operator, meta)
     info.update(arch=spec.to_dict(), params=count_params(model))
     if meta:
