@@ -14,7 +14,6 @@ DistributedSampler, and only rank 0 writes files and draws progress bars.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -24,9 +23,7 @@ from typing import Any, Callable, Mapping
 
 from ..config import check_keys
 from ..errors import ConfigError, DataError, MbdlError
-
-STATE_FORMAT = "mbdlprune-finetune-state"
-STATE_VERSION = 1
+from .state import STATE_FORMAT, STATE_VERSION, state_path, state_paths  # noqa: F401  (public names)
 SCHEDULES = ("none", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 BACKWARDS = ("jfb", "implicit")
@@ -359,72 +356,7 @@ def _cache_teacher(teacher, ds, op, device: str, batch_size: int) -> bool:
 
 
 # ----------------------------------------------------------------------------- state files
-def state_paths(out: str | Path) -> tuple[Path, Path]:
-    """``(OUT.state.safetensors, OUT.state.json)`` beside the output."""
-    p = Path(out)
-    stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    return p.with_name(stem + ".state.safetensors"), p.with_name(stem + ".state.json")
-
-
-def _save_state(out: Path, model, optimizer, best_state, info: dict[str, Any]) -> None:
-    import torch
-    from safetensors.torch import save_file
-
-    from ..io import atomic_write_bytes, atomic_write_text, sha256_file, state_for_saving
-
-    tensors: dict[str, Any] = {f"model.{k}": v for k, v in state_for_saving(model).items()}
-    if best_state is not None:
-        tensors.update({f"best.{k}": v.contiguous().clone() for k, v in best_state.items()})
-    osd = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in osd["state"].items():
-        for key, val in st.items():
-            if isinstance(val, torch.Tensor):
-                tensors[f"optim.{idx}.{key}"] = val.detach().cpu().contiguous().clone()
-            else:
-                scalars.setdefault(str(idx), {})[key] = val
-    tensors["rng.torch"] = torch.get_rng_state().clone()
-    ts_path, js_path = state_paths(out)
-    atomic_write_bytes(ts_path, lambda tmp: save_file(tensors, tmp, metadata={"format": STATE_FORMAT}))
-    doc = {**info, "format": STATE_FORMAT, "version": STATE_VERSION, "tensors_sha256": sha256_file(ts_path),
-           "optimizer": {"param_groups": osd["param_groups"], "scalars": scalars}}
-    atomic_write_text(js_path, json.dumps(doc, indent=1, sort_keys=True))
-
-
-def _load_state(out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    from safetensors.torch import load_file
-
-    from ..io import sha256_file
-
-    ts_path, js_path = state_paths(out)
-    if not ts_path.is_file() or not js_path.is_file():
-        raise MbdlError(f"no training state beside {out} ({ts_path.name} + {js_path.name})", "run without --resume to start a new run")
-    try:
-        doc = json.loads(js_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
-        raise MbdlError(f"{js_path.name} is damaged", "run without --resume to start again") from None
-    if doc.get("format") != STATE_FORMAT or doc.get("version", 0) > STATE_VERSION:
-        raise MbdlError(f"{js_path.name} is not a training state this mbdlprune can read", "run without --resume to start again")
-    if sha256_file(ts_path) != doc.get("tensors_sha256"):
-        raise MbdlError(f"{ts_path.name} does not match {js_path.name} (interrupted while saving?)", "run without --resume to start again")
-    return doc, load_file(str(ts_path))
-
-
-def _optimizer_state(doc: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
-    state: dict[int, dict[str, Any]] = {}
-    for name, t in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = t
-    for idx, vals in doc["optimizer"]["scalars"].items():
-        state.setdefault(int(idx), {}).update(vals)
-    groups = doc["optimizer"]["param_groups"]
-    for g in groups:
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": groups}
-
-
+# (saving, loading and checking the one-file state: see .state; here: does it fit this run)
 def _check_resume(doc: dict[str, Any], cfg: FinetuneConfig, identity: dict[str, Any]) -> None:
     old = doc.get("config", {})
     new = cfg.to_dict()
@@ -434,12 +366,13 @@ def _check_resume(doc: dict[str, Any], cfg: FinetuneConfig, identity: dict[str, 
             continue
         if old.get(key) != new.get(key):
             raise ConfigError(f"--resume with {key} = {new.get(key)!r}, but the interrupted run used {old.get(key)!r}",
-                              f"resume with the same settings ({key} = {old.get(key)!r}), or start again without --resume")
+                              f"resume with the same settings ({key} = {old.get(key)!r}), or start over with --force (without --resume)")
     for key, value in identity.items():
         if doc.get(key) != value:
-            raise ConfigError(f"--resume: the {key.replace('_', ' ')} differs from the interrupted run's", "resume with the same model and data, or start again without --resume")
-    if doc["epoch"] >= cfg.epochs:
-        raise ConfigError(f"the saved state has finished {doc['epoch']} epochs already (asked for {cfg.epochs})", "ask for more --epochs, or start again")
+            raise ConfigError(f"--resume: the {key.replace('_', ' ')} differs from the interrupted run's", "resume with the same model and data, or start over with --force (without --resume)")
+    if doc["epoch"] > cfg.epochs:
+        raise ConfigError(f"the saved state has finished {doc['epoch']} epochs, more than the {cfg.epochs} asked for",
+                          f"resume with --epochs {doc['epoch']} or more")
 
 
 # ----------------------------------------------------------------------------- progress
@@ -542,15 +475,25 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
     from ..api import resolve_operator
     from ..io import check_output_path, load_model, save_model, sha256_file, versions
     from .losses import build_mode_loss
+    from .state import check_start, load_state, remove_state, restore, save_state
 
     t_start = time.perf_counter()
     device = _resolve_device(cfg.device, d)
     out_path = Path(out) if out is not None else None
+    warnings: list[str] = []
+    begin = "fresh"
     if out_path is not None:
-        check_output_path(out_path, force)
+        # --resume may replace the output: a run killed after writing it, before removing its state
+        check_output_path(out_path, force or resume)
+        begin = check_start(out_path, resume=resume, force=force)
+        if resume and begin == "fresh":
+            warnings.append(f"no training state beside {out_path.name} (the run stopped before its first save): started from epoch 0")
     elif resume:
         raise MbdlError("--resume needs the output path of the interrupted run", "pass -o OUT.safetensors")
-    warnings: list[str] = []
+    if d.active:  # every rank has looked for a state before rank 0 can write one
+        import torch.distributed as dist
+
+        dist.barrier()
 
     # model, operator, teacher
     loaded = load_model(pruned_path, arch=arch, device="cpu")
@@ -612,15 +555,10 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
     history: list[dict[str, Any]] = []
     before = None
     resumed_from = None
-    if resume:
-        doc, tensors = _load_state(out_path)
+    if begin == "resume":
+        doc, tensors = load_state(out_path)
         _check_resume(doc, cfg, identity)
-        from ..io import load_weights
-
-        load_weights(model, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, "training state")
-        optimizer.load_state_dict(_optimizer_state(doc, tensors))
-        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-        torch.set_rng_state(tensors["rng.torch"])
+        best_state = restore(doc, tensors, model, optimizer, state_path(out_path))
         start_epoch, best_value, best_epoch = doc["epoch"], doc["best_value"], doc["best_epoch"]
         history, before = doc["history"], doc["before"]
         resumed_from = start_epoch
@@ -650,8 +588,8 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
                 "history": history, "before": before, "val_metric": val_metric}
 
     try:
-        if out_path is not None and d.main and not resume:
-            _save_state(out_path, model, optimizer, best_state, state_info(0))
+        if out_path is not None and d.main and begin == "fresh":
+            save_state(out_path, model, optimizer, best_state, state_info(0))
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
             lr = cfg.lr if cfg.lr_schedule == "none" else cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
@@ -712,7 +650,7 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
             history.append(entry)
             bar.val(_fmt_val(v))
             if out_path is not None and d.main:
-                _save_state(out_path, model, optimizer, best_state, state_info(epoch + 1))
+                save_state(out_path, model, optimizer, best_state, state_info(epoch + 1))
             if callback is not None and d.main:
                 callback({"event": "epoch", **entry})
     finally:
@@ -771,10 +709,9 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
         new_meta["operator"] = op.spec
     written = None
     if out_path is not None and d.main:
+        # the state goes only after the output is in place: a kill in between resumes to the same output
         written = save_model(out_path, model, new_meta, force=force or resume)
-        for p in state_paths(out_path):
-            if p.exists():
-                p.unlink()
+        remove_state(out_path)
     if d.active:
         import torch.distributed as dist
 
