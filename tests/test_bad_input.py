@@ -1,0 +1,228 @@
+"""Bad input gets one line naming the problem and the fix: data files, configs, pruning options,
+JSON output, metrics on degenerate targets, OS errors and SIGTERM in the CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mbdlprune import data
+from mbdlprune.errors import ConfigError, DataError, MbdlError, PruningError
+from mbdlprune.operators import load_operator
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e)
+    assert "\n" not in text and text.strip(), repr(text)
+    return text
+
+
+def denoise_op(size=(8, 8), channels=1):
+    return load_operator({"kind": "denoise", "image_size": list(size), "channels": channels})
+
+
+def stack(n=6, size=(8, 8), seed=0):
+    return np.random.default_rng(seed).random((n, *size)).astype(np.float32) + 0.5
+
+
+# ---------------------------------------------------------------------------------------- data
+def test_nan_inf_and_zero_slices_are_dropped_with_a_note(tmp_path):
+    a = stack(6)
+    a[0] = 0
+    a[1] = 0
+    a[2, 3, 4] = np.nan
+    np.save(tmp_path / "brain.npy", a)
+    (vol,) = data.read_volumes(tmp_path / "brain.npy")
+    assert vol.num_slices == 3 and np.isfinite(vol.array).all()
+    note = "dropped 3 of 6 slices of brain.npy: 2 all-zero, 1 with NaN/Inf values"
+    assert data.volume_notes([vol]) == [note]
+    assert vol.meta["slice_index"] == [3, 4, 5]
+    pd = data.build_dataset([vol], denoise_op())
+    rec = pd.record()
+    assert rec["notes"] == [note] and rec["nonfinite_slices"] == 1 and rec["skipped_empty_slices"] == 2
+    assert pd.slices == 3 and torch.isfinite(pd.dataset.x).all() and torch.isfinite(pd.dataset.y).all()
+
+
+def test_values_that_overflow_float32_count_as_inf(tmp_path):
+    a = stack(3).astype(np.float64)
+    a[1, 0, 0] = 1e300  # finite in float64, inf once stored as float32
+    np.save(tmp_path / "big.npy", a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning lines on stderr
+        (vol,) = data.read_volumes(tmp_path / "big.npy")
+    assert vol.num_slices == 2 and "1 with NaN/Inf values" in data.volume_notes([vol])[0]
+
+
+@pytest.mark.parametrize("fill", [np.nan, np.inf, 0.0, "mixed"])
+def test_a_volume_with_no_valid_slice_is_refused(tmp_path, fill):
+    a = stack(4)
+    if fill == "mixed":
+        a[:2] = 0
+        a[2:] = np.nan
+    else:
+        a[:] = fill
+    np.save(tmp_path / "x.npy", a)
+    with pytest.raises(DataError) as e:
+        data.read_volumes(tmp_path / "x.npy")
+    msg = one_line(e.value)
+    assert "all 4 slices of x.npy are NaN/Inf or all-zero" in msg and "check the file" in msg
+
+
+def test_volumes_built_in_code_never_normalise_nan(tmp_path):
+    a = stack(4)
+    a[1, 2, 2] = np.inf
+    vol = data.Volume("v", "v", "0" * 64, "image", a)
+    for norm in ("max", "volume"):
+        x = data.slices_to_images(vol, denoise_op(), normalize=norm)
+        assert x.shape[0] == 3 and torch.isfinite(x).all()
+    assert data.volume_notes([vol]) == ["dropped 1 of 4 slices of v: 1 with NaN/Inf values"]  # noted once
+    pd = data.build_dataset([vol], denoise_op())
+    assert pd.record()["nonfinite_slices"] == 1 and pd.notes == data.volume_notes([vol])
+    allnan = data.Volume("w", "w", "1" * 64, "image", np.full((2, 8, 8), np.nan, np.float32))
+    with pytest.raises(DataError, match="all 2 slices of w are NaN/Inf"):
+        data.slices_to_images(allnan, denoise_op(), normalize="volume")
+
+
+def test_kspace_nan_slices_are_dropped(tmp_path):
+    op = load_operator({"kind": "mri", "image_size": [8, 8], "acceleration": 2, "coils": 1, "noise_sigma": 0.0})
+    k = (np.random.default_rng(0).standard_normal((3, 1, 8, 8)) + 1j).astype(np.complex64)
+    k[0, 0, 1, 1] = np.nan
+    with h5py.File(tmp_path / "k.h5", "w") as h:
+        h["kspace"] = k
+    (vol,) = data.read_volumes(tmp_path / "k.h5")
+    assert vol.num_slices == 2 and data.volume_notes([vol])
+    y, kept = data.kspace_to_measurements(vol, op)
+    assert torch.isfinite(y).all() and len(kept) == 2
+
+
+def _nifti_bytes(tmp_path, gz=False):
+    p = tmp_path / ("src.nii.gz" if gz else "src.nii")
+    nib.save(nib.Nifti1Image(stack(3, (8, 8)).transpose(1, 2, 0).copy(), np.eye(4)), str(p))
+    raw = p.read_bytes()
+    p.unlink()
+    return raw
+
+
+@pytest.mark.parametrize("case", ["empty_file", "no_slices", "zero_size", "one_d", "strings", "objects", "structured",
+                                  "corrupt_nii", "truncated_nii", "truncated_niigz", "not_gzip", "corrupt_h5",
+                                  "corrupt_npz", "empty_npz", "h5_group", "h5_link", "h5_external", "kspace_strings"])
+def test_unreadable_data_files_are_one_line(tmp_path, case):
+    name, needle = {
+        "empty_file": ("e.npy", "is empty (0 bytes)"), "no_slices": ("e.npy", "holds no slices"),
+        "zero_size": ("z.npy", "holds no slices"), "one_d": ("v.npy", "has shape (5,)"),
+        "strings": ("s.npy", "holds <U1 data, not numbers"), "objects": ("o.npy", "cannot read o.npy"),
+        "structured": ("r.npy", "not numbers"), "corrupt_nii": ("c.nii", "not a NIfTI file"),
+        "truncated_nii": ("t.nii", "cannot read t.nii"), "truncated_niigz": ("t.nii.gz", "not a complete gzip file"),
+        "not_gzip": ("g.nii.gz", "not a complete gzip file"), "corrupt_h5": ("c.h5", "cannot read c.h5"),
+        "corrupt_npz": ("c.npz", "cannot read c.npz"), "empty_npz": ("e.npz", "holds no arrays"),
+        "h5_group": ("g.h5", "is a group"), "h5_link": ("l.h5", "is a link"), "h5_external": ("x.h5", "external"),
+        "kspace_strings": ("k.npz", "not numbers"),
+    }[case]
+    p = tmp_path / name
+    if case == "empty_file":
+        p.write_bytes(b"")
+    elif case == "no_slices":
+        np.save(p, np.zeros((0, 8, 8), np.float32))
+    elif case == "zero_size":
+        np.save(p, np.zeros((3, 0, 8), np.float32))
+    elif case == "one_d":
+        np.save(p, np.arange(5.0))
+    elif case == "strings":
+        np.save(p, np.array([["a", "b"], ["c", "d"]]))
+    elif case == "objects":
+        np.save(p, np.array([[{}, 1], [2, 3]], dtype=object), allow_pickle=True)
+    elif case == "structured":
+        np.save(p, np.zeros((2, 4, 4), dtype=[("a", "f4"), ("b", "i4")]))
+    elif case == "corrupt_nii":
+        p.write_bytes(b"not a nifti file at all " * 40)
+    elif case == "truncated_nii":
+        p.write_bytes(_nifti_bytes(tmp_path)[:400])
+    elif case == "truncated_niigz":
+        p.write_bytes(_nifti_bytes(tmp_path, gz=True)[:60])
+    elif case == "not_gzip":
+        p.write_bytes(_nifti_bytes(tmp_path))
+    elif case == "corrupt_h5":
+        p.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    elif case == "corrupt_npz":
+        p.write_bytes(b"PK\x03\x04 definitely not a zip")
+    elif case == "empty_npz":
+        np.savez(p)
+    elif case == "h5_group":
+        with h5py.File(p, "w") as h:
+            h.create_group("images")
+    elif case == "h5_link":
+        np.save(tmp_path / "other.npy", stack(2))
+        with h5py.File(tmp_path / "other.h5", "w") as h:
+            h["images"] = stack(2)
+        with h5py.File(p, "w") as h:
+            h["images"] = h5py.ExternalLink(str(tmp_path / "other.h5"), "images")
+    elif case == "h5_external":
+        raw = tmp_path / "raw.bin"
+        raw.write_bytes(stack(2).tobytes())
+        with h5py.File(p, "w") as h:
+            h.create_dataset("images", shape=(2, 8, 8), dtype="f4", external=[(str(raw), 0, 2 * 8 * 8 * 4)])
+    elif case == "kspace_strings":
+        np.savez(p, kspace=np.array([["a", "b"]]))
+    with pytest.raises(DataError) as e:
+        data.read_volumes(p)
+    msg = one_line(e.value)
+    assert needle in msg and name in msg, msg
+
+
+def test_folders_without_readable_data_are_one_line(tmp_path, monkeypatch):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / ".hidden.npy").write_bytes(b"")
+    with pytest.raises(DataError, match="holds no data files"):
+        data.read_volumes(tmp_path)
+    os.symlink(tmp_path / "gone.npy", tmp_path / "dangling.npy")
+    with pytest.raises(DataError) as e:
+        data.read_volumes(tmp_path)
+    assert "dangling.npy" in one_line(e.value) and "not a regular file" in str(e.value)
+    os.unlink(tmp_path / "dangling.npy")
+    np.save(tmp_path / "ok.npy", stack(2))
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied", str(a[0]))
+
+    monkeypatch.setattr(data, "open", denied, raising=False)
+    with pytest.raises(DataError) as e:
+        data.read_volumes(tmp_path)
+    assert "ok.npy" in one_line(e.value) and "permission denied" in str(e.value)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="neither a file nor a folder"):
+        data.list_data_files(fifo)
+
+
+def test_nifti_gz_and_nifti2_read_from_memory(tmp_path):
+    a = stack(3, (8, 8)).transpose(1, 2, 0).copy()
+    nib.save(nib.Nifti1Image(a, np.eye(4)), str(tmp_path / "a.nii.gz"))
+    nib.save(nib.Nifti2Image(a, np.eye(4)), str(tmp_path / "b.nii"))
+    vols = data.read_volumes(tmp_path)
+    assert [v.array.shape for v in vols] == [(3, 8, 8), (3, 8, 8)]
+    np.testing.assert_allclose(vols[1].array[1], a[:, :, 1])
+    assert vols[0].sha256 == __import__("hashlib").sha256((tmp_path / "a.nii.gz").read_bytes()).hexdigest()
+
+
+def test_bad_nifti_header_is_one_line_and_nibabel_stays_quiet(tmp_path, capfd):
+    raw = bytearray(_nifti_bytes(tmp_path))
+    raw[70:72] = (999).to_bytes(2, "little")  # datatype code nibabel does not know
+    (tmp_path / "q.nii").write_bytes(bytes(raw))
+    with pytest.raises(DataError) as e:
+        data.read_volumes(tmp_path / "q.nii")
+    assert "q.nii" in one_line(e.value) and "data code 999" in str(e.value)
+    assert capfd.readouterr().err == ""
