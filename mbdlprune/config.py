@@ -1,46 +1,100 @@
-"""Strict config helpers: read TOML/JSON, reject unknown keys, check types."""
+"""Strict config helpers: read TOML/JSON, reject unknown keys, check types and finite numbers."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON file into a dict; errors name the file and the fix."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"spec file {str(p)!r} does not exist", "check the path")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".json":
-            return json.loads(text)
-        import tomllib
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0].strip() if text else type(e).__name__
 
-        return tomllib.loads(text)
-    except (ValueError, json.JSONDecodeError) as e:
-        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
-        raise ConfigError(f"{p.name} is not valid {kind}: {e}", f"fix the syntax of {p}") from None
+
+def _reject_constant(name: str):
+    """``json`` accepts NaN, Infinity and -Infinity, which are not JSON: refuse them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _loads_json(text: str):
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON file into a dict; errors name the file and the fix.
+
+    Refused in one line: a missing path, a folder, an unreadable or binary (not UTF-8) file,
+    an empty file, invalid syntax, JSON's non-standard NaN/Infinity, and a top level that is
+    not a table/object.
+    """
+    p = Path(path)
+    kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
+    if p.is_dir():
+        raise ConfigError(f"spec file {str(p)!r} is a folder", "pass the path of a TOML or JSON file")
+    if not p.exists():
+        raise ConfigError(f"spec file {str(p)!r} does not exist", "check the path")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        reason = "permission denied" if isinstance(e, PermissionError) else (e.strerror or _first_line(e))
+        raise ConfigError(f"cannot read spec file {str(p)!r}: {reason}", "check the path and the file's permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"spec file {p.name} is not a text file (not UTF-8)", f"pass a {kind} text file") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    if not text.strip():
+        raise ConfigError(f"spec file {p.name} is empty", f"write the {kind} settings into {p}")
+    try:
+        out = _loads_json(text) if kind == "JSON" else _loads_toml(text)
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{p.name} is not valid {kind}: {_first_line(e)}", f"fix the syntax of {p}") from None
+    if not isinstance(out, dict):
+        raise ConfigError(f"{p.name} holds a JSON {type(out).__name__}, not an object", 'write a JSON object, e.g. {"operator": {...}}')
+    return out
+
+
+def _loads_toml(text: str) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads(text)
 
 
 def parse_json_or_file(text: str | None) -> dict[str, Any]:
-    """Parse ``--arch-args``: inline JSON, or a path to a JSON/TOML file."""
+    """Parse ``--arch-args``: inline JSON, or a path to a JSON/TOML file. Numbers must be finite."""
     if not text:
         return {}
     t = text.strip()
     if t.startswith("{"):
         try:
-            out = json.loads(t)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--arch-args is not valid JSON: {e}", 'write e.g. \'{"chans": 18}\'') from None
+            out = _loads_json(t)
+        except (ValueError, RecursionError) as e:
+            raise ConfigError(f"--arch-args is not valid JSON: {_first_line(e)}", 'write e.g. \'{"chans": 18}\'') from None
     else:
         out = read_config_file(t)
     if not isinstance(out, dict):
         raise ConfigError("--arch-args must be a JSON object", 'write e.g. \'{"chans": 18}\'')
+    check_finite(out, "--arch-args")
     return out
+
+
+def check_finite(obj: Any, where: str, key: str | None = None) -> Any:
+    """Refuse NaN/Inf floats anywhere in ``obj`` (dicts and lists searched); returns ``obj``."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        name = f"{key} in {where}" if key else where
+        raise ConfigError(f"{name} must be a finite number, got {obj!r}", f"fix {key or 'the value'} in {where}")
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            check_finite(v, where, f"{key}.{k}" if key else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            check_finite(v, where, f"{key}[{i}]" if key else f"[{i}]")
+    return obj
 
 
 def check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str, required: Iterable[str] = ()) -> None:
@@ -58,12 +112,33 @@ def check_keys(table: Mapping[str, Any], allowed: Iterable[str], where: str, req
 
 
 def expect(value: Any, types: type | tuple[type, ...], key: str, where: str) -> Any:
-    """Check the type of one config value (bool is not accepted as a number)."""
-    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+    """Check the type of one config value (bool is not accepted as a number).
+
+    When ``float`` is among ``types``, a float value must be finite: NaN and +-Inf (which TOML
+    spells ``nan`` and ``inf``) are refused with "must be a finite number".
+    """
+    tup = types if isinstance(types, tuple) else (types,)
+    if isinstance(value, bool) and bool not in tup:
         ok = False
     else:
         ok = isinstance(value, types)
     if not ok:
         names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
         raise ConfigError(f"{where}: {key} must be {names}, got {value!r}", f"fix {key} in {where}")
+    if float in tup and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}", f"fix {key} in {where}")
+    return value
+
+
+def expect_number(value: Any, key: str, where: str, *, integer: bool = False, minimum: float | None = None,
+                  maximum: float | None = None, min_inclusive: bool = True, max_inclusive: bool = True) -> float | int:
+    """A finite number (an int with ``integer``) within optional bounds; bool is not a number."""
+    expect(value, int if integer else (int, float), key, where)
+    lo_bad = minimum is not None and (value < minimum if min_inclusive else value <= minimum)
+    hi_bad = maximum is not None and (value > maximum if max_inclusive else value >= maximum)
+    if lo_bad or hi_bad:
+        lo = "" if minimum is None else f"{'>=' if min_inclusive else '>'} {minimum}"
+        hi = "" if maximum is None else f"{'<=' if max_inclusive else '<'} {maximum}"
+        rule = " and ".join(r for r in (lo, hi) if r)
+        raise ConfigError(f"{where}: {key} must be {rule}, got {value!r}", f"fix {key} in {where}")
     return value

@@ -226,3 +226,95 @@ def test_bad_nifti_header_is_one_line_and_nibabel_stays_quiet(tmp_path, capfd):
         data.read_volumes(tmp_path / "q.nii")
     assert "q.nii" in one_line(e.value) and "data code 999" in str(e.value)
     assert capfd.readouterr().err == ""
+
+
+# -------------------------------------------------------------------------------------- config
+@pytest.mark.parametrize("case", ["binary", "folder", "empty", "blank", "json_list", "json_nan", "json_inf", "missing", "bad_toml"])
+def test_read_config_file_is_one_line(tmp_path, case):
+    from mbdlprune.config import read_config_file
+
+    p = tmp_path / ("spec.json" if case.startswith("json") else "spec.toml")
+    needle = {"binary": "not a text file", "folder": "is a folder", "empty": "is empty", "blank": "is empty",
+              "json_list": "holds a JSON list, not an object", "json_nan": "NaN is not a JSON number",
+              "json_inf": "Infinity is not a JSON number", "missing": "does not exist", "bad_toml": "not valid TOML"}[case]
+    if case == "binary":
+        p.write_bytes(b"\xff\xfe\x00\x81binary\x00")
+    elif case == "folder":
+        p.mkdir()
+    elif case == "empty":
+        p.write_bytes(b"")
+    elif case == "blank":
+        p.write_text("  \n\n")
+    elif case == "json_list":
+        p.write_text("[1, 2]")
+    elif case == "json_nan":
+        p.write_text('{"operator": {"noise_sigma": NaN}}')
+    elif case == "json_inf":
+        p.write_text('{"operator": {"noise_sigma": -Infinity}}')
+    elif case == "bad_toml":
+        p.write_text("[operator\nkind = 'mri'\n")
+    with pytest.raises(ConfigError) as e:
+        read_config_file(p)
+    msg = one_line(e.value)
+    assert needle in msg and "spec" in msg, msg
+
+
+def test_expect_rejects_non_finite_floats():
+    from mbdlprune.config import expect, expect_number
+
+    assert expect(0.5, (int, float), "noise_sigma", "[operator]") == 0.5
+    assert expect(3, int, "coils", "[operator]") == 3
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ConfigError) as e:
+            expect(bad, (int, float), "noise_sigma", "[operator]")
+        assert "noise_sigma must be a finite number" in one_line(e.value) and "[operator]" in str(e.value)
+        with pytest.raises(ConfigError, match="finite"):
+            expect(bad, float, "x", "w")
+    assert math.isnan(expect(math.nan, object, "x", "w"))  # only numeric checks are strict
+    with pytest.raises(ConfigError, match="must be int or float"):
+        expect(True, (int, float), "x", "w")
+    assert expect_number(2, "steps", "w", integer=True, minimum=1) == 2
+    with pytest.raises(ConfigError, match="must be int"):
+        expect_number(2.0, "steps", "w", integer=True)
+    with pytest.raises(ConfigError, match="finite"):
+        expect_number(math.nan, "ratio", "w", minimum=0, maximum=1)
+    with pytest.raises(ConfigError, match=r"ratio must be >= 0 and < 1, got 1.0"):
+        expect_number(1.0, "ratio", "w", minimum=0, maximum=1, max_inclusive=False)
+
+
+def test_toml_nan_reaches_expect(tmp_path):
+    """TOML spells nan/inf legally; the operator loader's expect() must refuse them."""
+    from mbdlprune.config import expect, read_config_file
+
+    p = tmp_path / "op.toml"
+    p.write_text("[operator]\nkind = 'denoise'\nnoise_sigma = nan\n")
+    table = read_config_file(p)["operator"]
+    with pytest.raises(ConfigError, match="noise_sigma must be a finite number"):
+        expect(table["noise_sigma"], (int, float), "noise_sigma", "[operator]")
+
+
+@pytest.mark.parametrize("text,needle", [
+    ('{"chans": NaN}', "NaN is not a JSON number"),
+    ('{"chans": 8, "scale": Infinity}', "Infinity is not a JSON number"),
+    ('{"a": {"b": [1, -Infinity]}}', "-Infinity is not a JSON number"),
+    ('{"chans": 8', "not valid JSON"),
+    ("[1, 2]", "does not exist"),
+])
+def test_arch_args_json_must_be_finite(text, needle):
+    from mbdlprune.config import parse_json_or_file
+
+    with pytest.raises(ConfigError) as e:
+        parse_json_or_file(text)
+    assert needle in one_line(e.value)
+
+
+def test_arch_args_file_nested_non_finite(tmp_path):
+    from mbdlprune.config import parse_json_or_file
+
+    p = tmp_path / "args.toml"
+    p.write_text("chans = 8\n[prior]\nwidths = [1.0, inf]\n")
+    with pytest.raises(ConfigError) as e:
+        parse_json_or_file(str(p))
+    assert "prior.widths[1] in --arch-args must be a finite number" in one_line(e.value)
+    p.write_text("chans = 8\n")
+    assert parse_json_or_file(str(p)) == {"chans": 8}
