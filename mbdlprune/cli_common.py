@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
+import math
+import signal
 import sys
-from typing import Any, Callable
+import threading
+from typing import Any, Callable, Iterator, Mapping
 
 import typer
 
@@ -27,21 +32,107 @@ def console(stderr: bool = False):
 
 
 def print_json(obj: Any) -> None:
-    """Write one JSON object to stdout."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Write one strict JSON object to stdout: NaN and +-Inf (which JSON cannot hold) become null."""
+    sys.stdout.write(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
 
 
-def _json_default(o: Any):
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    if hasattr(o, "__fspath__"):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats replaced by None, arrays/tensors as lists, paths as strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int)):  # bool is an int
+        return obj
+    if isinstance(obj, Mapping):
+        return {_json_key(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
+        return json_safe(obj.tolist())
+    if hasattr(obj, "__fspath__"):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _json_key(k: Any) -> Any:
+    if isinstance(k, float) and not math.isfinite(k):
+        return str(k)
+    return k if k is None or isinstance(k, (str, int, float)) else str(k)
+
+
+#: errno values that mean a condition of the user's files or disk, not a bug
+_USER_ERRNOS = {
+    errno.EACCES: ("permission denied", "check the permissions, or choose another path"),
+    errno.EPERM: ("operation not permitted", "check the permissions, or choose another path"),
+    errno.ENOSPC: ("no space left on device", "free disk space, or write to another disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free space in your quota, or write elsewhere"),
+    errno.EROFS: ("read-only file system", "write to a writable folder"),
+    errno.EISDIR: ("is a folder, not a file", "pass the path of a file"),
+    errno.ENOTDIR: ("a part of the path is not a folder", "check the path"),
+    errno.ENOENT: ("no such file or folder", "check the path"),
+    errno.ENAMETOOLONG: ("file name too long", "use a shorter path"),
+    errno.ELOOP: ("too many levels of symbolic links", "check the links in the path"),
+    errno.EMFILE: ("too many open files", "raise the open-file limit (ulimit -n) or use fewer workers"),
+}
+
+
+def os_error_line(e: OSError) -> str | None:
+    """One line ``problem — fix`` for an OSError that is a user condition (else None)."""
+    if e.errno not in _USER_ERRNOS:
+        return None
+    problem, fix = _USER_ERRNOS[e.errno]
+    paths = [str(p) for p in (e.filename, getattr(e, "filename2", None)) if p not in (None, "")]
+    where = f": {' -> '.join(paths)}" if paths else ""
+    return f"{problem}{where} — {fix}"
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so ``finally`` blocks and cleanup handlers run."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def signal_handlers() -> Iterator[None]:
+    """While a command runs, SIGTERM raises :class:`Terminated` (exit 128 + 15 = 143).
+
+    Only a default handler is replaced (an ignored SIGTERM stays ignored), only in the main
+    thread, and the previous handler is restored afterwards.
+    """
+    installed = None
+    if threading.current_thread() is threading.main_thread():
+        try:
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                installed = signal.signal(signal.SIGTERM, _raise_terminated)
+        except (ValueError, OSError):  # pragma: no cover - no signals here (embedded interpreters)
+            installed = None
+    try:
+        yield
+    finally:
+        if installed is not None:
+            signal.signal(signal.SIGTERM, installed)
+
+
+def install_signal_handlers() -> None:
+    """Make SIGTERM raise :class:`Terminated` for the rest of the process (for scripts without handle_errors)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn user errors into one line on stderr and exit 2 (full traceback with --debug)."""
+    """Turn user errors into one line on stderr and exit 2 (full traceback with --debug).
+
+    User errors are :class:`MbdlError` and OSErrors that are conditions of the user's files or
+    disk (permission denied, no space left, a folder where a file is wanted, a missing path).
+    SIGTERM and Ctrl-C stop the command with one line (exit 143 / 130) after cleanup ran.
+    Anything else is a bug: one line with the exception type (exit 1).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -49,25 +140,38 @@ def handle_errors(fn: Callable) -> Callable:
         from .errors import MbdlError
 
         try:
-            return fn(*args, **kwargs)
+            with signal_handlers():
+                return fn(*args, **kwargs)
         except typer.Exit:
             raise
         except MbdlError as e:
             if debug:
                 raise
-            sys.stderr.write(f"error: {e}\n")
+            sys.stderr.write(f"error: {_one_line(str(e))}\n")
             raise typer.Exit(2) from None
+        except Terminated as e:
+            sys.stderr.write(f"error: terminated by signal {e.signum} (SIGTERM) — run the command again to finish it\n")
+            raise typer.Exit(128 + e.signum) from None
         except KeyboardInterrupt:
             sys.stderr.write("error: interrupted\n")
             raise typer.Exit(130) from None
-        except Exception as e:  # unexpected: still one line unless --debug
+        except Exception as e:
             if debug:
                 raise
-            first = str(e).splitlines()[0] if str(e) else ""
+            line = os_error_line(e) if isinstance(e, OSError) else None
+            if line is not None:  # the user's files or disk, not a bug
+                sys.stderr.write(f"error: {line}\n")
+                raise typer.Exit(2) from None
+            # unexpected: still one line
+            first = str(e).splitlines()[0] if str(e).strip() else ""
             sys.stderr.write(f"error: {type(e).__name__}: {first} — run again with --debug for the traceback\n")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) if "\n" in text or "\r" in text else text
 
 
 def resolve_device(device: str) -> str:

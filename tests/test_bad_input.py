@@ -318,3 +318,151 @@ def test_arch_args_file_nested_non_finite(tmp_path):
     assert "prior.widths[1] in --arch-args must be a finite number" in one_line(e.value)
     p.write_text("chans = 8\n")
     assert parse_json_or_file(str(p)) == {"chans": 8}
+
+
+# ------------------------------------------------------------------------------- CLI plumbing
+def _app(fn):
+    import typer
+
+    from mbdlprune.cli_common import handle_errors
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command()(handle_errors(fn))
+    return app
+
+
+def _invoke(app, *args):
+    from typer.testing import CliRunner
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _assert_one_line(r, code, *needles):
+    assert r.exit_code == code, (r.exit_code, r.output)
+    err = r.stderr.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    assert "Traceback" not in r.output
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.mark.parametrize("exc,needles", [
+    (PermissionError(13, "Permission denied", "/data/out.safetensors"), ["permission denied: /data/out.safetensors", "permissions"]),
+    (OSError(28, "No space left on device", "/data/out.safetensors.tmp"), ["no space left on device: /data/out.safetensors.tmp", "free disk space"]),
+    (OSError(28, "No space left on device"), ["no space left on device —"]),
+    (IsADirectoryError(21, "Is a directory", "/data/run"), ["is a folder, not a file: /data/run", "pass the path of a file"]),
+    (FileNotFoundError(2, "No such file or directory", "/data/x.nii"), ["no such file or folder: /data/x.nii", "check the path"]),
+    (OSError(30, "Read-only file system", "/ro/o.safetensors"), ["read-only file system: /ro/o.safetensors"]),
+])
+def test_user_os_errors_exit_2_with_one_line(exc, needles):
+    def cmd(debug: bool = False):
+        raise exc
+
+    _assert_one_line(_invoke(_app(cmd)), 2, *needles)
+
+
+def test_other_errors_stay_internal_and_mbdl_errors_stay_one_line():
+    def eio(debug: bool = False):
+        raise OSError(5, "Input/output error", "/dev/sdz")
+
+    _assert_one_line(_invoke(_app(eio)), 1, "OSError", "--debug")
+
+    def two_lines(debug: bool = False):
+        raise DataError("first line\nsecond line", "fix it")
+
+    _assert_one_line(_invoke(_app(two_lines)), 2, "first line second line — fix it")
+    r = _invoke(_app(eio), "--debug")
+    assert r.exit_code != 0 and isinstance(r.exception, OSError)
+
+
+def test_signal_handler_is_restored_after_a_command():
+    from mbdlprune import cli_common
+
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        def ok(debug: bool = False):
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+        assert _invoke(_app(ok)).exit_code == 0
+        assert seen == [cli_common._raise_terminated]
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # an ignored SIGTERM (e.g. under nohup-like wrappers) stays ignored
+        assert _invoke(_app(ok)).exit_code == 0
+        assert seen[-1] is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+SIGTERM_SCRIPT = textwrap.dedent('''
+    import sys, time
+    import typer
+    from mbdlprune.cli_common import handle_errors
+
+    def run(marker: str, debug: bool = False):
+        try:
+            print("ready", flush=True)
+            time.sleep(60)
+        except Exception:
+            open(marker, "w").write("swallowed")  # must not happen: SIGTERM is not an Exception
+            raise
+        finally:
+            with open(marker, "a") as f:
+                f.write("cleaned")
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    app.command()(handle_errors(run))
+    app()
+''')
+
+
+def test_sigterm_runs_cleanup_and_exits_143_with_one_line(tmp_path):
+    marker = tmp_path / "marker"
+    p = subprocess.Popen([sys.executable, "-c", SIGTERM_SCRIPT, str(marker)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 143, (p.returncode, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: terminated"), err
+    assert "Traceback" not in err
+    assert marker.read_text() == "cleaned"
+
+
+def test_print_json_is_strict():
+    import io as _io
+
+    from mbdlprune.cli_common import json_safe, print_json
+
+    obj = {"psnr": math.inf, "ssim": [1.0, math.nan, -math.inf], "nested": {"t": torch.tensor([1.0, float("inf")]),
+           "a": np.array([np.nan, 2.0]), "s": np.float32(3.5)}, 1: "int key", math.inf: "inf key", "path": __import__("pathlib").Path("/x")}
+    buf = _io.StringIO()
+    old, sys.stdout = sys.stdout, buf
+    try:
+        print_json(obj)
+    finally:
+        sys.stdout = old
+    text = buf.getvalue()
+    assert "Infinity" not in text and "NaN" not in text
+    back = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard {c}"))
+    assert back["psnr"] is None and back["ssim"] == [1.0, None, None]
+    assert back["nested"] == {"t": [1.0, None], "a": [None, 2.0], "s": 3.5} and back["path"] == "/x"
+    assert back["inf"] == "inf key" and back["1"] == "int key"
+    assert json_safe({"ok": 1}) == {"ok": 1}
+
+
+def test_inspect_json_with_an_infinite_value_is_strict_json(monkeypatch):
+    import mbdlprune.api as api
+    from mbdlprune.cli import app
+
+    monkeypatch.setattr(api, "inspect_checkpoint", lambda *a, **k: {"path": "m.safetensors", "operator": {"kind": "denoise", "noise_sigma": math.inf}})
+    r = _invoke(app, "inspect", "m.safetensors", "--json")
+    assert r.exit_code == 0, r.output
+    assert "Infinity" not in r.stdout
+    assert json.loads(r.stdout)["operator"]["noise_sigma"] is None
