@@ -19,12 +19,16 @@ def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         name, sep, value = item.rpartition("=")
+        name = name.strip()
         try:
-            out[name] = float(value)
+            r = float(value)
         except ValueError:
             sep = ""
         if not sep or not name:
             raise MbdlError(f"--layer-ratio {item!r} is not NAME=RATIO", "write e.g. --layer-ratio 'prior.body.*=0.3'")
+        if name in out:
+            raise MbdlError(f"--layer-ratio gives {name!r} twice ({out[name]} and {r})", "give each pattern once")
+        out[name] = r
     return out
 
 
@@ -103,10 +107,18 @@ def prune_cmd(
             size = (h, w)
         except ValueError:
             raise MbdlError(f"--image-size {image_size!r} is not HxW", "write e.g. --image-size 64x64") from None
+        if h < 1 or w < 1:
+            raise MbdlError(f"--image-size {image_size!r} must be positive", "write e.g. --image-size 64x64")
+    from .pruning import PruneConfig
+
+    layer_ratios = _parse_layer_ratios(layer_ratio)
+    # the options are checked before the checkpoint is read (patterns are checked against the model later)
+    PruneConfig(ratio=ratio, importance=importance, global_pruning=global_pruning, iterative_steps=iterative_steps,
+                round_to=round_to, layer_ratios=layer_ratios, ignore=list(ignore), priors=list(prior) or None, seed=seed).validate()
     result = prune(
         checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out, force=force,
         unsafe_pickle=unsafe_pickle, ratio=ratio, importance=importance, global_pruning=global_pruning,
-        iterative_steps=iterative_steps, round_to=round_to, layer_ratios=_parse_layer_ratios(layer_ratio),
+        iterative_steps=iterative_steps, round_to=round_to, layer_ratios=layer_ratios,
         ignore=list(ignore), priors=list(prior) or None, prune_sensitivity=prune_sensitivity, image_size=size, seed=seed,
     )
     if json_out:

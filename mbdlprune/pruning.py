@@ -10,7 +10,10 @@ result is checked (parameters dropped, shapes unchanged).
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import math
+import numbers
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +22,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from .errors import MbdlError, PruningError
+from .errors import ConfigError, MbdlError, PruningError
 
 IMPORTANCES = ("l1", "l2", "taylor", "lamp", "random")
 #: Default width multiple. oneDNN's AVX-512 convolution kernels (16 floats per vector) ran
@@ -47,17 +50,45 @@ class PruneConfig:
     seed: int = 0
 
     def validate(self) -> None:
-        if not 0.0 < self.ratio < 1.0:
-            raise MbdlError(f"--ratio {self.ratio} is outside (0, 1)", "give the fraction of channels to remove, e.g. --ratio 0.5")
-        if self.importance not in IMPORTANCES:
-            raise MbdlError(f"unknown --importance {self.importance!r}", f"use one of: {', '.join(IMPORTANCES)}")
-        if self.iterative_steps < 1:
-            raise MbdlError("--iterative-steps must be >= 1", "use e.g. --iterative-steps 1")
-        if self.round_to is not None and self.round_to < 1:
-            raise MbdlError("--round-to must be >= 1", "use 1 to disable rounding, or 8/16")
+        """Refuse, in one line, options that are not what pruning can do (NaN included: ``nan < 0`` is False)."""
+        _fraction(self.ratio, "--ratio", "(0, 1)", lambda r: 0.0 < r < 1.0,
+                  "give the fraction of channels to remove, e.g. --ratio 0.5")
+        if not isinstance(self.importance, str) or self.importance not in IMPORTANCES:
+            raise ConfigError(f"unknown --importance {self.importance!r}", f"use one of: {', '.join(IMPORTANCES)}")
+        if not _is_int(self.iterative_steps) or self.iterative_steps < 1:
+            raise ConfigError(f"--iterative-steps must be an integer >= 1, got {self.iterative_steps!r}", "use e.g. --iterative-steps 1")
+        if self.round_to is not None and (not _is_int(self.round_to) or self.round_to < 1):
+            raise ConfigError(f"--round-to must be an integer >= 1, got {self.round_to!r}", "use 1 to disable rounding, or 8/16")
+        _fraction(self.max_layer_ratio, "max_layer_ratio", "(0, 1]", lambda r: 0.0 < r <= 1.0, "use e.g. 0.9")
+        if not isinstance(self.global_pruning, bool):
+            raise ConfigError(f"global_pruning must be true or false, got {self.global_pruning!r}", "pass --global or leave it out")
+        if not _is_int(self.seed):
+            raise ConfigError(f"--seed must be an integer, got {self.seed!r}", "use e.g. --seed 0")
+        if not isinstance(self.layer_ratios, dict):
+            raise ConfigError("layer_ratios must map layer patterns to ratios", "write e.g. --layer-ratio 'prior.body.*=0.3'")
         for name, r in self.layer_ratios.items():
-            if not 0.0 <= r < 1.0:
-                raise MbdlError(f"layer ratio {r} for {name!r} is outside [0, 1)", "fix the per-layer ratio")
+            if not isinstance(name, str) or not name:
+                raise ConfigError(f"layer ratio pattern {name!r} is not a module name or glob", "write e.g. --layer-ratio 'prior.body.*=0.3'")
+            _fraction(r, f"layer ratio for {name!r}", "[0, 1)", lambda v: 0.0 <= v < 1.0, "fix the per-layer ratio, e.g. 0.3")
+        for label, items in (("--ignore", self.ignore), ("--prior", self.priors or [])):
+            if isinstance(items, str) or not all(isinstance(i, str) for i in items):
+                raise ConfigError(f"{label} must be a list of module names, got {items!r}", f"pass {label} NAME once per module")
+        for pat in self.ignore:
+            if not pat:
+                raise ConfigError("--ignore '' names no module", "pass a module name or glob, e.g. --ignore 'prior.tail'")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _fraction(v: Any, label: str, interval: str, ok: Callable[[float], bool], fix: str) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise ConfigError(f"{label} must be a number in {interval}, got {v!r}", fix)
+    if not math.isfinite(v):
+        raise ConfigError(f"{label} must be a finite number in {interval}, got {v!r}", fix)
+    if not ok(float(v)):
+        raise ConfigError(f"{label} {v} is outside {interval}", fix)
 
 
 # -- discovering priors ------------------------------------------------------------------------
@@ -267,6 +298,40 @@ def join_name(prefix: str, name: str) -> str:
 
 def _layer_matches(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) or name == p or name.startswith(p + ".") for p in patterns)
+
+
+def _suggest(pattern: str, names: list[str], n: int = 4) -> str:
+    close = difflib.get_close_matches(pattern, names, n=n, cutoff=0.5)
+    picks = (close + [m for m in names if m not in close])[:n]
+    more = "" if len(names) <= len(picks) else ", ..."
+    return ", ".join(picks) + more
+
+
+def check_patterns(sites: list[PriorSite], cfg: PruneConfig) -> None:
+    """Every ``--layer-ratio`` and ``--ignore`` pattern must match something: a typo would
+    otherwise prune at the default ratio, or prune a layer meant to be kept, without a word."""
+    layers = [join_name(s.name, n) for s in sites for n, m in s.module.named_modules() if isinstance(m, LAYER_TYPES)]
+    modules = [join_name(s.name, n) for s in sites for n, _ in s.module.named_modules() if n]
+    for pat in cfg.layer_ratios:
+        if not any(_layer_matches(n, [pat]) for n in layers):
+            raise PruningError(f"--layer-ratio pattern {pat!r} matches no conv/linear layer of the prior(s)",
+                               f"use a layer name or glob such as {_suggest(pat, layers)} (see `mbdlprune inspect --json`)")
+    for pat in cfg.ignore:
+        if not any(_layer_matches(n, [pat]) for n in modules):
+            raise PruningError(f"--ignore pattern {pat!r} matches no module of the prior(s)",
+                               f"use a module name or glob such as {_suggest(pat, layers or modules)} (see `mbdlprune inspect --json`)")
+
+
+def check_finite_weights(model: nn.Module) -> None:
+    """Refuse a model with NaN/Inf in a parameter or buffer: importances and pruning would be garbage."""
+    for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in items:
+            if t is None or not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta":
+                continue
+            if not bool(torch.isfinite(t.detach()).all()):
+                bad = int((~torch.isfinite(t.detach())).sum())
+                raise PruningError(f"{kind} {name!r} of the model holds {bad} NaN/Inf value(s)",
+                                   "the checkpoint is damaged or its training diverged; prune a healthy checkpoint")
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -481,10 +546,12 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
     removed or the model's output shape changed.
     """
     cfg.validate()
+    check_finite_weights(model)
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     total_before = count_params(model)
     sites, ref = find_priors(model, inputs, cfg.priors)
+    check_patterns(sites, cfg)
     records = {s.name: prune_site(model, s, cfg) for s in sites}
     total_after = count_params(model)
     if total_after >= total_before:

@@ -466,3 +466,129 @@ def test_inspect_json_with_an_infinite_value_is_strict_json(monkeypatch):
     assert r.exit_code == 0, r.output
     assert "Infinity" not in r.stdout
     assert json.loads(r.stdout)["operator"]["noise_sigma"] is None
+
+
+# ------------------------------------------------------------------------------------- pruning
+def _edsr():
+    from mbdlprune.models.user import build_arch
+
+    torch.manual_seed(0)
+    return build_arch("edsr", {"n_feats": 16, "n_blocks": 1})
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"ratio": math.nan}, "--ratio must be a finite number in (0, 1), got nan"),
+    ({"ratio": math.inf}, "--ratio must be a finite number"),
+    ({"ratio": 1.0}, "--ratio 1.0 is outside (0, 1)"),
+    ({"ratio": "0.5"}, "--ratio must be a number"),
+    ({"ratio": True}, "--ratio must be a number"),
+    ({"iterative_steps": 0}, "--iterative-steps must be an integer >= 1"),
+    ({"iterative_steps": 1.5}, "--iterative-steps must be an integer >= 1"),
+    ({"round_to": 0}, "--round-to must be an integer >= 1"),
+    ({"round_to": math.nan}, "--round-to must be an integer >= 1"),
+    ({"layer_ratios": {"body.*": math.nan}}, "layer ratio for 'body.*' must be a finite number"),
+    ({"layer_ratios": {"body.*": 1.0}}, "outside [0, 1)"),
+    ({"layer_ratios": {"body.*": -0.1}}, "outside [0, 1)"),
+    ({"ignore": "tail"}, "--ignore must be a list"),
+    ({"importance": "l3"}, "unknown --importance"),
+])
+def test_prune_options_are_checked(kw, needle):
+    from mbdlprune.pruning import PruneConfig
+
+    with pytest.raises(MbdlError) as e:
+        PruneConfig(**kw).validate()
+    assert needle in one_line(e.value)
+
+
+def test_max_layer_ratio_nan_is_refused():
+    from mbdlprune.pruning import PruneConfig
+
+    with pytest.raises(ConfigError, match="max_layer_ratio must be a finite number"):
+        PruneConfig(max_layer_ratio=math.nan).validate()
+
+
+@pytest.mark.parametrize("kw,needle", [
+    ({"layer_ratios": {"bdy.*": 0.3}}, "--layer-ratio pattern 'bdy.*' matches no conv/linear layer"),
+    ({"layer_ratios": {"body.0.body.1": 0.3}}, "matches no conv/linear layer"),  # a ReLU, not a layer
+    ({"ignore": ["tial"]}, "--ignore pattern 'tial' matches no module"),
+])
+def test_patterns_that_match_nothing_are_refused_with_real_names(kw, needle):
+    from mbdlprune.api import prune_model
+
+    model, spec = _edsr()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PruningError) as e:
+        prune_model(model, spec, None, ratio=0.5, round_to=1, image_size=(16, 16), **kw)
+    msg = one_line(e.value)
+    assert needle in msg and ("tail" in msg.split("—")[1] or "body.0.body.0" in msg.split("—")[1]), msg
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # nothing pruned
+
+
+def test_matching_patterns_still_work():
+    from mbdlprune.api import prune_model
+
+    model, spec = _edsr()
+    res = prune_model(model, spec, None, ratio=0.5, round_to=1, image_size=(16, 16),
+                      layer_ratios={"body.*": 0.25}, ignore=["head"])
+    assert res.report["params_after"] < res.report["params_before"]
+
+
+@pytest.mark.parametrize("where", ["weight", "buffer"])
+def test_nan_weights_are_refused_naming_the_tensor(where):
+    from mbdlprune.pruning import PruneConfig, prune_priors
+
+    if where == "weight":
+        model, _ = _edsr()
+        with torch.no_grad():
+            model.body[0].body[0].weight[0, 0, 0, 0] = math.nan
+        name = "body.0.body.0.weight"
+    else:
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.Conv2d(16, 1, 3, padding=1))
+        model.eval()
+        model[1].running_var[3] = math.inf
+        name = "1.running_var"
+    with pytest.raises(PruningError) as e:
+        prune_priors(model, (torch.rand(1, 1, 16, 16),), PruneConfig(ratio=0.5, round_to=1, priors=[""]))
+    msg = one_line(e.value)
+    assert repr(name) in msg and "NaN/Inf" in msg
+
+
+@pytest.fixture(scope="module")
+def small_ckpt(tmp_path_factory):
+    from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+    from mbdlprune.models.user import build_arch
+
+    d = tmp_path_factory.mktemp("ckpt")
+    model, _ = build_arch("deq-edsr", small_args("deq-edsr"))
+    path = d / "deq.pth"
+    torch.save({"state_dict": model.state_dict()}, path)
+    op = d / "op.toml"
+    h, w = SMALL_IMAGE_SIZE
+    op.write_text(f'[operator]\nkind = "mri"\nimage_size = [{h}, {w}]\nacceleration = 4\n')
+    return path, op, json.dumps(small_args("deq-edsr"))
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--ratio", "nan"], "--ratio must be a finite number"),
+    (["--ratio", "0.5", "--layer-ratio", "prior.bdy.*=0.3"], "'prior.bdy.*' matches no conv/linear layer"),
+    (["--ratio", "0.5", "--layer-ratio", "prior.body.*=nan"], "must be a finite number"),
+    (["--ratio", "0.5", "--layer-ratio", "prior.head=0.3", "--layer-ratio", "prior.head=0.2"], "twice"),
+    (["--ratio", "0.5", "--ignore", "prior.tial"], "'prior.tial' matches no module"),
+    (["--ratio", "0.5", "--round-to", "0"], "--round-to must be an integer >= 1"),
+    (["--ratio", "0.5", "--iterative-steps", "0"], "--iterative-steps must be an integer >= 1"),
+    (["--ratio", "0.5", "--arch-args", '{"n_feats": NaN}'], "NaN is not a JSON number"),
+])
+def test_prune_cli_bad_options_are_one_line_and_write_nothing(small_ckpt, tmp_path, extra, needle):
+    from mbdlprune.cli import app
+
+    ckpt, op, arch_args = small_ckpt
+    out = tmp_path / "o.safetensors"
+    args = ["prune", ckpt, "--arch", "deq-edsr", "--arch-args", arch_args, "--operator", op, "-o", out, "--round-to", "1", *extra]
+    if "--arch-args" in extra:
+        i = args.index("--arch-args")
+        del args[i:i + 2]
+    r = _invoke(app, *args)
+    err = _assert_one_line(r, 2, needle)
+    if "matches no" in needle:
+        assert "prior.head" in err or "prior.tail" in err or "prior.body" in err
+    assert not out.exists() and not list(tmp_path.iterdir())
