@@ -15,6 +15,18 @@ re-derived here so scikit-image is not a dependency):
   Gaussian window (11 x 11, sigma 1.5), C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L the data
   range; the SSIM map is averaged over the positions where the window lies fully inside the
   image ("valid" filtering), then over channels.
+
+Degenerate images (defined values, never a silent division by zero):
+
+* a constant ground-truth image has data range 0: the ``plain`` definition then uses max |x|
+  as the peak, and 1 for an all-zero image (see :func:`data_range`); a perfect reconstruction
+  scores PSNR ``inf``.
+* the ``paper`` definition min-max normalises each ground-truth image, which is undefined for
+  a constant one: :func:`paper_normalize` and :func:`compute_metrics` raise a one-line
+  :class:`~mbdlprune.errors.DataError` naming the image (an empty slice is not an image to score).
+* a ground-truth image with NaN/Inf values is refused by :func:`compute_metrics` (DataError).
+* a reconstruction with NaN/Inf values (a diverged model) scores NaN for PSNR and SSIM;
+  :func:`nonfinite_note` gives the line a report must print next to such scores.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ __all__ = [
     "get_definition",
     "magnitude",
     "mse",
+    "nonfinite_note",
     "paper_normalize",
     "psnr",
     "ssim",
@@ -109,8 +122,8 @@ def _peak(peak: float | torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
         p = p.expand(x.shape[0])
     if p.shape != (x.shape[0],):
         raise ValueError(f"peak/data_range must be a number or one value per image, got shape {tuple(p.shape)}")
-    if bool((p <= 0).any()):
-        raise ValueError("peak/data_range must be positive")
+    if not bool((torch.isfinite(p) & (p > 0)).all()):
+        raise ValueError(f"peak/data_range must be positive and finite, got {peak!r}")
     return p
 
 
@@ -130,7 +143,9 @@ def psnr(x_hat: Any, x: Any, peak: float | torch.Tensor | None = None) -> torch.
     a, b = _pair(x_hat, x)
     p = _peak(peak, b)
     err = ((a - b) ** 2).reshape(a.shape[0], -1).mean(dim=1)
-    return 10.0 * torch.log10(p**2 / err)
+    out = 10.0 * torch.log10(p**2 / err)
+    finite = torch.isfinite(a.reshape(a.shape[0], -1)).all(dim=1)
+    return torch.where(finite, out, torch.full_like(out, math.nan))  # an Inf reconstruction is NaN, not -inf dB
 
 
 # --------------------------------------------------------------------------------- SSIM
@@ -187,7 +202,9 @@ def ssim(x_hat: Any, x: Any, window: int = 11, sigma: float = 1.5,
     smap = (num / den).reshape(n, c, h - window + 1, w - window + 1)
     if return_map:
         return smap
-    return smap.mean(dim=(1, 2, 3))
+    out = smap.mean(dim=(1, 2, 3))
+    finite = torch.isfinite(a.reshape(n, -1)).all(dim=1)
+    return torch.where(finite, out, torch.full_like(out, math.nan))
 
 
 # ------------------------------------------------------------------ paper normalisation
@@ -229,8 +246,41 @@ def paper_normalize(x_hat: Any, x: Any, crop: int | tuple[int, int] | None | boo
     if crop is not False:
         size = None if crop is True else crop
         a, b = center_crop(a, size), center_crop(b, size)
+    _refuse_constant(b, "the paper metric's min-max normalisation")
     a = torch.where(b == 0, torch.zeros_like(a), a)
     return _minmax(a), _minmax(b)
+
+
+def _refuse_constant(b: torch.Tensor, what: str) -> None:
+    from .errors import DataError
+
+    flat = b.detach().reshape(b.shape[0], -1)
+    const = flat.max(dim=1).values == flat.min(dim=1).values
+    if bool(const.any()):
+        i = int(const.nonzero()[0])
+        value = float(flat[i, 0])
+        raise DataError(f"ground-truth image {i + 1} of {b.shape[0]} is constant (every pixel {value:g}): {what} is undefined",
+                        "drop empty or constant slices from the evaluation data, or use --metric plain")
+
+
+def _refuse_nonfinite_truth(x: torch.Tensor) -> None:
+    from .errors import DataError
+
+    bad = ~torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(dim=1)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise DataError(f"ground-truth image {i + 1} of {x.shape[0]} holds NaN/Inf values",
+                        "drop it from the evaluation data (mbdlprune.data drops such slices when it reads files)")
+
+
+def nonfinite_note(values: Any, label: str = "reconstructions") -> str | None:
+    """A line for reports when some scores are NaN (NaN/Inf reconstructions), else None."""
+    t = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    n = int(torch.isnan(t).sum())
+    if not n:
+        return None
+    return (f"{n} of {t.numel()} {label} hold NaN/Inf values (the model diverged on them): "
+            "their PSNR/SSIM are NaN, and so are the means")
 
 
 # ------------------------------------------------------------------------ definitions
@@ -320,9 +370,14 @@ def get_definition(name: str | MetricDefinition) -> MetricDefinition:
 
 
 def compute_metrics(x_hat: Any, x: Any, definition: str | MetricDefinition = "plain") -> dict[str, torch.Tensor]:
-    """``{"psnr": (N,), "ssim": (N,)}`` under a metric definition (no gradients)."""
+    """``{"psnr": (N,), "ssim": (N,)}`` under a metric definition (no gradients).
+
+    Ground truth with NaN/Inf values, and (``paper``) a constant ground-truth image, raise
+    DataError; a NaN/Inf reconstruction scores NaN (see the module notes and :func:`nonfinite_note`).
+    """
     d = get_definition(definition)
     with torch.no_grad():
+        _refuse_nonfinite_truth(as_batch(x))
         a, b = d.prepare(x_hat, x)
         peak = d.peak_value()
         window = d.ssim_window

@@ -592,3 +592,53 @@ def test_prune_cli_bad_options_are_one_line_and_write_nothing(small_ckpt, tmp_pa
     if "matches no" in needle:
         assert "prior.head" in err or "prior.tail" in err or "prior.body" in err
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------- metrics
+def test_plain_metrics_on_zero_and_constant_targets_are_defined():
+    from mbdlprune import metrics as M
+
+    zero, const, rec = torch.zeros(1, 1, 16, 16), torch.full((1, 1, 16, 16), 0.5), torch.rand(1, 1, 16, 16)
+    for x in (zero, const):
+        m = M.compute_metrics(rec, x, "plain")
+        assert torch.isfinite(m["psnr"]).all() and torch.isfinite(m["ssim"]).all()
+        assert torch.isinf(M.compute_metrics(x.clone(), x, "plain")["psnr"]).all()  # perfect
+    assert float(M.data_range(zero)) == 1.0 and float(M.data_range(const)) == 0.5
+
+
+@pytest.mark.parametrize("target", ["zero", "constant"])
+def test_paper_metric_on_a_constant_target_is_a_clear_error(target):
+    from mbdlprune import metrics as M
+
+    x = torch.rand(3, 1, 16, 16) + 0.1
+    x[1] = 0.0 if target == "zero" else 0.7
+    with pytest.raises(DataError) as e:
+        M.compute_metrics(torch.rand(3, 1, 16, 16), x, "paper")
+    msg = one_line(e.value)
+    assert "ground-truth image 2 of 3 is constant" in msg and "--metric plain" in msg
+
+
+def test_nonfinite_truth_is_refused_and_nonfinite_reconstruction_is_nan_with_a_note():
+    from mbdlprune import metrics as M
+
+    x = torch.rand(2, 1, 16, 16)
+    bad = x.clone()
+    bad[1, 0, 3, 3] = math.nan
+    with pytest.raises(DataError, match="ground-truth image 2 of 2 holds NaN/Inf"):
+        M.compute_metrics(x, bad)
+    rec = x + 0.01
+    rec[0, 0, 0, 0] = math.inf
+    for d in ("plain", "paper"):
+        m = M.compute_metrics(rec, x, d)
+        assert math.isnan(float(m["psnr"][0])) and math.isnan(float(m["ssim"][0]))  # not -inf dB
+        assert math.isfinite(float(m["psnr"][1])) and math.isfinite(float(m["ssim"][1]))
+    note = M.nonfinite_note(m["psnr"])
+    assert note.startswith("1 of 2 reconstructions hold NaN/Inf values") and M.nonfinite_note([30.0, math.inf]) is None
+
+
+@pytest.mark.parametrize("peak", [0.0, -1.0, math.nan, math.inf])
+def test_bad_explicit_peak_is_refused(peak):
+    from mbdlprune import metrics as M
+
+    with pytest.raises(ValueError, match="positive and finite"):
+        M.psnr(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), peak=peak)
