@@ -23,38 +23,27 @@ class PruneResult:
 
 # -- loading ---------------------------------------------------------------------------------
 def resolve_operator(operator: Any, meta: Mapping[str, Any] | None = None):
-    """An operator from a spec path / dict / Operator, else the one recorded in ``meta``."""
-    from .operators import load_operator
+    """The operator the caller gave (an Operator, a spec path or dict); see :func:`mbdlprune.io.resolve_operator`.
 
-    if operator is None:
-        spec = (meta or {}).get("operator")
-        return load_operator(spec) if spec else None
-    if hasattr(operator, "A") and hasattr(operator, "A_adjoint"):
-        return operator
-    return load_operator(operator)
-
-
-def load_checkpoint_model(checkpoint: str | Path, arch: str | None, arch_args: dict | None, unsafe_pickle: bool = False):
-    """Build the architecture and load weights from any supported checkpoint.
-
-    Returns ``(model, arch_spec, meta_or_None)``; an mbdlprune file needs no ``arch`` unless
-    it was built by user code.
+    ``meta`` is accepted for old callers and ignored: an operator recorded in a model file is
+    rebuilt by :func:`mbdlprune.io.load_model` from the data embedded in that file.
     """
-    from .io import load_model, load_weights, read_checkpoint
-    from .models.user import ArchSpec, build_arch
+    from .io import resolve_operator as _resolve
 
-    path = Path(checkpoint)
-    state, meta = read_checkpoint(path, unsafe_pickle=unsafe_pickle)
-    if meta is not None:
-        if arch_args:
-            raise MbdlError(f"{path.name} records its architecture arguments", "drop --arch-args for mbdlprune files")
-        loaded = load_model(path, arch=arch)
-        return loaded.model, ArchSpec.from_dict(meta["arch"]), meta
-    if not arch:
-        raise MbdlError(f"{path.name} does not say which architecture it is", "pass --arch NAME (see `mbdlprune archs`) or --arch file.py:factory")
-    model, spec = build_arch(arch, arch_args)
-    load_weights(model, state, path.name)
-    return model, spec, None
+    return _resolve(operator)
+
+
+def load_checkpoint_model(checkpoint: str | Path, arch: str | None, arch_args: dict | None, unsafe_pickle: bool = False,
+                          operator: Any = None):
+    """Build the architecture and load weights from any supported checkpoint (through :func:`io.load_model`).
+
+    Returns ``(model, arch_spec, meta_or_None, operator_or_None)``; an mbdlprune file needs no
+    ``arch`` unless it was built by user code.
+    """
+    from .io import load_model
+
+    lm = load_model(checkpoint, arch=arch, arch_args=arch_args, unsafe_pickle=unsafe_pickle, operator=operator)
+    return lm.model, lm.arch, lm.file_meta, lm.operator
 
 
 def example_inputs(model, kind: str, op, image_size: tuple[int, int] | None = None, seed: int = 0) -> tuple:
@@ -164,13 +153,12 @@ def prune(
     from .io import check_output_path, save_model, sha256_file
 
     if out is not None:
-        check_output_path(out, force)  # fail before the slow part
-    model, spec, meta = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle)
-    op = resolve_operator(operator, meta)
+        check_output_path(out, force, inputs=(checkpoint, operator if isinstance(operator, (str, Path)) else None))
+    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator)
     result = prune_model(model, spec, op, parent_meta=meta, parent_sha256=sha256_file(checkpoint), **options)
     result.meta["parent"] = Path(checkpoint).name
     if out is not None:
-        result.out = save_model(out, result.model, result.meta, force=force)
+        result.out = save_model(out, result.model, result.meta, force=force, operator=op)
     return result
 
 
@@ -179,9 +167,8 @@ def convert(checkpoint: str | Path, *, arch: str, arch_args: dict | None = None,
     """Write any supported checkpoint as an mbdlprune safetensors file (architecture + operator recorded)."""
     from .io import check_output_path, save_model, sha256_file, versions
 
-    check_output_path(out, force)
-    model, spec, meta = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle)
-    op = resolve_operator(operator, meta)
+    check_output_path(out, force, inputs=(checkpoint, operator if isinstance(operator, (str, Path)) else None))
+    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator)
     new_meta = {
         **(meta or {}),
         "arch": spec.to_dict(),
@@ -191,7 +178,7 @@ def convert(checkpoint: str | Path, *, arch: str, arch_args: dict | None = None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    return save_model(out, model, new_meta, force=force)
+    return save_model(out, model, new_meta, force=force, operator=op)
 
 
 def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -249,9 +236,8 @@ def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_arg
         info = file_info(*read_checkpoint(path, unsafe_pickle=unsafe_pickle))
         info["note"] = "pass --arch to see priors, widths and MACs"
         return info
-    model, spec, meta = load_checkpoint_model(path, arch, arch_args, unsafe_pickle)
+    model, spec, meta, op = load_checkpoint_model(path, arch, arch_args, unsafe_pickle, operator)
     info = file_info(model.state_dict(), meta)  # loaded strictly: the same tensors as the file
-    op = resolve_operator(operator, meta)
     info.update(arch=spec.to_dict(), params=count_params(model))
     if meta:
         info.update({k: meta.get(k) for k in ("operator", "pruning", "finetune", "parent_sha256", "versions", "created") if meta.get(k) is not None})

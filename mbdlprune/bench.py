@@ -60,7 +60,8 @@ def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pic
 
     The first model is the reference ("original"); the others are "pruned" unless their
     role says otherwise. A plain checkpoint (a .pth of the original, say) is built with the
-    architecture and operator recorded in the first mbdlprune file among ``models``.
+    architecture and operator recorded in the first mbdlprune file among ``models``. Every
+    file goes through the one loader, :func:`mbdlprune.io.load_model`.
     """
     from .io import LoadedModel, is_mbdlprune_file, load_model
 
@@ -77,7 +78,7 @@ def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pic
             out.append(None)
             continue
         elif isinstance(m, (str, Path)):
-            lm = load_model(m, arch=arch, device="cpu")
+            lm = load_model(m, arch=arch, device="cpu", unsafe_pickle=unsafe_pickle)
             bm = BenchModel(_label_for(m, taken), lm.model, dict(lm.meta), lm.operator, str(m))
         else:
             raise MbdlError(f"cannot benchmark a {type(m).__name__}", "pass model file paths")
@@ -97,19 +98,15 @@ def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pic
 def _plain_checkpoint_model(path: Path, described: Sequence[BenchModel], arch: str | None, unsafe_pickle: bool,
                             taken: set[str]) -> BenchModel:
     """Build a plain checkpoint with the architecture an mbdlprune file among the models records."""
-    from .api import load_checkpoint_model
-    from .models.user import ArchSpec
+    from .io import load_model
 
     ref = next((b for b in described if b.meta.get("arch")), None)
     if ref is None:
         raise MbdlError(f"{path.name} does not say which architecture it is, and no other model records one",
                         "pass a pruned .safetensors written by mbdlprune too, or run `mbdlprune convert` first")
-    spec = ArchSpec.from_dict(ref.meta["arch"])
-    if spec.source == "factory" and arch != spec.name:
-        raise MbdlError(f"{path.name} would be built by user code {spec.name!r}", f"pass --arch {spec.name} to allow running it")
-    model, spec, _ = load_checkpoint_model(path, spec.name, spec.args, unsafe_pickle)
-    meta = {"arch": spec.to_dict(), "operator": (ref.meta or {}).get("operator")}
-    return BenchModel(_label_for(path, taken), model.eval(), meta, ref.operator, str(path))
+    lm = load_model(path, arch=arch, unsafe_pickle=unsafe_pickle, like=ref.meta)
+    meta = {"arch": lm.arch.to_dict(), "operator": (ref.meta or {}).get("operator")}
+    return BenchModel(_label_for(path, taken), lm.model.eval(), meta, ref.operator, str(path))
 
 
 # ------------------------------------------------------------------------------ solver settings
@@ -189,8 +186,8 @@ def common_operator(models: Sequence[BenchModel], operator: Any = None):
                 "benchmark models of the same operator, or pass --operator to run all with one",
             )
     op = next((m.operator for m in models if m.operator is not None), None)
-    if op is None:
-        op = load_operator(ref)
+    if op is None:  # specs recorded in files are only rebuilt by the loader, from the file's own data
+        raise MbdlError(f"no operator object was loaded with {ref_label}", "pass --operator SPEC to use one operator for all models")
     return op, f"recorded in {ref_label}" + (" (identical in all models)" if len(known) > 1 else "")
 
 
@@ -523,6 +520,8 @@ def bench(
     interleave: bool = True,
     threads: int | None = None,
     progress=None,
+    control_data: Any = None,
+    force: bool = False,
 ) -> BenchReport:
     """Benchmark ``models`` (first = original) side by side on ``data``; see the module docstring.
 
@@ -531,7 +530,9 @@ def bench(
     tensor (N, C, H, W). ``threads``: torch intra-op threads for this run (restored afterwards).
     ``control``: also fine-tune the original with the pruned model's
     fine-tune settings (True) or with the given settings (a dict for
-    :func:`mbdlprune.finetune.finetune`), and bench it as role "control".
+    :func:`mbdlprune.finetune.finetune`), and bench it as role "control"; with True,
+    ``control_data`` gives the fine-tuning files (matched by sha256 to the record's).
+    ``force``: the control model may replace an existing ``control_out``.
     """
     import torch
 
@@ -542,13 +543,15 @@ def bench(
         torch.set_num_threads(int(threads))
     try:
         return _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
-                      max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress)
+                      max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
+                      control_data, force)
     finally:
         torch.set_num_threads(before_threads)
 
 
 def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
-           max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress) -> BenchReport:
+           max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
+           control_data=None, force=False) -> BenchReport:
     import torch
 
     from .metrics import get_definition
@@ -559,7 +562,11 @@ def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeat
     dev = env["device"]
     entries = load_bench_models(models, arch=arch)
     if control:
-        entries.append(_control_model(entries, control, control_out, arch, say))
+        if control_out is not None:
+            from .io import check_output_path
+
+            check_output_path(control_out, force, inputs=[e.path for e in entries if e.path])
+        entries.append(_control_model(entries, control, control_out, arch, say, control_data, force))
     op, op_source = common_operator(entries, operator)
     op = op.to(dev)
     solver_settings = common_solver_settings(entries, solver, tol, max_iter)
@@ -658,7 +665,7 @@ def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeat
 
 
 def run_finetune(path: str | Path, settings: Mapping[str, Any], out: str | Path | None, arch: str | None = None,
-                 force: bool = True, eval_data: Any = None):
+                 force: bool = False, eval_data: Any = None):
     """Call :func:`mbdlprune.finetune.finetune` with ``settings`` (``data`` included); returns its result."""
     try:
         from .finetune import finetune
@@ -683,71 +690,95 @@ def _is_tensor(x: Any) -> bool:
         return False
 
 
-def ensure_model_file(bm: BenchModel, folder: str | Path) -> str:
+def ensure_model_file(bm: BenchModel, folder: str | Path, force: bool = False) -> str:
     """A path to an mbdlprune file holding ``bm`` (writes one into ``folder`` when needed)."""
-    from .io import read_checkpoint, save_model
+    from .io import is_mbdlprune_file, save_model
 
-    if bm.path and str(bm.path).endswith(".safetensors"):
-        try:
-            _, meta = read_checkpoint(bm.path)
-        except MbdlError:
-            meta = None
-        if meta is not None:
-            return str(bm.path)
+    if bm.path and str(bm.path).endswith(".safetensors") and is_mbdlprune_file(bm.path):
+        return str(bm.path)
     if not (bm.meta or {}).get("arch"):
         raise MbdlError(f"{bm.label} has no architecture record to save it with", "pass the model as an mbdlprune file")
     out = Path(folder) / f"{bm.label.replace('/', '_')}.safetensors"
     meta = {k: v for k, v in bm.meta.items() if k not in ("format_version",)}
     if bm.operator is not None and getattr(bm.operator, "spec", None):
-        meta.setdefault("operator", bm.operator.spec)
-    save_model(out, bm.model, meta, force=True)
+        meta["operator"] = bm.operator.spec
+    save_model(out, bm.model, meta, force=force, operator=bm.operator)
     return str(out)
 
 
-def control_settings(entries: Sequence[BenchModel]) -> dict[str, Any]:
-    """The fine-tune settings of the first fine-tuned model: same mode, budget and data files."""
+def control_settings(entries: Sequence[BenchModel], data: Any = None) -> dict[str, Any]:
+    """The fine-tune settings of the first fine-tuned model: same mode and budget, on the same data.
+
+    The data files are the caller's (``data``, i.e. ``--control-data``); a path recorded in a
+    model file is never opened. Each file the record names must be among them (same sha256).
+    """
     rec = next(((e.meta or {}).get("finetune") for e in entries[1:] if (e.meta or {}).get("finetune")), None)
     if not rec:
         raise MbdlError("--control needs a fine-tuned pruned model to copy the budget from",
                         "fine-tune a pruned model first (mbdlprune finetune), then bench it with --control")
-    return settings_from_record(rec)
+    if data is None:
+        raise MbdlError("--control needs the data the pruned model was fine-tuned on",
+                        "pass --control-data PATH (the files given to finetune --data and --val-data)")
+    return settings_from_record(rec, data)
 
 
-def _control_model(entries: list[BenchModel], control: bool | Mapping[str, Any], out: str | Path | None, arch, say) -> BenchModel:
+def _control_model(entries: list[BenchModel], control: bool | Mapping[str, Any], out: str | Path | None, arch, say,
+                   control_data: Any = None, force: bool = False) -> BenchModel:
     """Fine-tune the original with the same data and budget as the fine-tuned pruned model."""
     import tempfile
 
     from .io import load_model
 
     original = entries[0]
-    settings = dict(control) if isinstance(control, Mapping) else control_settings(entries)
+    settings = dict(control) if isinstance(control, Mapping) else control_settings(entries, control_data)
     folder = Path(out).parent if out is not None else Path(tempfile.mkdtemp(prefix="mbdlprune-control-"))
     out = Path(out) if out is not None else folder / "control.safetensors"
-    src = ensure_model_file(original, folder)
+    src = ensure_model_file(original, folder, force=force)
     if settings.get("mode", "").startswith("distill") or "teacher" in settings:
         settings.setdefault("teacher", src)
     say(f"fine-tuning the original as a control ({settings.get('mode')}, {settings.get('epochs')} epochs)")
-    result = run_finetune(src, settings, out, arch=arch)
+    result = run_finetune(src, settings, out, arch=arch, force=force)
     path = getattr(result, "out", None) or out
     lm = load_model(path, arch=arch)
     return BenchModel(f"{original.label}+finetune (control)", lm.model, dict(lm.meta), lm.operator, str(path), "control")
 
 
-def settings_from_record(rec: Mapping[str, Any]) -> dict[str, Any]:
-    """Fine-tune settings (config, training and validation files) recorded by the fine-tune step."""
+def settings_from_record(rec: Mapping[str, Any], data: Any) -> dict[str, Any]:
+    """Fine-tune settings recorded by the fine-tune step, on the caller's copies of its data files.
+
+    ``data``: files or folders given by the caller. The record's training and validation files
+    are matched to them by sha256, so the control trains on exactly the same data.
+    """
+    from .data import list_data_files
+    from .io import sha256_file
+
     cfg = dict(rec.get("config") or {}) if isinstance(rec.get("config"), Mapping) else {}
     if not cfg:
         cfg = {k: rec[k] for k in ("mode", "epochs", "lr", "batch_size", "seed", "loss") if k in rec}
     cfg.pop("device", None)
-    data = rec.get("data") if isinstance(rec.get("data"), Mapping) else {}
-    train = (data.get("train") or {}).get("files") if isinstance(data.get("train"), Mapping) else None
-    val = (data.get("val") or {}).get("files") if isinstance(data.get("val"), Mapping) else None
+    recorded = rec.get("data") if isinstance(rec.get("data"), Mapping) else {}
+
+    def files_of(part: str) -> dict[str, str]:
+        table = recorded.get(part) if isinstance(recorded.get(part), Mapping) else {}
+        files = table.get("files")
+        return {str(k): str(v) for k, v in files.items()} if isinstance(files, Mapping) else {}
+
+    train, val = files_of("train"), files_of("val")
     if not train:
         raise MbdlError("the fine-tune record does not list its training files", "give the control's settings explicitly")
-    missing = [p for p in list(train) + list(val or []) if not Path(p).exists()]
-    if missing:
-        raise DataError(f"the fine-tuning data file {missing[0]} no longer exists", "restore it, or give the control's data explicitly")
-    out: dict[str, Any] = {**cfg, "data": sorted(train)}
-    if val:
-        out["val_data"] = sorted(val)
+    given = {sha256_file(p): str(p) for p in list_data_files(data)}
+    chosen: dict[str, list[str]] = {"train": [], "val": []}
+    for part, files in (("train", train), ("val", val)):
+        for name, digest in files.items():
+            if digest not in given:
+                raise DataError(f"--control-data lacks the {part} file {Path(name).name} (sha256 {digest[:12]}…) the model was fine-tuned on",
+                                "pass --control-data with the same files given to finetune --data/--val-data")
+            chosen[part].append(given[digest])
+    out: dict[str, Any] = {**cfg, "data": sorted(chosen["train"])}
+    split = isinstance(recorded.get("val_source"), str) and recorded["val_source"].startswith("split by file")
+    if chosen["val"]:
+        if split:
+            out["data"] = sorted(chosen["train"] + chosen["val"])  # the same split by file is drawn again
+        else:
+            out["val_data"] = sorted(chosen["val"])
     return out

@@ -45,15 +45,28 @@ def _progress(quiet: bool):
     return lambda msg: err.print(f"[dim]{msg}[/dim]")
 
 
-def _emit(report, json_out: Optional[str], markdown: Optional[Path], figure: Optional[Path]) -> None:
+def check_report_paths(json_out: Optional[str], markdown: Optional[Path], figure: Optional[Path], force: bool,
+                       inputs=()) -> None:
+    """Refuse report paths that exist (without --force), sit in a missing folder or are inputs, before any work."""
+    from .errors import MbdlError
+    from .io import check_output_path
+
+    paths = [Path(p) for p in (json_out if json_out != "-" else None, markdown, figure) if p is not None]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise MbdlError("two report options name the same file", "give --json, --markdown and --figure different paths")
+    for p in paths:
+        check_output_path(p, force, suffix=None, inputs=inputs)
+
+
+def _emit(report, json_out: Optional[str], markdown: Optional[Path], figure: Optional[Path], force: bool = False) -> None:
     """Write the requested files; print the table unless JSON goes to stdout."""
     to_stdout = json_out == "-"
     if figure is not None:
-        report.figure(figure)
+        report.figure(figure, force=force)
     if markdown is not None:
-        report.write_markdown(markdown)
+        report.write_markdown(markdown, force=force)
     if json_out and not to_stdout:
-        report.write_json(json_out)
+        report.write_json(json_out, force=force)
     if to_stdout:
         sys.stdout.write(report.to_json() + "\n")
         sys.stdout.flush()
@@ -90,6 +103,8 @@ def bench_cmd(
     figure: Optional[Path] = FigureOpt,
     control: bool = typer.Option(False, "--control", help="Also fine-tune the ORIGINAL with the pruned model's fine-tune data and budget, and bench it."),
     control_out: Optional[Path] = typer.Option(None, "--control-out", help="Where to write the control model (default: a temporary folder)."),
+    control_data: List[Path] = typer.Option([], "--control-data", help="With --control: the files the pruned model was fine-tuned on (matched by sha256 to its record); repeatable."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing report files and --control-out."),
     min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Gate: every pruned model must be at least this much faster (exit 1 otherwise)."),
     max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="Gate: no pruned model may lose more PSNR than this, in dB (exit 1 otherwise)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="file.py:factory, only for models built by user code (runs that code)."),
@@ -102,14 +117,15 @@ def bench_cmd(
 
     if len(models) < 2 and not control:
         raise MbdlError("bench needs the original model and at least one pruned model", "run: mbdlprune bench ORIGINAL PRUNED --data EVAL")
+    check_report_paths(json_out, markdown, figure, force, inputs=[*models, *data, control_out])
     report = bench(
         [str(m) for m in models], [str(d) for d in data] if len(data) > 1 else str(data[0]), operator=operator,
         device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
         batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads, arch=arch,
         min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
-        progress=_progress(quiet or json_out == "-"),
+        progress=_progress(quiet or json_out == "-"), control_data=[str(d) for d in control_data] or None, force=force,
     )
-    _emit(report, json_out, markdown, figure)
+    _emit(report, json_out, markdown, figure, force)
     _finish(report.exit_code(), report.gate_line(), json_out == "-")
 
 
@@ -168,6 +184,7 @@ def sweep_cmd(
             ft.update(extra)
         ft["data"] = [str(d) for d in data] or None
     ev = [str(d) for d in eval_data] if len(eval_data) > 1 else str(eval_data[0])
+    check_report_paths(json_out, markdown, None, force, inputs=[checkpoint, *eval_data, *data])
     sr = sweep(
         checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, ratios=ratios, finetune=ft,
         data=[str(d) for d in data] or None, eval_data=ev, max_psnr_drop=max_psnr_drop, out_dir=out_dir,
@@ -175,16 +192,14 @@ def sweep_cmd(
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
         fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
     )
+    from .io import json_safe, write_text
+
     to_stdout = json_out == "-"
-    text = json.dumps(sr.to_dict(), indent=2, allow_nan=False)
+    text = json.dumps(json_safe(sr.to_dict()), indent=2, allow_nan=False)
     if json_out and not to_stdout:
-        from .io import atomic_write_text
-
-        atomic_write_text(json_out, text + "\n")
+        write_text(json_out, text + "\n", force=force)
     if markdown is not None:
-        from .io import atomic_write_text
-
-        atomic_write_text(markdown, sr.markdown())
+        write_text(markdown, sr.markdown(), force=force)
     if to_stdout:
         sys.stdout.write(text + "\n")
     else:
@@ -200,18 +215,20 @@ def run_cmd(
     device: Optional[str] = typer.Option(None, "--device", help="Override [bench] device: cpu, cuda, cuda:N or auto."),
     json_out: Optional[str] = JsonPathOpt,
     force: bool = typer.Option(False, "--force", help="Overwrite outputs in the folder (as [output] force = true)."),
+    arch: Optional[str] = typer.Option(None, "--arch", help="Allow the file.py:factory / pkg.mod:factory the pipeline names to run (must be identical)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress messages."),
     debug: bool = DebugOpt,
 ):
     """Run prune -> fine-tune -> bench from one TOML file; exit 1 when a gate fails."""
     from .pipeline import run_pipeline
 
+    check_report_paths(json_out, None, None, force, inputs=[pipeline])
     result = run_pipeline(pipeline, out_dir=out_dir, device=device, force=force or None,
-                          progress=_progress(quiet or json_out == "-"))
+                          progress=_progress(quiet or json_out == "-"), allow_arch=arch)
     report = result.report
     to_stdout = json_out == "-"
     if json_out and not to_stdout:
-        report.write_json(json_out)
+        report.write_json(json_out, force=force)
     if to_stdout:
         sys.stdout.write(report.to_json() + "\n")
     else:

@@ -32,7 +32,7 @@ def demo_cmd(
     dev = resolve_device(device)
     if json_out:
         result = run_demo(out, models=model, force=force, quick=quick, device=dev)
-        from .demo import _json_safe
+        from .io import json_safe as _json_safe
 
         summary = result.to_dict()
         for m in summary["models"]:

@@ -150,15 +150,19 @@ def prepare_out_dir(out: str | Path, force: bool) -> Path:
     return p
 
 
-def _subset_slices(src: Path, n: int, dest: Path) -> Path:
+def _subset_slices(src: Path, n: int, dest: Path, force: bool = False) -> Path:
     """The first ``n`` slices of a shipped NIfTI file, written to ``dest`` (quick runs)."""
     import nibabel as nib
     import numpy as np
 
+    import gzip
+
+    from .io import write_file
+
     img = nib.load(str(src))
     data = np.asanyarray(img.dataobj)[..., :n]
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(data), img.affine), str(dest))
-    return dest
+    blob = gzip.compress(nib.Nifti1Image(np.ascontiguousarray(data), img.affine).to_bytes())
+    return write_file(dest, lambda tmp: Path(tmp).write_bytes(blob), force=force)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -196,19 +200,19 @@ def run_demo(
     if cfg.finetune_slices is not None:
         sub = folder / "data"
         sub.mkdir(exist_ok=True)
-        data["finetune"] = _subset_slices(data["finetune"], cfg.finetune_slices, sub / "finetune_subset.nii.gz")
+        data["finetune"] = _subset_slices(data["finetune"], cfg.finetune_slices, sub / "finetune_subset.nii.gz", force)
     results = []
     for i, name in enumerate(names):
         if name not in MODEL_EXAMPLES:
             raise MbdlError(f"unknown demo model {name!r}", "use --model deq, unrolled or all")
         say(f"[{i + 1}/{len(names)}] {LABELS[name]}")
-        results.append(_run_one(name, folder, data, cfg, device, say, progress, status))
+        results.append(_run_one(name, folder, data, cfg, device, say, progress, status, force))
     result = DemoResult(folder, results, cfg, time.perf_counter() - t0)
     summary = folder / "demo.json"
-    from .io import atomic_write_text
+    from .io import write_json
 
     result.files["summary"] = summary
-    atomic_write_text(summary, json.dumps(_json_safe(result.to_dict()), indent=2, allow_nan=False) + "\n")
+    write_json(summary, result.to_dict(), force=force)
     return result
 
 
@@ -227,7 +231,7 @@ def _spinner(status, msg: str):
 
 
 def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, device: str,
-             say: Callable[[str], None], progress: bool, status) -> DemoModelResult:
+             say: Callable[[str], None], progress: bool, status, force: bool = False) -> DemoModelResult:
     from .api import prune
     from .bench import BenchModel, bench
     from .examples import example_path
@@ -242,7 +246,7 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
 
     t = time.perf_counter()
     with _spinner(status, f"{name}: pruning the prior at ratio {cfg.ratio}"):
-        pr = prune(original, out=pruned_path, force=True, ratio=cfg.ratio, seed=cfg.seed)
+        pr = prune(original, out=pruned_path, force=force, ratio=cfg.ratio, seed=cfg.seed)
     seconds["prune"] = time.perf_counter() - t
     rep = pr.report
     say(f"  pruned at {cfg.ratio}: {rep['params_before']:,} -> {rep['params_after']:,} parameters "
@@ -252,7 +256,7 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
     say(f"  fine-tuning ({cfg.mode} from the original, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
         f"{data['finetune'].name}" + (f", validating on {data['finetune-val'].name}" if cfg.validate else ""))
     ft = finetune(
-        pruned_path, data=str(data["finetune"]), out=ft_path, force=True, teacher=str(original),
+        pruned_path, data=str(data["finetune"]), out=ft_path, force=force, teacher=str(original),
         val_data=str(data["finetune-val"]) if cfg.validate else None, eval_data=str(data["eval"]),
         progress=progress, mode=cfg.mode, epochs=cfg.epochs, lr=cfg.lr, lr_schedule=cfg.lr_schedule, loss=cfg.loss,
         batch_size=cfg.batch_size, seed=cfg.seed, device=device, val_fraction=0.0,
@@ -278,25 +282,11 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
                        max_images=cfg.max_images, seed=cfg.seed, progress=None)
     seconds["bench"] = time.perf_counter() - t
     files = {"pruned": pruned_path, "pruned_finetuned": ft_path}
-    files["bench_json"] = report.write_json(sub / "bench.json")
-    files["bench_md"] = report.write_markdown(sub / "bench.md")
+    files["bench_json"] = report.write_json(sub / "bench.json", force=force)
+    files["bench_md"] = report.write_markdown(sub / "bench.md", force=force)
     try:
-        files["figure"] = report.figure(sub / "bench.png")
+        files["figure"] = report.figure(sub / "bench.png", force=force)
     except MbdlError:  # matplotlib is optional
         pass
     say(f"  benchmarked in {seconds['bench']:.1f} s -> {sub / 'bench.json'}")
     return DemoModelResult(name, original, pruned_path, ft_path, rep, fts, report, files, seconds)
-
-
-def _json_safe(obj: Any) -> Any:
-    import math
-
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj

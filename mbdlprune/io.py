@@ -16,6 +16,12 @@ FORMAT_NAME = "mbdlprune"
 FORMAT_VERSION = 1
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "ema", "ema_state_dict", "state_dict_ema", "net", "network", "params", "weights")
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".tar", ".bin")
+#: safetensors keys of operator data (masks, coil maps, kernels) embedded in a model file
+EMBED_PREFIX = "@operator/"
+#: model attributes a model file may set, and their types: plain values only, never code
+MODEL_ATTRS: dict[str, type] = {"prune_sensitivity": bool}
+#: largest model (parameters + buffers, in elements) built from a file's recorded arguments
+MAX_MODEL_ELEMENTS = 2_000_000_000
 
 
 def sha256_file(path: str | Path) -> str:
@@ -40,14 +46,42 @@ def versions() -> dict[str, str]:
 # -- reading ------------------------------------------------------------------------------
 def read_checkpoint(path: str | Path, unsafe_pickle: bool = False) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Return ``(state_dict, mbdlprune_metadata_or_None)`` from .safetensors or a torch file."""
+    ck = read_model_file(path, unsafe_pickle)
+    return ck.state, ck.meta
+
+
+@dataclass
+class CheckpointFile:
+    """What one checkpoint file holds: model tensors, mbdlprune metadata (checked) and embedded operator data."""
+
+    path: Path
+    state: dict[str, Any]
+    meta: dict[str, Any] | None
+    embedded: dict[str, Any]
+
+
+def read_model_file(path: str | Path, unsafe_pickle: bool = False) -> CheckpointFile:
+    """Read any supported checkpoint without running code; mbdlprune metadata is checked for shape and types."""
     p = Path(path)
+    if p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} is a folder", "give the checkpoint file inside it")
     if not p.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} does not exist", "check the path")
     if p.suffix == ".safetensors":
-        return _read_safetensors(p)
-    if p.suffix not in TORCH_SUFFIXES:
+        state, meta = _read_safetensors(p)
+    elif p.suffix in TORCH_SUFFIXES:
+        state, meta = find_weights(_torch_load(p, unsafe_pickle), str(p)), None
+    else:
         raise CheckpointError(f"unsupported checkpoint type {p.suffix!r}", f"use .safetensors or one of {', '.join(TORCH_SUFFIXES)}")
-    return find_weights(_torch_load(p, unsafe_pickle), str(p)), None
+    embedded = {k[len(EMBED_PREFIX):]: v for k, v in state.items() if k.startswith(EMBED_PREFIX)}
+    state = {k: v for k, v in state.items() if not k.startswith(EMBED_PREFIX)}
+    if meta is not None:
+        check_meta(meta, p.name)
+    elif embedded:
+        raise CheckpointError(f"{p.name} holds operator data but no mbdlprune metadata", "the file is damaged: export it again")
+    if not state:
+        raise CheckpointError(f"{p.name} holds no weights", "check that this is the model's checkpoint")
+    return CheckpointFile(p, state, meta, embedded)
 
 
 def is_mbdlprune_file(path: str | Path) -> bool:
@@ -78,10 +112,75 @@ def _read_safetensors(p: Path):
     meta = None
     if header.get("format") == FORMAT_NAME:
         try:
-            meta = json.loads(header[FORMAT_NAME])
-        except (KeyError, json.JSONDecodeError):
+            meta = json.loads(header[FORMAT_NAME], parse_constant=_reject_constant)
+        except (KeyError, ValueError, RecursionError):
             raise CheckpointError(f"{p.name} has damaged mbdlprune metadata", "write the model again with mbdlprune") from None
     return state, meta
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-finite number {name} in metadata")
+
+
+def _is_json_plain(v: Any, depth: int = 0) -> bool:
+    if depth > 32:
+        return False
+    if v is None or isinstance(v, (bool, int, str)):
+        return True
+    if isinstance(v, float):
+        import math
+
+        return math.isfinite(v)
+    if isinstance(v, list):
+        return all(_is_json_plain(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _is_json_plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def check_meta(meta: Any, name: str) -> None:
+    """Refuse mbdlprune metadata whose shape or types are not what mbdlprune writes."""
+
+    def bad(what: str):
+        return CheckpointError(f"{name} has damaged mbdlprune metadata ({what})", "write the model again with mbdlprune")
+
+    if not isinstance(meta, dict):
+        raise bad("not a JSON object")
+    version = meta.get("format_version", 1)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise bad("format_version is not an integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"{name} uses format version {version}, newer than this mbdlprune", "upgrade mbdlprune")
+    arch = meta.get("arch")
+    if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not arch["name"]:
+        raise bad("no architecture name")
+    if not isinstance(arch.get("args", {}), dict) or not _is_json_plain(arch.get("args", {})):
+        raise bad("architecture arguments are not plain values")
+    if arch.get("kind", "mbdl") not in ("mbdl", "prior"):
+        raise bad("unknown architecture kind")
+    if isinstance(arch.get("version", 1), bool) or not isinstance(arch.get("version", 1), int):
+        raise bad("architecture version is not an integer")
+    for key in ("operator", "pruning", "finetune", "model_attrs", "norm_widths", "key_map"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(f"{key} is not an object")
+    for key in ("parent", "parent_sha256", "created"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(f"{key} is not a string")
+    if not _is_json_plain(meta):
+        raise bad("values that are not plain JSON")
+    pruning = meta.get("pruning") or {}
+    priors = pruning.get("priors", {})
+    if not isinstance(priors, dict) or not all(isinstance(v, dict) for v in priors.values()):
+        raise bad("pruning.priors is not a table of priors")
+    for key, value in (meta.get("model_attrs") or {}).items():
+        if key not in MODEL_ATTRS:
+            raise CheckpointError(f"{name} asks to set the model attribute {key!r}, which mbdlprune never restores from a file",
+                                  f"remove it, or re-save the model with mbdlprune (allowed: {', '.join(MODEL_ATTRS)})")
+        if not isinstance(value, MODEL_ATTRS[key]):
+            raise bad(f"model attribute {key} is not a {MODEL_ATTRS[key].__name__}")
+    for key, value in (meta.get("norm_widths") or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1 << 20:
+            raise bad(f"norm width of {key} is not a positive integer")
 
 
 def _torch_load(p: Path, unsafe_pickle: bool):
@@ -97,7 +196,7 @@ def _torch_load(p: Path, unsafe_pickle: bool):
                 f"{p.name} needs to unpickle code to load ({str(e).splitlines()[0][:120]})",
                 "re-save it as a plain state_dict, or pass --unsafe-pickle if you trust its source",
             ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:  # weights_only loading runs no code; anything it raises means a damaged file
         raise CheckpointError(f"{p.name} is not a readable torch checkpoint ({str(e).splitlines()[0][:120]})", "the file is truncated or corrupt: copy or export it again") from None
     try:
         return torch.load(str(p), map_location="cpu", weights_only=False)  # explicit --unsafe-pickle
@@ -266,9 +365,12 @@ def prepare_output_dir(folder: str | Path, names: Iterable[str], force: bool) ->
     if d.exists() and not d.is_dir():
         raise MbdlError(f"output folder {str(d)!r} is a file", "choose a folder path")
     if not d.exists():
-        check_writable_dir(d.parent if str(d.parent) else Path("."))
+        ancestor = d.parent if str(d.parent) else Path(".")
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        check_writable_dir(ancestor)
         try:
-            d.mkdir(parents=False)
+            d.mkdir(parents=True)
         except FileExistsError:
             pass
         except OSError as e:
@@ -405,63 +507,158 @@ def parameterless_norm_widths(model) -> dict[str, int]:
             if isinstance(m, nn.modules.batchnorm._NormBase) and m.weight is None and m.running_mean is None}
 
 
-def save_model(path: str | Path, model, meta: dict[str, Any], force: bool = False) -> Path:
-    """Write ``model``'s weights and ``meta`` (JSON in the safetensors header) atomically."""
+def save_model(path: str | Path, model, meta: dict[str, Any], force: bool = False, operator: Any = None) -> Path:
+    """Write ``model``'s weights and ``meta`` (JSON in the safetensors header) through the one writer.
+
+    The operator's fixed data that came from array files (``operator.embedded``: masks, coil
+    maps, kernels) is stored inside the same file, so the model reloads with no path at all.
+    """
     from safetensors.torch import save_file
 
     p = check_output_path(path, force)
     meta = {**meta, "format_version": FORMAT_VERSION, "norm_widths": parameterless_norm_widths(model), "versions": meta.get("versions") or versions()}
-    header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(meta, sort_keys=True)}
     state = state_for_saving(model)
+    state.update(_embedded_tensors(meta.get("operator"), operator))
+    header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(json_safe(meta), sort_keys=True, allow_nan=False)}
     return write_file(p, lambda tmp: save_file(state, tmp, metadata=header), force=force)
 
 
-# -- whole models -------------------------------------------------------------------------
+def _embedded_tensors(spec: Mapping[str, Any] | None, operator: Any) -> dict[str, Any]:
+    """Tensors ``@operator/KEY`` for every embedded reference in the operator spec."""
+    import numpy as np
+    import torch
+
+    from .operators.files import is_embedded_ref
+
+    out = {}
+    arrays = getattr(operator, "embedded", None) or {}
+    for key, value in (spec or {}).items():
+        if is_embedded_ref(value):
+            if key not in arrays:
+                raise MbdlError(f"the operator's {key!r} data is not at hand to embed in the model file",
+                                "pass the operator object (or --operator SPEC) when saving")
+            out[EMBED_PREFIX + key] = torch.from_numpy(np.ascontiguousarray(arrays[key]).copy())
+    return out
+
+
+# -- whole models: the one loader ---------------------------------------------------------
 @dataclass
 class LoadedModel:
-    """A rebuilt model with its metadata and (if recorded) its operator."""
+    """A rebuilt model with its metadata, its operator (if known), the file and the architecture record."""
 
     model: Any
     meta: dict[str, Any]
     operator: Any | None
     path: Path
+    arch: Any = None  # models.user.ArchSpec
+    file_meta: dict[str, Any] | None = None  # the metadata the file itself holds (None: a plain checkpoint)
+
+    @property
+    def label(self) -> str:
+        name = self.path.name
+        return name[: -len(".safetensors")] if name.endswith(".safetensors") else name
 
 
-def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", operator: Any = None) -> LoadedModel:
-    """Rebuild a model written by :func:`save_model` (pruned widths included), strictly, without pickle.
+def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", operator: Any = None, *,
+               arch_args: Mapping[str, Any] | None = None, unsafe_pickle: bool = False,
+               like: Mapping[str, Any] | None = None, resize: bool = False) -> LoadedModel:
+    """Build a model from any checkpoint file, strictly and without running code the command line did not name.
 
-    A checkpoint whose architecture is user code needs ``arch`` (the same ``file.py:factory``)
-    so that running that code is always the caller's explicit choice.
+    Every command builds models from files through this function: originals, pruned models,
+    teachers, controls and pipeline steps.
+
+    * An mbdlprune file rebuilds itself from its metadata (pruned widths included). A name read
+      from a file is only looked up in the built-in registry; user code (``file.py:factory``,
+      ``pkg.mod:factory``) runs only when ``arch`` names the identical factory.
+    * A plain checkpoint needs ``arch`` (and ``arch_args``), or ``like``: the metadata of a
+      related mbdlprune file whose architecture it shares (the original of a pruned model);
+      ``resize`` then lets widths follow the file (a teacher of other widths).
+    * Attributes restored from metadata come from :data:`MODEL_ATTRS` only; the operator is
+      ``operator`` (a spec path, dict or Operator the caller gave) or the one the file records,
+      rebuilt from data embedded in the file.
+    * Non-finite weights are refused, naming the tensor.
     """
-    from .models.user import ArchSpec, build_arch, is_factory_spec
+    from .models.user import build_arch, build_recorded
+
+    ck = read_model_file(path, unsafe_pickle)
+    p = ck.path
+    recorded = (ck.meta or {}).get("arch") or ((like or {}).get("arch") if ck.meta is None else None)
+    if recorded is not None:
+        if arch_args:
+            raise MbdlError(f"{p.name} {'records' if ck.meta else 'takes'} its architecture arguments from an mbdlprune file",
+                            "drop --arch-args")
+        model, spec = build_recorded(recorded, arch, p.name, state=ck.state)
+        resize = resize or ck.meta is not None
+    else:
+        if not arch:
+            raise MbdlError(f"{p.name} does not say which architecture it is", "pass --arch NAME (see `mbdlprune archs`) or --arch file.py:factory")
+        model, spec = build_arch(arch, dict(arch_args or {}))
+    restore_setup(model, ck.meta if ck.meta is not None else (like or {}))
+    check_finite(ck.state, p.name)
+    load_weights(model, ck.state, p.name, resize=resize)
+    for name, width in ((ck.meta or {}).get("norm_widths") or {}).items():
+        _set_norm_width(model, name, width, p.name)
+    model.eval().to(device)
+    op = resolve_operator(operator)
+    if op is None and ck.meta is not None and ck.meta.get("operator"):
+        op = operator_from_meta(ck.meta, ck.embedded, p.name)
+    if op is not None:
+        op = op.to(device)
+    meta = dict(ck.meta) if ck.meta is not None else {"arch": spec.to_dict(), "operator": getattr(op, "spec", None)}
+    return LoadedModel(model, meta, op, p, spec, ck.meta)
+
+
+def resolve_operator(operator: Any):
+    """The operator the caller gave: an Operator, a spec file path or a spec dict (read as the caller's own)."""
+    if operator is None:
+        return None
+    if hasattr(operator, "A") and hasattr(operator, "A_adjoint"):
+        return operator
     from .operators import load_operator
 
-    p = Path(path)
-    state, meta = read_checkpoint(p)
-    if meta is None:
-        raise CheckpointError(f"{p.name} has no mbdlprune metadata", "use `mbdlprune prune` to produce a model file, or load raw weights with --arch")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{p.name} uses format version {meta['format_version']}, newer than this mbdlprune", "upgrade mbdlprune")
-    spec = ArchSpec.from_dict(meta["arch"])
-    if spec.source == "factory":
-        if arch is None:
-            raise MbdlError(f"{p.name} was built by user code {spec.name!r}", f"pass --arch {spec.name} to allow running it")
-        if not is_factory_spec(arch):
-            raise MbdlError(f"--arch {arch!r} is not a factory spec", f"pass --arch {spec.name}")
-    model, _ = build_arch(arch or spec.name, spec.args)
-    restore_setup(model, meta)
-    load_weights(model, state, p.name, resize=True)
-    for name, width in (meta.get("norm_widths") or {}).items():
-        model.get_submodule(name).num_features = int(width)
-    model.eval().to(device)
-    op = operator
-    if op is None and meta.get("operator"):
-        op = load_operator(meta["operator"]).to(device)
-    return LoadedModel(model, meta, op, p)
+    return load_operator(operator)
 
 
-def restore_setup(model, meta: dict[str, Any]) -> None:
-    """Re-apply model attributes recorded at save time (e.g. which priors are prunable)."""
+def operator_from_meta(meta: Mapping[str, Any], embedded: Mapping[str, Any], name: str):
+    """Rebuild the operator a model file records, from the arrays embedded in that file; no path is opened."""
+    from .operators import load_operator
+
+    arrays = {}
+    for key, t in embedded.items():
+        arrays[key] = t.numpy() if hasattr(t, "numpy") else t
+    try:
+        return load_operator(meta["operator"], embedded=arrays)
+    except MbdlError as e:
+        raise type(e)(f"{name}: {e.problem}", e.fix) from None
+
+
+def check_finite(state: Mapping[str, Any], name: str) -> None:
+    """Refuse weights holding NaN or infinite values, naming the first such tensor."""
+    import torch
+
+    for key, t in state.items():
+        if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{name}: tensor {key!r} holds NaN or infinite values",
+                                  "the checkpoint is damaged (or training diverged): use an earlier checkpoint")
+
+
+def _set_norm_width(model, name: str, width: int, source: str) -> None:
+    from torch import nn
+
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.modules.batchnorm._NormBase):
+        raise CheckpointError(f"{source} records a norm width for {name!r}, which is not a norm layer of the model",
+                              "the file is damaged: export it again")
+    module.num_features = int(width)
+
+
+def restore_setup(model, meta: Mapping[str, Any]) -> None:
+    """Re-apply the allowlisted plain attributes recorded at save time (:data:`MODEL_ATTRS`)."""
     for key, value in (meta.get("model_attrs") or {}).items():
+        if key not in MODEL_ATTRS or not isinstance(value, MODEL_ATTRS[key]):
+            raise CheckpointError(f"model attribute {key!r} cannot be restored from a file", "re-save the model with mbdlprune")
         if hasattr(model, key):
             setattr(model, key, value)

@@ -86,6 +86,7 @@ class ModelSection:
     arch_args: dict[str, Any] = field(default_factory=dict)
     operator: Path | None = None
     unsafe_pickle: bool = False
+    arch_as_written: str | None = None
 
     KEYS = ("checkpoint", "arch", "arch_args", "operator", "unsafe_pickle")
 
@@ -94,13 +95,15 @@ class ModelSection:
         where = "[model]"
         check_keys(t, cls.KEYS, where, required=("checkpoint",))
         arch = expect(t["arch"], str, "arch", where) if "arch" in t else None
+        written = arch
         arch_args = dict(expect(t.get("arch_args", {}), dict, "arch_args", where))
         if arch and ":" in arch and not Path(arch.rpartition(":")[0]).is_absolute() and arch.rpartition(":")[0].endswith(".py"):
             file, _, fn = arch.rpartition(":")
             arch = f"{base / file}:{fn}"
         op = _path(t["operator"], "operator", where, base) if "operator" in t else None
-        return cls(_path(t["checkpoint"], "checkpoint", where, base), arch, arch_args, op,
-                   bool(expect(t.get("unsafe_pickle", False), bool, "unsafe_pickle", where)))
+        if t.get("unsafe_pickle"):
+            raise ConfigError(f"{where}: unsafe_pickle is not taken from a file", "remove it; only a checkpoint you trust may be unpickled, with --unsafe-pickle")
+        return cls(_path(t["checkpoint"], "checkpoint", where, base), arch, arch_args, op, False, written)
 
 
 def _prune_keys() -> list[str]:
@@ -225,7 +228,10 @@ class OutputSection:
         where = "[output]"
         check_keys(t, ("dir", "force"), where)
         d = _path(t.get("dir", "mbdlprune-out"), "dir", where, base)
-        return cls(d, bool(expect(t.get("force", False), bool, "force", where)))
+        if t.get("force") is not None and expect(t["force"], bool, "force", where):
+            raise ConfigError(f"{where}: force = true is not taken from a file: overwriting needs --force on the command line",
+                              "remove force from [output] and pass --force to mbdlprune run")
+        return cls(d, False)
 
 
 @dataclass
@@ -269,9 +275,35 @@ class PipelineConfig:
         return cls.from_dict(read_config_file(path), path)
 
     def operator_spec(self) -> Any:
+        """The operator: an inline [operator] table (array paths relative to this file) or a spec file."""
         if self.operator is not None:
-            return {"operator": self.operator}
+            from .operators import load_operator
+
+            return load_operator({"operator": self.operator}, base_dir=self.path.parent if str(self.path.parent) else Path("."))
         return str(self.model.operator) if self.model.operator is not None else None
+
+    def factory(self, allow_arch: str | None) -> str | None:
+        """The user-code factory to run, only when the command line's ``--arch`` names the same one."""
+        from .models.user import is_factory_spec, same_factory
+
+        arch = self.model.arch
+        if not arch or not is_factory_spec(arch):
+            if allow_arch is not None:
+                raise MbdlError(f"--arch {allow_arch!r} is given, but {self.path.name} names no user code", "drop --arch")
+            return None
+        if allow_arch is None:
+            raise MbdlError(f"{self.path.name} names user code ({self.model.arch_as_written!r}), which runs only when the command line says so",
+                            f"pass --arch {self.model.arch_as_written} to allow running it")
+        if not (allow_arch == self.model.arch_as_written or same_factory(allow_arch, arch)):
+            raise MbdlError(f"--arch {allow_arch!r} is not the code {self.path.name} names ({self.model.arch_as_written!r})",
+                            f"pass --arch {self.model.arch_as_written}")
+        return arch
+
+
+#: every file a pipeline run may write into its output folder (checked before any work)
+OUTPUT_NAMES = ("pruned.safetensors", "finetuned.safetensors", "finetuned.state.safetensors", "control.safetensors",
+                "control.state.safetensors", "prune.json", "finetune.json", "report.json", "report.md", "figure.png",
+                "pipeline.toml")
 
 
 # ------------------------------------------------------------------------------ running
@@ -291,48 +323,48 @@ class PipelineResult:
 
 
 def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: str | None = None,
-                 force: bool | None = None, progress=None) -> PipelineResult:
+                 force: bool | None = None, progress=None, allow_arch: str | None = None) -> PipelineResult:
     """Run prune -> (fine-tune) -> bench as the file says; write models and reports into one folder.
 
     Files in the folder: ``pruned.safetensors``, ``finetuned.safetensors`` (with [finetune]),
     ``control.safetensors`` (with ``bench.control``), ``prune.json``, ``finetune.json``,
     ``report.json``, ``report.md``, ``figure.png`` (with ``bench.figure``) and a copy of the
-    pipeline file. ``out_dir``/``device``/``force`` override the file.
+    pipeline file. ``out_dir``/``device`` override the file; ``force`` lets outputs replace
+    files already in the folder; ``allow_arch`` must name the user-code factory the file names
+    (the command line's ``--arch``), if any.
     """
     from .api import prune_model
     from .bench import BenchModel, bench, run_finetune
-    from .io import atomic_write_text, check_output_path, save_model, sha256_file
-    from .sweep import load_original
+    from .io import prepare_output_dir, save_model, sha256_file, write_file, write_json
+    from .sweep import checkpoint_stem, load_original
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
     cfg = PipelineConfig.load(path)
+    factory = cfg.factory(allow_arch)
     out = Path(out_dir) if out_dir is not None else cfg.output.dir
-    force = cfg.output.force if force is None else force
+    force = bool(force)
     bcfg = dataclasses.replace(cfg.bench, device=device) if device else cfg.bench
-    out.mkdir(parents=True, exist_ok=True)
+    names = [*OUTPUT_NAMES, f"{checkpoint_stem(cfg.model.checkpoint)}.safetensors"]
+    if out.exists() and Path(path).resolve().parent == out.resolve():
+        names.remove("pipeline.toml")  # the pipeline file itself lives there and is not copied
+    prepare_output_dir(out, names, force)
     files: dict[str, str] = {}
     pruned_path = out / "pruned.safetensors"
     ft_path = out / "finetuned.safetensors"
-    check_output_path(pruned_path, force)
-    if cfg.finetune:
-        check_output_path(ft_path, force)
-    for name in ("report.json", "report.md"):
-        if (out / name).exists() and not force:
-            raise MbdlError(f"{out / name} already exists", "set force = true in [output], pass --force, or choose another folder")
 
     # prune
     say(f"loading {cfg.model.checkpoint}")
-    original, spec, meta, op = load_original(cfg.model.checkpoint, cfg.model.arch, cfg.model.arch_args,
-                                             cfg.operator_spec(), cfg.model.unsafe_pickle)
+    original, spec, meta, op = load_original(cfg.model.checkpoint, factory or cfg.model.arch, cfg.model.arch_args,
+                                             cfg.operator_spec(), False)
     import copy
 
     say(f"pruning at ratio {cfg.prune.options['ratio']}")
     res = prune_model(copy.deepcopy(original.model), spec, op, parent_meta=meta,
                       parent_sha256=sha256_file(cfg.model.checkpoint), **cfg.prune.options)
     res.meta["parent"] = cfg.model.checkpoint.name
-    files["pruned"] = str(save_model(pruned_path, res.model, res.meta, force=force))
-    atomic_write_text(out / "prune.json", json.dumps(res.report, indent=2, default=str) + "\n")
+    files["pruned"] = str(save_model(pruned_path, res.model, res.meta, force=force, operator=op))
+    write_json(out / "prune.json", res.report, force=force)
     files["prune_report"] = str(out / "prune.json")
     final = BenchModel("pruned", res.model, res.meta, op, files["pruned"], "pruned")
 
@@ -342,17 +374,17 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     if cfg.finetune:
         from .bench import ensure_model_file
 
-        original_file = ensure_model_file(original, out) if (
+        original_file = ensure_model_file(original, out, force=force) if (
             str(cfg.finetune.settings.get("mode", "")).startswith("distill") or bcfg.control) else None
         if original_file and original_file != str(original.path):
             files["original"] = original_file
         ft_settings = cfg.finetune.call_settings(original_file or str(cfg.model.checkpoint))
         say(f"fine-tuning ({ft_settings.get('mode')}, {ft_settings.get('epochs')} epochs)")
-        result = run_finetune(files["pruned"], ft_settings, ft_path, arch=_user_arch(cfg.model.arch), force=force,
+        result = run_finetune(files["pruned"], ft_settings, ft_path, arch=factory, force=force,
                               eval_data=[str(p) for p in bcfg.data])
         files["finetuned"] = str(result.out or ft_path)
         summary = result.summary() if hasattr(result, "summary") else {}
-        atomic_write_text(out / "finetune.json", json.dumps(summary, indent=2, default=str) + "\n")
+        write_json(out / "finetune.json", summary, force=force)
         files["finetune_report"] = str(out / "finetune.json")
         final = BenchModel("pruned+finetuned", result.model, dict(result.meta), op, files["finetuned"], "pruned")
     elif bcfg.control:
@@ -368,26 +400,24 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
         [original, final], [str(p) for p in bcfg.data], operator=op, device=bcfg.device, solver=bcfg.solver,
         tol=bcfg.tol, max_iter=bcfg.max_iter, warmup=bcfg.warmup, repeats=bcfg.repeats, batch_size=bcfg.batch_size,
         metric=bcfg.metric, seed=bcfg.seed, max_images=bcfg.max_images, fit=bcfg.fit, threads=bcfg.threads,
-        arch=_user_arch(cfg.model.arch),
+        arch=factory,
         min_speedup=cfg.gates.min_speedup, max_psnr_drop=cfg.gates.max_psnr_drop, control=control,
-        control_out=out / "control.safetensors" if control else None, progress=progress,
+        control_out=out / "control.safetensors" if control else None, progress=progress, force=force,
     )
     if control:
         files["control"] = str(out / "control.safetensors")
-    files["report_json"] = str(report.write_json(out / "report.json"))
-    files["report_md"] = str(report.write_markdown(out / "report.md"))
+    files["report_json"] = str(report.write_json(out / "report.json", force=force))
+    files["report_md"] = str(report.write_markdown(out / "report.md", force=force))
     if bcfg.figure:
         try:
-            files["figure"] = str(report.figure(out / "figure.png"))
+            files["figure"] = str(report.figure(out / "figure.png", force=force))
         except MbdlError as e:
             report.notes.append(f"no figure: {e}")
     copy_to = out / "pipeline.toml"
     if Path(path).resolve() != copy_to.resolve():
-        shutil.copyfile(path, copy_to)
+        write_file(copy_to, lambda tmp: shutil.copyfile(path, tmp), force=force)
         files["pipeline"] = str(copy_to)
     return PipelineResult(report, out, files, report.exit_code(), time.perf_counter() - t0)
 
 
-def _user_arch(arch: str | None) -> str | None:
-    """Only user-code architectures need ``arch`` when reloading mbdlprune files."""
-    return arch if arch and ":" in arch else None
+

@@ -198,11 +198,10 @@ class BenchReport:
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def write_json(self, path: str | Path) -> Path:
-        from .io import atomic_write_text
+    def write_json(self, path: str | Path, force: bool = False) -> Path:
+        from .io import write_text
 
-        atomic_write_text(path, self.to_json() + "\n")
-        return Path(path)
+        return write_text(path, self.to_json() + "\n", force=force)
 
     # -- text
     def context_line(self) -> str:
@@ -332,14 +331,13 @@ class BenchReport:
                 out.append(f"- {'✅' if g.passed else '❌'} {g.message}")
         return "\n".join(out) + "\n"
 
-    def write_markdown(self, path: str | Path) -> Path:
-        from .io import atomic_write_text
+    def write_markdown(self, path: str | Path, force: bool = False) -> Path:
+        from .io import write_text
 
-        atomic_write_text(path, self.markdown())
-        return Path(path)
+        return write_text(path, self.markdown(), force=force)
 
     # -- figure
-    def figure(self, path: str | Path) -> Path:
+    def figure(self, path: str | Path, force: bool = False) -> Path:
         """Reconstructions, error maps and speed-vs-PSNR in one PNG (needs matplotlib)."""
         try:
             import matplotlib
@@ -392,8 +390,11 @@ class BenchReport:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.suptitle(self.context_line() + (("\n" + self.solver_line()) if self.solver_line() else ""), fontsize=8)
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        return Path(path)
+        from .io import write_file
+
+        try:
+            return write_file(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), force=force)
+        finally:
+            plt.close(fig)
 
 

@@ -39,10 +39,9 @@ def parse_ratios(text: str | Sequence[float]) -> list[float]:
 def load_original(checkpoint: str | Path, arch: str | None = None, arch_args: Mapping[str, Any] | None = None,
                   operator: Any = None, unsafe_pickle: bool = False):
     """The unpruned model as a :class:`BenchModel` (role "original") plus its spec, meta and operator."""
-    from .api import load_checkpoint_model, resolve_operator
+    from .api import load_checkpoint_model
 
-    model, spec, meta = load_checkpoint_model(checkpoint, arch, dict(arch_args or {}) or None, unsafe_pickle)
-    op = resolve_operator(operator, meta)
+    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, dict(arch_args or {}) or None, unsafe_pickle, operator)
     if op is None and spec.kind == "mbdl":
         raise MbdlError(f"{Path(checkpoint).name} records no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
     full_meta = dict(meta or {})
@@ -50,13 +49,28 @@ def load_original(checkpoint: str | Path, arch: str | None = None, arch_args: Ma
     if op is not None and getattr(op, "spec", None):
         full_meta["operator"] = op.spec
     full_meta.setdefault("pruning", None)
+    bm = BenchModel(checkpoint_stem(checkpoint), model, full_meta, op, str(checkpoint), "original")
+    return bm, spec, full_meta, op
+
+
+def checkpoint_stem(checkpoint: str | Path) -> str:
+    """The checkpoint's file name without its checkpoint suffix (labels and output names)."""
     label = Path(checkpoint).name
     for suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".tar", ".bin"):
         if label.endswith(suffix):
-            label = label[: -len(suffix)]
-            break
-    bm = BenchModel(label, model, full_meta, op, str(checkpoint), "original")
-    return bm, spec, full_meta, op
+            return label[: -len(suffix)]
+    return label
+
+
+def sweep_output_names(stem: str, ratios: Sequence[float], finetune: bool, best: bool) -> list[str]:
+    """Every file a sweep writes into its output folder."""
+    names = ["sweep.json", "sweep.md"] + [f"{stem}-r{r:g}.safetensors" for r in ratios]
+    if finetune:
+        names += [f"{stem}-r{r:g}-ft.safetensors" for r in ratios]
+        names += [f"{stem}-r{r:g}-ft.state.safetensors" for r in ratios]
+    if best:
+        names.append("best.safetensors")
+    return names
 
 
 @dataclass
@@ -238,7 +252,7 @@ def sweep(
     ``max_psnr_drop``: copy the fastest model within that PSNR drop to ``out_dir/best.safetensors``.
     """
     from .api import prune_model
-    from .io import save_model, sha256_file
+    from .io import prepare_output_dir, save_model, sha256_file, write_file, write_json, write_text
 
     say = progress or (lambda msg: None)
     ratio_list = parse_ratios(ratios)
@@ -252,11 +266,8 @@ def sweep(
         if out_dir is None:
             raise MbdlError("fine-tuning in a sweep writes models", "pass --out-dir FOLDER")
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        best_file = out / "best.safetensors"
-        if max_psnr_drop is not None and best_file.exists() and not force:
-            raise MbdlError(f"{best_file} already exists", "pass --force to overwrite it, or choose another --out-dir")
+    if out is not None:  # every name the sweep will write, refused before any work unless --force
+        prepare_output_dir(out, sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None), force)
 
     original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle)
     parent_sha = sha256_file(checkpoint)
@@ -273,7 +284,7 @@ def sweep(
         label = f"{stem}-r{r:g}"
         path = None
         if out is not None:
-            path = str(save_model(out / f"{label}.safetensors", res.model, res.meta, force=force))
+            path = str(save_model(out / f"{label}.safetensors", res.model, res.meta, force=force, operator=op))
         bm = BenchModel(label, res.model, res.meta, op, path, "pruned")
         if ft:
             say(f"fine-tuning ratio {r:g} ({ft.get('mode', 'supervised')}, {ft.get('epochs', 1)} epochs)")
@@ -321,18 +332,13 @@ def sweep(
     if best is not None and out is not None:
         target = out / "best.safetensors"
         if best.path:
-            shutil.copyfile(best.path, target)
+            write_file(target, lambda tmp: shutil.copyfile(best.path, tmp), force=force)
         else:
-            e = entries[points.index(best)]
-            _save(target, e, True)
+            _save(target, entries[points.index(best)], force)
         sr.best_path = str(target)
     if out is not None:
-        import json
-
-        from .io import atomic_write_text
-
-        atomic_write_text(out / "sweep.json", json.dumps(sr.to_dict(), indent=2, allow_nan=False) + "\n")
-        atomic_write_text(out / "sweep.md", sr.markdown())
+        write_json(out / "sweep.json", sr.to_dict(), force=force)
+        write_text(out / "sweep.md", sr.markdown(), force=force)
     return sr
 
 
@@ -340,5 +346,5 @@ def _save(path: Path, bm: BenchModel, force: bool) -> str:
     from .io import save_model
 
     meta = {k: v for k, v in (bm.meta or {}).items() if k != "format_version"}
-    return str(save_model(path, bm.model, meta, force=force))
+    return str(save_model(path, bm.model, meta, force=force, operator=bm.operator))
 

@@ -112,7 +112,8 @@ def test_bench_deq_identical_solver_settings(models, tmp_path):
     # a pruned model stored with a looser tolerance must still run with the original's
     lm = load_model(pruned)
     lm.model.tol, lm.model.max_iter = 4e-3, 3
-    loose = save_model(tmp_path / "loose.safetensors", lm.model, {**lm.meta, "model_attrs": {"tol": 4e-3, "max_iter": 3}})
+    arch = {**lm.meta["arch"], "args": {**lm.meta["arch"]["args"], "tol": 4e-3, "max_iter": 3}}
+    loose = save_model(tmp_path / "loose.safetensors", lm.model, {**lm.meta, "arch": arch}, operator=lm.operator)
     rep = B.bench([orig, loose], _images(), **FAST)
     assert rep.solver["tol"] == DEQ_ARGS["tol"] and rep.solver["max_iter"] == DEQ_ARGS["max_iter"]
     assert rep.solver["stored"]["loose"]["tol"] == 4e-3

@@ -81,7 +81,7 @@ def test_foreign_checkpoint_layouts_load(layout, tmp_path):
     }[layout]
     path = tmp_path / "ckpt.pth"
     torch.save(obj, path)
-    loaded, _, meta = load_checkpoint_model(path, "deq-edsr", small_args("deq-edsr"))
+    loaded, _, meta, _ = load_checkpoint_model(path, "deq-edsr", small_args("deq-edsr"))
     assert meta is None
     for k, v in loaded.state_dict().items():
         assert torch.equal(v, sd[k])

@@ -113,7 +113,9 @@ def test_load_from_toml_and_json(tmp_path):
     toml = tmp_path / "op.toml"
     toml.write_text('[operator]\nkind = "mri"\nimage_size = [32, 32]\nmask = "mask.npy"\nnoise_sigma = 0.05\n')
     op = load_operator(toml)
-    assert op.spec["mask"] == str((tmp_path / "mask.npy").resolve())
+    assert op.spec["mask"].startswith("embedded:mask@")  # the spec records the data, not the path
+    assert op.embedded_sources["mask"] == str((tmp_path / "mask.npy").resolve())
+    assert np.array_equal(op.embedded["mask"], (np.arange(32) % 2 == 0))
     assert op.noise_sigma == 0.05 and op.mask.sum() == 16
     js = tmp_path / "op.json"
     js.write_text(json.dumps({"operator": {"kind": "deblur", "image_size": [16, 16], "kernel_size": 3}}))

@@ -219,18 +219,11 @@ def _step_generator(seed: int, epoch: int, step: int, rank: int):
 
 
 def _load_teacher(path: str | Path, meta: Mapping[str, Any], arch: str | None, unsafe_pickle: bool):
-    """The original (unpruned) model: the pruned file's architecture with the teacher's weights."""
-    from ..io import load_weights, read_checkpoint, restore_setup, sha256_file
-    from ..models.user import ArchSpec, build_arch
+    """The original (unpruned) model, through the one loader: its own record, or the pruned file's architecture."""
+    from ..io import load_model, sha256_file
 
     p = Path(path)
-    state, _ = read_checkpoint(p, unsafe_pickle)
-    spec = ArchSpec.from_dict(meta["arch"])
-    if spec.source == "factory" and arch is None:
-        raise MbdlError(f"the model was built by user code {spec.name!r}", f"pass --arch {spec.name} to allow running it for the teacher")
-    model, _ = build_arch(arch or spec.name, spec.args)
-    restore_setup(model, meta)
-    load_weights(model, state, p.name, resize=True)
+    model = load_model(p, arch=arch, unsafe_pickle=unsafe_pickle, like=meta, resize=True).model
     model.eval()
     for q in model.parameters():
         q.requires_grad_(False)
@@ -710,7 +703,7 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
     written = None
     if out_path is not None and d.main:
         # the state goes only after the output is in place: a kill in between resumes to the same output
-        written = save_model(out_path, model, new_meta, force=force or resume)
+        written = save_model(out_path, model, new_meta, force=force or resume, operator=op)
         remove_state(out_path)
     if d.active:
         import torch.distributed as dist

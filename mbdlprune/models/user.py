@@ -91,6 +91,77 @@ def build_arch(arch: str, args: dict[str, Any] | None = None):
     full = {**default_args(arch), **args}
     try:
         model = entry.factory(**full)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"bad arguments for {arch!r}: {e}", "fix --arch-args") from e
+    except MemoryError:
+        raise ConfigError(f"the arguments for {arch!r} make a model too large for this machine", "fix --arch-args") from None
+    except Exception as e:  # a built-in factory fails only on bad arguments
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"bad arguments for {arch!r}: {first}", "fix --arch-args") from e
     return model, ArchSpec(arch, full, "builtin", entry.kind, entry.version)
+
+
+def same_factory(given: str, recorded: str) -> bool:
+    """True when the command line's ``--arch`` names the factory a file records (same module or file, same name)."""
+    if given == recorded:
+        return True
+    g_target, _, g_attr = given.rpartition(":")
+    r_target, _, r_attr = recorded.rpartition(":")
+    if g_attr != r_attr or not g_target or not r_target:
+        return False
+    as_file = lambda t: t.endswith(".py") or "/" in t or "\\" in t  # noqa: E731
+    if as_file(g_target) and as_file(r_target):
+        try:
+            return Path(g_target).expanduser().resolve() == Path(r_target).expanduser().resolve()
+        except (OSError, RuntimeError, ValueError):
+            return False
+    return False
+
+
+def build_recorded(record: dict[str, Any], arch: str | None, source: str, state: dict[str, Any] | None = None):
+    """Build the architecture a file records, for the one loader (:func:`mbdlprune.io.load_model`).
+
+    A recorded name is only looked up in the built-in registry. A recorded factory
+    (``file.py:factory`` or ``pkg.mod:factory``) runs only when the command line's ``arch``
+    names the same factory; whatever the file says about its "source" is not trusted.
+    Recorded arguments must not build a model beyond :data:`mbdlprune.io.MAX_MODEL_ELEMENTS`.
+    """
+    from ..errors import CheckpointError
+
+    name = record["name"]
+    args = dict(record.get("args") or {})
+    if is_factory_spec(name):
+        if arch is None:
+            raise MbdlError(f"{source} was built by user code {name!r}", f"pass --arch {name} to allow running it")
+        if not same_factory(arch, name):
+            raise MbdlError(f"--arch {arch!r} is not the code {source} was built by ({name!r})", f"pass --arch {name}")
+        return build_arch(arch, args)
+    if name not in list_archs():
+        shown = name if len(name) <= 60 else name[:57] + "..."
+        raise CheckpointError(f"{source} records the architecture {shown!r}, which is not a built-in one",
+                              f"built-ins: {', '.join(list_archs())}; for your own code pass --arch file.py:factory to a plain checkpoint")
+    if arch is not None and arch != name:
+        raise MbdlError(f"{source} records the architecture {name!r}, not {arch!r}", "drop --arch: mbdlprune files know their architecture")
+    _check_build_size(name, args, source)
+    try:
+        return build_arch(name, args)
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e.problem}", "the file's architecture record is damaged: export it again") from None
+
+
+def _check_build_size(name: str, args: dict[str, Any], source: str) -> None:
+    """Build on the meta device (no memory) and refuse recorded arguments that make a huge model."""
+    import torch
+
+    from ..errors import CheckpointError
+    from ..io import MAX_MODEL_ELEMENTS
+
+    entry = get_arch(name)
+    try:
+        check_factory_args(entry.factory, args, f"architecture {name!r}")
+        with torch.device("meta"):
+            model = entry.factory(**{**default_args(name), **args})
+    except Exception:  # the real build below reports bad arguments in one line
+        return
+    total = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
+    if total > MAX_MODEL_ELEMENTS:
+        raise CheckpointError(f"{source} records arguments for {name!r} that make a model of {total:.3g} elements",
+                              "the file's architecture record is damaged or hostile: use the original checkpoint")

@@ -41,8 +41,17 @@ def operator_table(spec: Mapping[str, Any], where: str = "operator spec") -> dic
     return dict(table)
 
 
-def load_operator(spec: str | Path | Mapping[str, Any], base_dir: str | Path | None = None):
-    """Build an operator from a TOML/JSON spec file or a dict (``{"operator": {...}}`` or the table)."""
+def load_operator(spec: str | Path | Mapping[str, Any], base_dir: str | Path | None = None, *,
+                  embedded: Mapping[str, Any] | None = None):
+    """Build an operator from a TOML/JSON spec file or a dict (``{"operator": {...}}`` or the table).
+
+    A spec the caller gives reads the array files it names (relative to the spec file's folder,
+    or ``base_dir``). A spec recorded in a model file is rebuilt with that file's ``embedded``
+    arrays and opens no path at all. The operator keeps the arrays it read in ``op.embedded``
+    (spec key -> array), so a model file written with it is self-contained.
+    """
+    from .files import SpecFiles
+
     _load_builtin()
     if isinstance(spec, (str, Path)):
         path = Path(spec)
@@ -50,12 +59,20 @@ def load_operator(spec: str | Path | Mapping[str, Any], base_dir: str | Path | N
         base = Path(base_dir) if base_dir else path.parent
         where = path.name
     else:
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"an operator spec must be a table, got {type(spec).__name__}", 'write [operator] with kind = "mri" (or another kind)')
         data = dict(spec)
         base = Path(base_dir) if base_dir else Path.cwd()
         where = "operator spec"
     table = operator_table(data, where)
-    builder = OPERATORS.get(str(table["kind"]))
-    return builder(table, base)
+    if not isinstance(table["kind"], str):
+        raise ConfigError(f"{where}: kind must be a string, got {table['kind']!r}", f"use one of: {', '.join(OPERATORS.names())}")
+    builder = OPERATORS.get(table["kind"])
+    files = SpecFiles(base, dict(embedded)) if embedded is not None else SpecFiles(base)
+    op = builder(table, files)
+    op.embedded = dict(files.read)
+    op.embedded_sources = dict(files.sources)
+    return op
 
 
 def list_operator_kinds() -> list[str]:

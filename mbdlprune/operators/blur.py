@@ -14,7 +14,7 @@ from . import register_operator
 from .base import Operator
 from .common import (COMMON_KEYS, get_channels, get_float, get_image_size, get_int, get_noise_sigma,
                      get_str, odd_kernel_size, reject_with, where_of)
-from .files import load_array, looks_like_path
+from .files import SpecFiles, is_embedded_ref, looks_like_path
 
 BLUR_KEYS = (*COMMON_KEYS, "channels", "kernel", "kernel_size", "kernel_sigma")
 
@@ -62,7 +62,7 @@ class BlurOperator(Operator):
         return circular_filter(y, self.otf, adjoint=True)
 
 
-def kernel_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, int], where: str,
+def kernel_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, int], where: str,
                      spec: dict[str, Any], default_size: int = 9, default_sigma: float = 1.6) -> np.ndarray:
     """Read ``kernel`` ("gaussian" with kernel_size/kernel_sigma, or a 2-D array file normalised to sum 1)."""
     kernel = get_str(table, "kernel", "gaussian", where)
@@ -71,9 +71,9 @@ def kernel_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, in
         sigma = get_float(table, "kernel_sigma", default_sigma, where, minimum=0.0, min_open=True)
         spec.update(kernel="gaussian", kernel_size=size, kernel_sigma=sigma)
         return gaussian_kernel(size, sigma)
-    if not looks_like_path(kernel):
+    if not (looks_like_path(kernel) or is_embedded_ref(kernel) or files.from_model_file):
         raise ConfigError(f"{where}: unknown kernel {kernel!r}", 'use "gaussian" or a path to a .npy/.nii/.nii.gz/.h5 kernel')
-    arr, path = load_array(kernel, base_dir, "kernel", where, datasets=("kernel",))
+    arr, ref = files.load(kernel, "kernel", where, datasets=("kernel",))
     reject_with(table, ("kernel_size", "kernel_sigma"), "with a kernel file", where)
     arr = np.squeeze(arr)
     if arr.ndim != 2 or arr.dtype.kind == "c":
@@ -86,17 +86,17 @@ def kernel_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, in
     if not np.isfinite(arr).all() or abs(total) < 1e-12:
         raise ConfigError(f"{where}: kernel file sums to {total:g}, so it cannot be normalised to sum 1",
                           "save a kernel with a non-zero, finite sum")
-    spec["kernel"] = str(path)
+    spec["kernel"] = ref
     return arr / total
 
 
 @register_operator("deblur")
-def build_deblur(table: Mapping[str, Any], base_dir: Path) -> BlurOperator:
+def build_deblur(table: Mapping[str, Any], files: SpecFiles) -> BlurOperator:
     """Build the deblurring operator from an ``[operator]`` table."""
     where = where_of("deblur")
     check_keys(table, BLUR_KEYS, where)
     h, w = get_image_size(table, where)
     spec: dict[str, Any] = {"kind": "deblur", "image_size": [h, w], "noise_sigma": get_noise_sigma(table, where),
                             "channels": get_channels(table, where)}
-    kernel = kernel_from_spec(table, base_dir, (h, w), where, spec)
+    kernel = kernel_from_spec(table, files, (h, w), where, spec)
     return BlurOperator((h, w), spec["channels"], kernel, spec["noise_sigma"], spec)

@@ -172,7 +172,7 @@ def _angles(table: Mapping[str, Any], where: str) -> tuple[Any, np.ndarray]:
 
 
 @register_operator("ct")
-def build_ct(table: Mapping[str, Any], base_dir: Path) -> CTOperator:
+def build_ct(table: Mapping[str, Any], files) -> CTOperator:
     """Build the parallel-beam CT operator from an ``[operator]`` table."""
     where = where_of("ct")
     check_keys(table, CT_KEYS, where)

@@ -28,7 +28,7 @@ class IdentityOperator(Operator):
 
 
 @register_operator("denoise")
-def build_denoise(table: Mapping[str, Any], base_dir: Path) -> IdentityOperator:
+def build_denoise(table: Mapping[str, Any], files) -> IdentityOperator:
     """Build the denoising operator from an ``[operator]`` table."""
     where = where_of("denoise")
     check_keys(table, (*COMMON_KEYS, "channels"), where)

@@ -95,3 +95,82 @@ def binary_mask(arr: np.ndarray, key: str, where: str) -> np.ndarray:
         raise ConfigError(f"{where}: {key} file must hold only 0 and 1, found values like {vals[:5].tolist()}",
                           "save the mask as 0/1 (or boolean)")
     return arr.astype(np.float32)
+
+
+# -- where a spec's array files come from ---------------------------------------------------
+#: Spec values that point at arrays stored inside a model file: ``embedded:KEY@SHA256[:16]``.
+EMBEDDED_PREFIX = "embedded:"
+
+
+def canonical_array(arr: np.ndarray) -> np.ndarray:
+    """The dtype an array is kept in once read (safetensors can store it; hashes are of this form)."""
+    kind = arr.dtype.kind
+    dtype = {"b": np.int64, "u": np.int64, "i": np.int64, "f": np.float64, "c": np.complex64}[kind]
+    return np.ascontiguousarray(arr, dtype=dtype)
+
+
+def array_digest(arr: np.ndarray) -> str:
+    """sha256 of an array's dtype, shape and bytes (first 16 hex digits)."""
+    import hashlib
+
+    h = hashlib.sha256(f"{arr.dtype.str}{tuple(arr.shape)}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def embedded_ref(key: str, arr: np.ndarray) -> str:
+    return f"{EMBEDDED_PREFIX}{key}@{array_digest(arr)}"
+
+
+def is_embedded_ref(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(EMBEDDED_PREFIX)
+
+
+class SpecFiles:
+    """The source of the arrays an operator spec names (masks, coil maps, kernels).
+
+    A spec the user gave (a file named on the command line, or a dict from Python code) reads
+    its array files from disk, relative to ``base_dir``. A spec read from a model file gets
+    ``embedded`` arrays (stored inside that model file) and never opens a path: a path in a
+    file someone else wrote could point anywhere on this machine. Every array read is kept in
+    ``read`` so that a model file written later can embed it.
+    """
+
+    def __init__(self, base_dir: str | Path | None = None, embedded: dict[str, np.ndarray] | None = None):
+        self.base_dir = Path(base_dir) if base_dir is not None else None
+        self.embedded = embedded
+        self.read: dict[str, np.ndarray] = {}
+        self.sources: dict[str, str] = {}
+
+    @property
+    def from_model_file(self) -> bool:
+        return self.embedded is not None
+
+    def load(self, value: str, key: str, where: str, datasets: Iterable[str] = ()) -> tuple[np.ndarray, str]:
+        """The array named by a spec value, and the reference to record in the operator's spec."""
+        if self.embedded is not None:
+            arr = self._embedded(value, key, where)
+            self.sources[key] = "embedded in the model file"
+        else:
+            if is_embedded_ref(value):
+                raise ConfigError(f"{where}: {key} = {value!r} refers to data embedded in a model file",
+                                  "load the model file with mbdlprune.load_model, or name the array file")
+            arr, path = load_array(value, self.base_dir, key, where, datasets)
+            arr = canonical_array(arr)
+            self.sources[key] = str(path)
+        self.read[key] = arr
+        return arr, embedded_ref(key, arr)
+
+    def _embedded(self, value: str, key: str, where: str) -> np.ndarray:
+        if not is_embedded_ref(value):
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            raise ConfigError(f"{where}: {key} names the file {shown!r} inside a model file, and paths inside files are never opened",
+                              "pass --operator SPEC to give the operator, or re-save the model with this mbdlprune (it embeds the data)")
+        name, _, digest = value[len(EMBEDDED_PREFIX):].partition("@")
+        arr = self.embedded.get(name)
+        if name != key or arr is None:
+            raise ConfigError(f"{where}: the model file has no embedded {key!r} array", "the file is damaged: export it again")
+        arr = canonical_array(np.asarray(arr))
+        if array_digest(arr) != digest:
+            raise ConfigError(f"{where}: the embedded {key!r} array does not match its checksum", "the file is damaged: export it again")
+        return arr

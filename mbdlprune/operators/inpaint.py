@@ -14,7 +14,7 @@ from . import register_operator
 from .base import Operator
 from .common import (COMMON_KEYS, get_channels, get_float, get_image_size, get_int, get_noise_sigma,
                      get_str, reject_with, where_of)
-from .files import binary_mask, load_array, looks_like_path
+from .files import SpecFiles, binary_mask, is_embedded_ref, looks_like_path
 
 INPAINT_KEYS = (*COMMON_KEYS, "channels", "mask", "fraction", "seed")
 
@@ -50,7 +50,7 @@ class InpaintOperator(Operator):
 
 
 @register_operator("inpaint")
-def build_inpaint(table: Mapping[str, Any], base_dir: Path) -> InpaintOperator:
+def build_inpaint(table: Mapping[str, Any], files: SpecFiles) -> InpaintOperator:
     """Build the inpainting operator from an ``[operator]`` table."""
     where = where_of("inpaint")
     check_keys(table, INPAINT_KEYS, where)
@@ -63,14 +63,14 @@ def build_inpaint(table: Mapping[str, Any], base_dir: Path) -> InpaintOperator:
         seed = get_int(table, "seed", 0, where)
         arr = random_pixel_mask(h, w, fraction, seed)
         spec.update(mask="random", fraction=fraction, seed=seed)
-    elif looks_like_path(mask):
-        arr, path = load_array(mask, base_dir, "mask", where, datasets=("mask",))
+    elif looks_like_path(mask) or is_embedded_ref(mask) or files.from_model_file:
+        arr, ref = files.load(mask, "mask", where, datasets=("mask",))
         reject_with(table, ("fraction", "seed"), "with a mask file", where)
         arr = binary_mask(np.squeeze(arr), "mask", where)
         if arr.shape != (h, w):
             raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({h}, {w})",
                               "save an H x W mask matching image_size, or change image_size")
-        spec["mask"] = str(path)
+        spec["mask"] = ref
     else:
         raise ConfigError(f"{where}: unknown mask {mask!r}", 'use "random" or a path to a .npy/.nii/.nii.gz/.h5 mask')
     return InpaintOperator((h, w), spec["channels"], arr, spec["noise_sigma"], spec)

@@ -19,7 +19,7 @@ from .base import Operator
 from .common import (COMMON_KEYS, get_float, get_image_size, get_int, get_noise_sigma, get_str,
                      reject_with, where_of)
 from .fft import chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, ifft2c
-from .files import binary_mask, load_array, looks_like_path
+from .files import SpecFiles, binary_mask, is_embedded_ref, looks_like_path
 from .masks import MASK_TYPES, center_run, fraction_center_lines, make_mask, paper_center_lines
 
 MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "seed", "coils", "coil_maps")
@@ -132,7 +132,7 @@ def coil_maps_from_array(arr: np.ndarray, height: int, width: int, where: str) -
     return arr.astype(np.float32)
 
 
-def _mask_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, int], where: str,
+def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, int], where: str,
                     spec: dict[str, Any]) -> tuple[np.ndarray, int]:
     h, w = hw
     mask = get_str(table, "mask", "uniform", where)
@@ -153,23 +153,23 @@ def _mask_from_spec(table: Mapping[str, Any], base_dir: Path, hw: tuple[int, int
             raise ConfigError(f"{where}: {e.problem}", e.fix) from None
         spec.update(mask=mask, acceleration=accel, seed=seed)
         return arr, n_center
-    if not looks_like_path(mask):
+    if not (looks_like_path(mask) or is_embedded_ref(mask) or files.from_model_file):
         raise ConfigError(f"{where}: unknown mask {mask!r}",
                           f"use one of {', '.join(MASK_TYPES)} or a path to a .npy/.nii/.nii.gz/.h5 mask")
-    arr, path = load_array(mask, base_dir, "mask", where, datasets=("mask",))
+    arr, ref = files.load(mask, "mask", where, datasets=("mask",))
     reject_with(table, ("acceleration", "center_fraction"), "with a mask file", where)
     arr = binary_mask(np.squeeze(arr) if arr.ndim > 1 else arr, "mask", where)
     if not (arr.shape == (w,) or arr.shape == (h, w)):
         raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({w},) or ({h}, {w})",
                           "save a 1-D mask over the W columns or an H x W mask, or change image_size")
-    spec["mask"] = str(path)
+    spec["mask"] = ref
     if "seed" in table:
         spec["seed"] = get_int(table, "seed", 0, where)
     return arr, center_run(arr if arr.ndim == 1 else arr.min(axis=0))
 
 
 @register_operator("mri")
-def build_mri(table: Mapping[str, Any], base_dir: Path) -> MRIOperator:
+def build_mri(table: Mapping[str, Any], files: SpecFiles) -> MRIOperator:
     """Build the MRI operator from an ``[operator]`` table (see docs/operators.md)."""
     where = where_of("mri")
     check_keys(table, MRI_KEYS, where)
@@ -178,15 +178,14 @@ def build_mri(table: Mapping[str, Any], base_dir: Path) -> MRIOperator:
         raise ConfigError(f"{where}: channels must be 2 (real, imaginary) for mri", "remove channels or set it to 2")
     spec: dict[str, Any] = {"kind": "mri", "image_size": [h, w], "noise_sigma": get_noise_sigma(table, where),
                             "channels": 2}
-    mask, n_center = _mask_from_spec(table, base_dir, (h, w), where, spec)
+    mask, n_center = _mask_from_spec(table, files, (h, w), where, spec)
     if "coil_maps" in table:
-        arr, path = load_array(get_str(table, "coil_maps", None, where), base_dir, "coil_maps", where,
-                               datasets=COIL_DATASETS)
+        arr, ref = files.load(get_str(table, "coil_maps", None, where), "coil_maps", where, datasets=COIL_DATASETS)
         maps = coil_maps_from_array(arr, h, w, where)
         if "coils" in table and get_int(table, "coils", 1, where) != maps.shape[0]:
             raise ConfigError(f"{where}: coils = {table['coils']} but the coil_maps file holds {maps.shape[0]} coils",
                               "remove coils (it is read from the file) or use matching coil maps")
-        spec["coil_maps"] = str(path)
+        spec["coil_maps"] = ref
     else:
         coils = get_int(table, "coils", 1, where, minimum=1)
         maps = simulate_coil_maps(coils, h, w) if coils > 1 else \

@@ -70,7 +70,7 @@ class SuperResOperator(Operator):
 
 
 @register_operator("superres")
-def build_superres(table: Mapping[str, Any], base_dir: Path) -> SuperResOperator:
+def build_superres(table: Mapping[str, Any], files) -> SuperResOperator:
     """Build the super-resolution operator from an ``[operator]`` table."""
     where = where_of("superres")
     check_keys(table, SUPERRES_KEYS, where)
