@@ -5,6 +5,7 @@ Every getter raises :class:`ConfigError` naming the key, the bad value and what 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
 from ..config import expect
@@ -12,6 +13,11 @@ from ..errors import ConfigError
 
 #: Keys every operator kind accepts.
 COMMON_KEYS = ("kind", "image_size", "noise_sigma")
+#: Sane bounds: a side of at most 8192 pixels, at most 2**24 pixels (4096 x 4096) per image,
+#: so a typo or a hostile spec cannot ask for terabytes of masks, coil maps or projections.
+MAX_SIDE = 8192
+MAX_PIXELS = 1 << 24
+MAX_CHANNELS = 64
 
 
 def where_of(kind: str) -> str:
@@ -27,9 +33,17 @@ def get_image_size(table: Mapping[str, Any], where: str) -> tuple[int, int]:
     ok = isinstance(v, (list, tuple)) and len(v) == 2 and all(
         isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in v)
     if not ok:
-        raise ConfigError(f"{where}: image_size must be two positive integers [H, W], got {v!r}",
+        raise ConfigError(f"{where}: image_size must be two positive integers [H, W], got {_short(v)}",
                           "write e.g. image_size = [256, 256]")
+    if max(v) > MAX_SIDE or v[0] * v[1] > MAX_PIXELS:
+        raise ConfigError(f"{where}: image_size {list(v)} is beyond the supported size (sides up to {MAX_SIDE}, "
+                          f"at most {MAX_PIXELS:,} pixels)", "crop or downsample the images")
     return int(v[0]), int(v[1])
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _range_text(minimum, maximum, min_open, max_open) -> str:
@@ -62,7 +76,13 @@ def get_float(table: Mapping[str, Any], key: str, default: float | None, where: 
               min_open: bool = False, max_open: bool = False) -> float:
     """A number key (int or float accepted) with an optional range."""
     v = expect(table.get(key, default), (int, float), key, where)
-    return float(_check_range(float(v), key, where, minimum, maximum, min_open, max_open))
+    try:
+        v = float(v)
+    except OverflowError:  # an integer too large for a float
+        v = float("inf")
+    if not math.isfinite(v):
+        raise ConfigError(f"{where}: {key} must be a finite number, got {_short(table.get(key, default))}", f"set {key} to a finite value")
+    return float(_check_range(v, key, where, minimum, maximum, min_open, max_open))
 
 
 def get_str(table: Mapping[str, Any], key: str, default: str | None, where: str) -> str:
@@ -77,7 +97,7 @@ def get_noise_sigma(table: Mapping[str, Any], where: str) -> float:
 
 def get_channels(table: Mapping[str, Any], where: str, default: int = 1) -> int:
     """``channels``: number of image channels, >= 1."""
-    return get_int(table, "channels", default, where, minimum=1)
+    return get_int(table, "channels", default, where, minimum=1, maximum=MAX_CHANNELS)
 
 
 def odd_kernel_size(size: int, key: str, where: str, image_size: tuple[int, int]) -> int:

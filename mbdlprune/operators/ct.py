@@ -180,7 +180,10 @@ def build_ct(table: Mapping[str, Any], files) -> CTOperator:
     if get_int(table, "channels", 1, where) != 1:
         raise ConfigError(f"{where}: channels must be 1 for ct", "remove channels or set it to 1")
     spec_angles, degrees = _angles(table, where)
-    detector = get_int(table, "detector_size", math.ceil(math.sqrt(2) * max(h, w)), where, minimum=1)
+    detector = get_int(table, "detector_size", math.ceil(math.sqrt(2) * max(h, w)), where, minimum=1,
+                       maximum=4 * max(h, w) + 16)
+    if len(degrees) > 8192:
+        raise ConfigError(f"{where}: {len(degrees)} angles are beyond the supported 8192", "use fewer projection angles")
     spec = {"kind": "ct", "image_size": [h, w], "noise_sigma": get_noise_sigma(table, where), "channels": 1,
             "angles": spec_angles, "detector_size": detector}
     return CTOperator((h, w), degrees, detector, spec["noise_sigma"], spec)

@@ -86,10 +86,22 @@ def load_array(value: str, base_dir: str | Path | None, key: str, where: str,
     return read_array(path, datasets), path
 
 
+def check_mask_coverage(mask: np.ndarray, key: str, where: str) -> None:
+    """Refuse a mask that samples nothing (no measurements) or everything (nothing to reconstruct)."""
+    total = float(np.asarray(mask).sum())
+    if total == 0:
+        raise ConfigError(f"{where}: the {key} file samples nothing (all zeros)", "save a mask with 1 where data are measured")
+    if total == np.asarray(mask).size:
+        raise ConfigError(f"{where}: the {key} file samples everything (all ones), so there is nothing to reconstruct",
+                          "save the undersampling mask (or use a generated mask, e.g. acceleration = 1 for full sampling on purpose)")
+
+
 def binary_mask(arr: np.ndarray, key: str, where: str) -> np.ndarray:
     """Check an array holds only 0/1 (or booleans) and return it as float32."""
     if arr.dtype.kind == "c":
         raise ConfigError(f"{where}: {key} file holds complex values", "save a real 0/1 mask")
+    if arr.size == 0:
+        raise ConfigError(f"{where}: {key} file is empty", "save a non-empty 0/1 mask")
     vals = np.unique(arr)
     if not np.all(np.isin(vals, (0, 1))):
         raise ConfigError(f"{where}: {key} file must hold only 0 and 1, found values like {vals[:5].tolist()}",

@@ -14,7 +14,7 @@ from . import register_operator
 from .base import Operator
 from .common import (COMMON_KEYS, get_channels, get_float, get_image_size, get_int, get_noise_sigma,
                      get_str, reject_with, where_of)
-from .files import SpecFiles, binary_mask, is_embedded_ref, looks_like_path
+from .files import SpecFiles, binary_mask, check_mask_coverage, is_embedded_ref, looks_like_path
 
 INPAINT_KEYS = (*COMMON_KEYS, "channels", "mask", "fraction", "seed")
 
@@ -60,7 +60,7 @@ def build_inpaint(table: Mapping[str, Any], files: SpecFiles) -> InpaintOperator
     mask = get_str(table, "mask", "random", where)
     if mask == "random":
         fraction = get_float(table, "fraction", 0.5, where, minimum=0.0, maximum=1.0, min_open=True)
-        seed = get_int(table, "seed", 0, where)
+        seed = get_int(table, "seed", 0, where, minimum=0, maximum=2**63 - 1)
         arr = random_pixel_mask(h, w, fraction, seed)
         spec.update(mask="random", fraction=fraction, seed=seed)
     elif looks_like_path(mask) or is_embedded_ref(mask) or files.from_model_file:
@@ -70,6 +70,7 @@ def build_inpaint(table: Mapping[str, Any], files: SpecFiles) -> InpaintOperator
         if arr.shape != (h, w):
             raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({h}, {w})",
                               "save an H x W mask matching image_size, or change image_size")
+        check_mask_coverage(arr, "mask", where)
         spec["mask"] = ref
     else:
         raise ConfigError(f"{where}: unknown mask {mask!r}", 'use "random" or a path to a .npy/.nii/.nii.gz/.h5 mask')

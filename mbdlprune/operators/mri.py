@@ -19,11 +19,13 @@ from .base import Operator
 from .common import (COMMON_KEYS, get_float, get_image_size, get_int, get_noise_sigma, get_str,
                      reject_with, where_of)
 from .fft import chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, ifft2c
-from .files import SpecFiles, binary_mask, is_embedded_ref, looks_like_path
+from .files import SpecFiles, binary_mask, check_mask_coverage, is_embedded_ref, looks_like_path
 from .masks import MASK_TYPES, center_run, fraction_center_lines, make_mask, paper_center_lines
 
 MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "seed", "coils", "coil_maps")
 DEFAULT_CENTER_FRACTION = 0.08
+MAX_COILS = 128
+MAX_COIL_PIXELS = 1 << 27
 COIL_DATASETS = ("coil_maps", "sens_maps")
 
 
@@ -137,8 +139,8 @@ def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, i
     h, w = hw
     mask = get_str(table, "mask", "uniform", where)
     if mask in MASK_TYPES:
-        accel = get_float(table, "acceleration", 4, where, minimum=1.0)
-        seed = get_int(table, "seed", 0, where)
+        accel = get_float(table, "acceleration", 4, where, minimum=1.0, maximum=float(w))
+        seed = get_int(table, "seed", 0, where, minimum=0, maximum=2**63 - 1)
         if "center_fraction" in table:
             cf = get_float(table, "center_fraction", None, where, minimum=0.0, maximum=1.0, max_open=True)
             n_center = fraction_center_lines(w, cf)
@@ -162,9 +164,10 @@ def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, i
     if not (arr.shape == (w,) or arr.shape == (h, w)):
         raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({w},) or ({h}, {w})",
                           "save a 1-D mask over the W columns or an H x W mask, or change image_size")
+    check_mask_coverage(arr, "mask", where)
     spec["mask"] = ref
     if "seed" in table:
-        spec["seed"] = get_int(table, "seed", 0, where)
+        spec["seed"] = get_int(table, "seed", 0, where, minimum=0, maximum=2**63 - 1)
     return arr, center_run(arr if arr.ndim == 1 else arr.min(axis=0))
 
 
@@ -187,7 +190,10 @@ def build_mri(table: Mapping[str, Any], files: SpecFiles) -> MRIOperator:
                               "remove coils (it is read from the file) or use matching coil maps")
         spec["coil_maps"] = ref
     else:
-        coils = get_int(table, "coils", 1, where, minimum=1)
+        coils = get_int(table, "coils", 1, where, minimum=1, maximum=MAX_COILS)
+        if coils * h * w > MAX_COIL_PIXELS:
+            raise ConfigError(f"{where}: {coils} coils of {h} x {w} are beyond the supported size ({MAX_COIL_PIXELS:,} coil pixels)",
+                              "use fewer coils or smaller images")
         maps = simulate_coil_maps(coils, h, w) if coils > 1 else \
             np.stack((np.ones((1, h, w)), np.zeros((1, h, w))), -1).astype(np.float32)
     spec["coils"] = int(maps.shape[0])

@@ -77,7 +77,7 @@ def build_superres(table: Mapping[str, Any], files) -> SuperResOperator:
     h, w = get_image_size(table, where)
     spec: dict[str, Any] = {"kind": "superres", "image_size": [h, w], "noise_sigma": get_noise_sigma(table, where),
                             "channels": get_channels(table, where)}
-    factor = get_int(table, "factor", 2, where, minimum=2)
+    factor = get_int(table, "factor", 2, where, minimum=2, maximum=min(h, w))
     if h % factor or w % factor:
         raise ConfigError(f"{where}: factor {factor} does not divide image_size {[h, w]}",
                           f"choose a factor that divides both {h} and {w}, or crop the images")
