@@ -34,7 +34,7 @@ def resolve_operator(operator: Any, meta: Mapping[str, Any] | None = None):
 
 
 def load_checkpoint_model(checkpoint: str | Path, arch: str | None, arch_args: dict | None, unsafe_pickle: bool = False,
-                          operator: Any = None):
+                          operator: Any = None, key_map: Any = None):
     """Build the architecture and load weights from any supported checkpoint (through :func:`io.load_model`).
 
     Returns ``(model, arch_spec, meta_or_None, operator_or_None)``; an mbdlprune file needs no
@@ -42,8 +42,12 @@ def load_checkpoint_model(checkpoint: str | Path, arch: str | None, arch_args: d
     """
     from .io import load_model
 
-    lm = load_model(checkpoint, arch=arch, arch_args=arch_args, unsafe_pickle=unsafe_pickle, operator=operator)
-    return lm.model, lm.arch, lm.file_meta, lm.operator
+    lm = load_model(checkpoint, arch=arch, arch_args=arch_args, unsafe_pickle=unsafe_pickle, operator=operator,
+                    key_map=key_map)
+    meta = lm.file_meta
+    if meta is None and lm.meta.get("key_map"):
+        meta = {"key_map": lm.meta["key_map"]}  # a plain checkpoint read through a key map: keep the record
+    return lm.model, lm.arch, meta, lm.operator
 
 
 def example_inputs(model, kind: str, op, image_size: tuple[int, int] | None = None, seed: int = 0) -> tuple:
@@ -147,6 +151,7 @@ def prune(
     out: str | Path | None = None,
     force: bool = False,
     unsafe_pickle: bool = False,
+    key_map: Any = None,
     **options: Any,
 ) -> PruneResult:
     """Load a checkpoint, prune its prior(s), and (with ``out``) write a safetensors model."""
@@ -154,21 +159,23 @@ def prune(
 
     if out is not None:
         check_output_path(out, force, inputs=(checkpoint, operator if isinstance(operator, (str, Path)) else None))
-    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator)
+    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator, key_map)
     result = prune_model(model, spec, op, parent_meta=meta, parent_sha256=sha256_file(checkpoint), **options)
     result.meta["parent"] = Path(checkpoint).name
+    if (meta or {}).get("key_map"):
+        result.meta["key_map"] = meta["key_map"]
     if out is not None:
         result.out = save_model(out, result.model, result.meta, force=force, operator=op)
     return result
 
 
 def convert(checkpoint: str | Path, *, arch: str, arch_args: dict | None = None, operator: Any = None,
-            out: str | Path, force: bool = False, unsafe_pickle: bool = False) -> Path:
+            out: str | Path, force: bool = False, unsafe_pickle: bool = False, key_map: Any = None) -> Path:
     """Write any supported checkpoint as an mbdlprune safetensors file (architecture + operator recorded)."""
     from .io import check_output_path, save_model, sha256_file, versions
 
     check_output_path(out, force, inputs=(checkpoint, operator if isinstance(operator, (str, Path)) else None))
-    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator)
+    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator, key_map)
     new_meta = {
         **(meta or {}),
         "arch": spec.to_dict(),
@@ -221,7 +228,7 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
 
 # -- inspecting ------------------------------------------------------------------------------
 def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_args: dict | None = None,
-                       operator: Any = None, unsafe_pickle: bool = False) -> dict[str, Any]:
+                       operator: Any = None, unsafe_pickle: bool = False, key_map: Any = None) -> dict[str, Any]:
     """Architecture, priors, widths, params, MACs and pruning record of any checkpoint."""
     from .io import is_mbdlprune_file, read_checkpoint
     from .pruning import count_params, find_priors, layer_widths, shape_and_macs
@@ -230,17 +237,17 @@ def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_arg
 
     def file_info(state, meta) -> dict[str, Any]:
         return {"path": str(path), "tensors": len(state), "params_in_file": int(sum(v.numel() for v in state.values())),
-                "mbdlprune_file": meta is not None}
+                "mbdlprune_file": is_mbdlprune_file(path)}
 
-    if not arch and not is_mbdlprune_file(path):
+    if not arch and key_map is None and not is_mbdlprune_file(path):
         info = file_info(*read_checkpoint(path, unsafe_pickle=unsafe_pickle))
         info["note"] = "pass --arch to see priors, widths and MACs"
         return info
-    model, spec, meta, op = load_checkpoint_model(path, arch, arch_args, unsafe_pickle, operator)
+    model, spec, meta, op = load_checkpoint_model(path, arch, arch_args, unsafe_pickle, operator, key_map)
     info = file_info(model.state_dict(), meta)  # loaded strictly: the same tensors as the file
     info.update(arch=spec.to_dict(), params=count_params(model))
     if meta:
-        info.update({k: meta.get(k) for k in ("operator", "pruning", "finetune", "parent_sha256", "versions", "created") if meta.get(k) is not None})
+        info.update({k: meta.get(k) for k in ("operator", "pruning", "finetune", "key_map", "parent_sha256", "versions", "created") if meta.get(k) is not None})
         if info.get("pruning"):
             info["pruning"] = {k: v for k, v in info["pruning"].items() if k != "priors"} | {
                 "priors": {n: {k: v for k, v in r.items() if k != "history"} for n, r in info["pruning"]["priors"].items()}

@@ -55,7 +55,8 @@ def _label_for(path: str | Path, taken: set[str]) -> str:
     return label
 
 
-def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pickle: bool = False) -> list[BenchModel]:
+def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pickle: bool = False,
+                      key_map: Any = None) -> list[BenchModel]:
     """Paths, :class:`io.LoadedModel` objects or :class:`BenchModel` s -> a list of BenchModel.
 
     The first model is the reference ("original"); the others are "pruned" unless their
@@ -85,7 +86,7 @@ def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pic
         taken.add(bm.label)
         out.append(bm)
     for i, path in plain:
-        out[i] = _plain_checkpoint_model(path, [b for b in out if b is not None], arch, unsafe_pickle, taken)
+        out[i] = _plain_checkpoint_model(path, [b for b in out if b is not None], arch, unsafe_pickle, taken, key_map)
         taken.add(out[i].label)
     for i, (m, bm) in enumerate(zip(models, out)):
         if i == 0 and not isinstance(m, BenchModel):
@@ -96,7 +97,7 @@ def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pic
 
 
 def _plain_checkpoint_model(path: Path, described: Sequence[BenchModel], arch: str | None, unsafe_pickle: bool,
-                            taken: set[str]) -> BenchModel:
+                            taken: set[str], key_map: Any = None) -> BenchModel:
     """Build a plain checkpoint with the architecture an mbdlprune file among the models records."""
     from .io import load_model
 
@@ -104,7 +105,7 @@ def _plain_checkpoint_model(path: Path, described: Sequence[BenchModel], arch: s
     if ref is None:
         raise MbdlError(f"{path.name} does not say which architecture it is, and no other model records one",
                         "pass a pruned .safetensors written by mbdlprune too, or run `mbdlprune convert` first")
-    lm = load_model(path, arch=arch, unsafe_pickle=unsafe_pickle, like=ref.meta)
+    lm = load_model(path, arch=arch, unsafe_pickle=unsafe_pickle, like=ref.meta, key_map=key_map)
     meta = {"arch": lm.arch.to_dict(), "operator": (ref.meta or {}).get("operator")}
     return BenchModel(_label_for(path, taken), lm.model.eval(), meta, ref.operator, str(path))
 
@@ -522,6 +523,8 @@ def bench(
     progress=None,
     control_data: Any = None,
     force: bool = False,
+    key_map: Any = None,
+    unsafe_pickle: bool = False,
 ) -> BenchReport:
     """Benchmark ``models`` (first = original) side by side on ``data``; see the module docstring.
 
@@ -532,7 +535,8 @@ def bench(
     fine-tune settings (True) or with the given settings (a dict for
     :func:`mbdlprune.finetune.finetune`), and bench it as role "control"; with True,
     ``control_data`` gives the fine-tuning files (matched by sha256 to the record's).
-    ``force``: the control model may replace an existing ``control_out``.
+    ``force``: the control model may replace an existing ``control_out``. ``key_map`` and
+    ``unsafe_pickle`` apply to plain checkpoints among ``models`` (the original, typically).
     """
     import torch
 
@@ -544,14 +548,14 @@ def bench(
     try:
         return _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
                       max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
-                      control_data, force)
+                      control_data, force, key_map, unsafe_pickle)
     finally:
         torch.set_num_threads(before_threads)
 
 
 def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
            max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
-           control_data=None, force=False) -> BenchReport:
+           control_data=None, force=False, key_map=None, unsafe_pickle=False) -> BenchReport:
     import torch
 
     from .metrics import get_definition
@@ -560,7 +564,7 @@ def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeat
     metric_def = get_definition(metric)
     env = device_info(device)
     dev = env["device"]
-    entries = load_bench_models(models, arch=arch)
+    entries = load_bench_models(models, arch=arch, unsafe_pickle=unsafe_pickle, key_map=key_map)
     if control:
         if control_out is not None:
             from .io import check_output_path

@@ -16,6 +16,7 @@ from .cli_common import ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, OperatorOpt,
 
 JsonPathOpt = typer.Option(None, "--json", help="Write the report as JSON to this file ('-' for stdout, then no table).")
 MarkdownOpt = typer.Option(None, "--markdown", help="Write a Markdown report (e.g. for a CI comment) to this file.")
+KeyMapOpt = typer.Option(None, "--key-map", help="Rename a foreign checkpoint's tensors first: a shipped map (e.g. mbdl-pruning) or a TOML file.")
 FigureOpt = typer.Option(None, "--figure", help="Write reconstructions, error maps and speed vs PSNR to this PNG (needs matplotlib).")
 BatchOpt = typer.Option(1, "--batch-size", help="Images per reconstruction call (timing and quality).")
 WarmupOpt = typer.Option(10, "--warmup", help="Untimed runs per model before timing.")
@@ -108,6 +109,8 @@ def bench_cmd(
     min_speedup: Optional[float] = typer.Option(None, "--min-speedup", help="Gate: every pruned model must be at least this much faster (exit 1 otherwise)."),
     max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="Gate: no pruned model may lose more PSNR than this, in dB (exit 1 otherwise)."),
     arch: Optional[str] = typer.Option(None, "--arch", help="file.py:factory, only for models built by user code (runs that code)."),
+    key_map: Optional[str] = KeyMapOpt,
+    unsafe_pickle: bool = UnsafePickleOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress messages."),
     debug: bool = DebugOpt,
 ):
@@ -124,6 +127,7 @@ def bench_cmd(
         batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads, arch=arch,
         min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
         progress=_progress(quiet or json_out == "-"), control_data=[str(d) for d in control_data] or None, force=force,
+        key_map=key_map, unsafe_pickle=unsafe_pickle,
     )
     _emit(report, json_out, markdown, figure, force)
     _finish(report.exit_code(), report.gate_line(), json_out == "-")
@@ -135,6 +139,7 @@ def sweep_cmd(
     eval_data: List[Path] = typer.Option(..., "--eval-data", help="Evaluation images (never used for training); repeatable."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Registry name or file.py:factory (needed for plain checkpoints)."),
     arch_args: Optional[str] = ArchArgsOpt,
+    key_map: Optional[str] = KeyMapOpt,
     operator: Optional[Path] = OperatorOpt,
     importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 16)."),
@@ -191,6 +196,7 @@ def sweep_cmd(
         importance=importance, round_to=round_to, device=device, solver=solver, tol=tol, max_iter=max_iter,
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
         fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
+        key_map=key_map,
     )
     from .io import json_safe, write_text
 

@@ -249,11 +249,14 @@ def load_weights(model, state: dict[str, Any], source: str = "checkpoint", resiz
 
     With ``resize``, modules first take the shapes stored in ``state`` (a pruned model).
     """
+    as_saved = state
     state = match_keys(state, list(model.state_dict()))
     own = model.state_dict()
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
     if missing or unexpected:
+        if state is not as_saved:  # a stripped prefix did not make them match: name the keys as saved
+            unexpected = set(as_saved) - set(own)
         parts = []
         if missing:
             parts.append(f"missing {_list(missing)}")
@@ -561,7 +564,7 @@ class LoadedModel:
 
 def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", operator: Any = None, *,
                arch_args: Mapping[str, Any] | None = None, unsafe_pickle: bool = False,
-               like: Mapping[str, Any] | None = None, resize: bool = False) -> LoadedModel:
+               like: Mapping[str, Any] | None = None, resize: bool = False, key_map: Any = None) -> LoadedModel:
     """Build a model from any checkpoint file, strictly and without running code the command line did not name.
 
     Every command builds models from files through this function: originals, pruned models,
@@ -577,11 +580,23 @@ def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", o
       ``operator`` (a spec path, dict or Operator the caller gave) or the one the file records,
       rebuilt from data embedded in the file.
     * Non-finite weights are refused, naming the tensor.
+    * ``key_map`` (a shipped name, a TOML file or a :class:`keymap.KeyMap`) renames a foreign
+      checkpoint's tensors first; what it did is recorded under ``meta["key_map"]``.
     """
+    from .keymap import load_key_map
     from .models.user import build_arch, build_recorded
 
     ck = read_model_file(path, unsafe_pickle)
     p = ck.path
+    km = load_key_map(key_map)
+    km_record = None
+    if km is not None:
+        if ck.meta is not None:
+            raise MbdlError(f"{p.name} is an mbdlprune file; its tensor names are already mbdlprune's", "drop --key-map")
+        ck.state, km_record = km.apply(ck.state)
+        if not ck.state:
+            raise CheckpointError(f"key map {km.name} dropped every tensor of {p.name}", "check the key map's drop patterns")
+        arch = arch or (km.arch if not (like or {}).get("arch") else None)
     recorded = (ck.meta or {}).get("arch") or ((like or {}).get("arch") if ck.meta is None else None)
     if recorded is not None:
         if arch_args:
@@ -595,7 +610,13 @@ def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", o
         model, spec = build_arch(arch, dict(arch_args or {}))
     restore_setup(model, ck.meta if ck.meta is not None else (like or {}))
     check_finite(ck.state, p.name)
-    load_weights(model, ck.state, p.name, resize=resize)
+    try:
+        load_weights(model, ck.state, p.name, resize=resize)
+    except CheckpointError as e:
+        if km is None and ck.meta is None and "does not match" in e.problem:
+            raise CheckpointError(e.problem, f"{e.fix}; for a checkpoint saved with other names pass --key-map "
+                                  f"(shipped: {', '.join(_shipped_maps())}) or a TOML map") from None
+        raise
     for name, width in ((ck.meta or {}).get("norm_widths") or {}).items():
         _set_norm_width(model, name, width, p.name)
     model.eval().to(device)
@@ -605,7 +626,15 @@ def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", o
     if op is not None:
         op = op.to(device)
     meta = dict(ck.meta) if ck.meta is not None else {"arch": spec.to_dict(), "operator": getattr(op, "spec", None)}
+    if km_record is not None:
+        meta["key_map"] = km_record
     return LoadedModel(model, meta, op, p, spec, ck.meta)
+
+
+def _shipped_maps() -> list[str]:
+    from .keymap import list_key_maps
+
+    return list_key_maps()
 
 
 def resolve_operator(operator: Any):

@@ -87,8 +87,9 @@ class ModelSection:
     operator: Path | None = None
     unsafe_pickle: bool = False
     arch_as_written: str | None = None
+    key_map: str | None = None
 
-    KEYS = ("checkpoint", "arch", "arch_args", "operator", "unsafe_pickle")
+    KEYS = ("checkpoint", "arch", "arch_args", "operator", "unsafe_pickle", "key_map")
 
     @classmethod
     def parse(cls, t: Mapping[str, Any], base: Path) -> "ModelSection":
@@ -103,7 +104,13 @@ class ModelSection:
         op = _path(t["operator"], "operator", where, base) if "operator" in t else None
         if t.get("unsafe_pickle"):
             raise ConfigError(f"{where}: unsafe_pickle is not taken from a file", "remove it; only a checkpoint you trust may be unpickled, with --unsafe-pickle")
-        return cls(_path(t["checkpoint"], "checkpoint", where, base), arch, arch_args, op, False, written)
+        key_map = None
+        if "key_map" in t:
+            from .keymap import list_key_maps
+
+            name = expect(t["key_map"], str, "key_map", where)
+            key_map = name if name in list_key_maps() else str(_path(name, "key_map", where, base))
+        return cls(_path(t["checkpoint"], "checkpoint", where, base), arch, arch_args, op, False, written, key_map)
 
 
 def _prune_keys() -> list[str]:
@@ -356,7 +363,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     # prune
     say(f"loading {cfg.model.checkpoint}")
     original, spec, meta, op = load_original(cfg.model.checkpoint, factory or cfg.model.arch, cfg.model.arch_args,
-                                             cfg.operator_spec(), False)
+                                             cfg.operator_spec(), False, cfg.model.key_map)
     import copy
 
     say(f"pruning at ratio {cfg.prune.options['ratio']}")

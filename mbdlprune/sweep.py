@@ -37,11 +37,11 @@ def parse_ratios(text: str | Sequence[float]) -> list[float]:
 
 
 def load_original(checkpoint: str | Path, arch: str | None = None, arch_args: Mapping[str, Any] | None = None,
-                  operator: Any = None, unsafe_pickle: bool = False):
+                  operator: Any = None, unsafe_pickle: bool = False, key_map: Any = None):
     """The unpruned model as a :class:`BenchModel` (role "original") plus its spec, meta and operator."""
     from .api import load_checkpoint_model
 
-    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, dict(arch_args or {}) or None, unsafe_pickle, operator)
+    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, dict(arch_args or {}) or None, unsafe_pickle, operator, key_map)
     if op is None and spec.kind == "mbdl":
         raise MbdlError(f"{Path(checkpoint).name} records no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
     full_meta = dict(meta or {})
@@ -243,6 +243,7 @@ def sweep(
     force: bool = False,
     unsafe_pickle: bool = False,
     progress=None,
+    key_map: Any = None,
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
@@ -269,7 +270,7 @@ def sweep(
     if out is not None:  # every name the sweep will write, refused before any work unless --force
         prepare_output_dir(out, sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None), force)
 
-    original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle)
+    original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map)
     parent_sha = sha256_file(checkpoint)
     entries: list[BenchModel] = [original]
     stem = original.label
