@@ -65,8 +65,12 @@ def _loads_toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def parse_json_or_file(text: str | None) -> dict[str, Any]:
-    """Parse ``--arch-args``: inline JSON, or a path to a JSON/TOML file. Numbers must be finite."""
+def parse_json_or_file(text: str | None, option: str = "--arch-args", example: str = '{"chans": 18}') -> dict[str, Any]:
+    """Parse an option such as ``--arch-args``: inline JSON, or a path to a JSON/TOML file.
+
+    Strict: JSON's non-standard NaN/Infinity are refused, and so are non-finite numbers
+    anywhere in the result (TOML's ``nan``/``inf``), nested tables and lists included.
+    """
     if not text:
         return {}
     t = text.strip()
@@ -74,12 +78,12 @@ def parse_json_or_file(text: str | None) -> dict[str, Any]:
         try:
             out = _loads_json(t)
         except (ValueError, RecursionError) as e:
-            raise ConfigError(f"--arch-args is not valid JSON: {_first_line(e)}", 'write e.g. \'{"chans": 18}\'') from None
+            raise ConfigError(f"{option} is not valid JSON: {_first_line(e)}", f"write e.g. '{example}'") from None
     else:
         out = read_config_file(t)
     if not isinstance(out, dict):
-        raise ConfigError("--arch-args must be a JSON object", 'write e.g. \'{"chans": 18}\'')
-    check_finite(out, "--arch-args")
+        raise ConfigError(f"{option} must be a JSON object", f"write e.g. '{example}'")
+    check_finite(out, option)
     return out
 
 

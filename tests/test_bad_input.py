@@ -642,3 +642,30 @@ def test_bad_explicit_peak_is_refused(peak):
 
     with pytest.raises(ValueError, match="positive and finite"):
         M.psnr(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), peak=peak)
+
+
+def test_parse_json_or_file_names_the_option():
+    from mbdlprune.config import parse_json_or_file
+
+    with pytest.raises(ConfigError) as e:
+        parse_json_or_file('{"mc": NaN}', "--weights", '{"mc": 1.0}')
+    assert one_line(e.value).startswith("--weights is not valid JSON: NaN is not a JSON number")
+    assert parse_json_or_file('{"mc": 1.0}', "--weights") == {"mc": 1.0}
+
+
+def test_finetune_on_all_nan_data_is_one_line(small_ckpt, tmp_path):
+    from mbdlprune.cli import app
+
+    ckpt, op, arch_args = small_ckpt
+    pruned = tmp_path / "p.safetensors"
+    r = _invoke(app, "prune", ckpt, "--arch", "deq-edsr", "--arch-args", arch_args, "--operator", op, "--ratio", "0.5",
+                "--round-to", "1", "-o", pruned)
+    assert r.exit_code == 0, r.output
+    a = np.full((4, 8, 8), np.nan, np.float32)
+    a[1] = 0
+    np.save(tmp_path / "nan.npy", a)
+    out = tmp_path / "ft.safetensors"
+    r = _invoke(app, "finetune", pruned, "--mode", "supervised", "--data", tmp_path / "nan.npy", "--val-fraction", "0",
+                "--epochs", "1", "-o", out, "--fit", "crop-pad")
+    _assert_one_line(r, 2, "all 4 slices of nan.npy are NaN/Inf or all-zero (1 all-zero, 3 with NaN/Inf values)", "check the file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.npy", "p.safetensors"]
