@@ -115,7 +115,7 @@ def _walk_files(folder: Path) -> list[Path]:
 
     out = []
     for root, dirs, names in os.walk(folder, onerror=refuse, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs.sort()
         out.extend(Path(root) / n for n in names)
     return out
 

@@ -669,3 +669,20 @@ def test_finetune_on_all_nan_data_is_one_line(small_ckpt, tmp_path):
                 "--epochs", "1", "-o", out, "--fit", "crop-pad")
     _assert_one_line(r, 2, "all 4 slices of nan.npy are NaN/Inf or all-zero (1 all-zero, 3 with NaN/Inf values)", "check the file")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.npy", "p.safetensors"]
+
+
+def test_an_unreadable_subfolder_is_not_skipped_silently(tmp_path, monkeypatch):
+    np.save(tmp_path / "a.npy", stack(2))
+    (tmp_path / "locked").mkdir()
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(DataError) as e:
+        data.read_volumes(tmp_path)
+    msg = one_line(e.value)
+    assert "locked" in msg and "permission denied" in msg
