@@ -388,8 +388,6 @@ META_CASES = [
 # -- weights
 def _poisoned(value):
     def build(f: Folder, a: Assets) -> Case:
-        import torch
-
         state = {k: v.clone() for k, v in a.state.items()}
         state[POISONED].view(-1)[3] = value
         path = write_model(f.inp / "model.safetensors", state, json.dumps(a.meta))

@@ -15,7 +15,6 @@ checked before any work) and a race of two processes through ``io.write_file``.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import shutil
 import threading
