@@ -183,21 +183,28 @@ def check_meta(meta: Any, name: str) -> None:
             raise bad(f"norm width of {key} is not a positive integer")
 
 
+def _first_line(e: BaseException, n: int = 120) -> str:
+    lines = str(e).splitlines()
+    return (lines[0] if lines else type(e).__name__)[:n]
+
+
 def _torch_load(p: Path, unsafe_pickle: bool):
     import pickle  # noqa: F401  (only for the exception type below)
 
     import torch
 
+    if p.stat().st_size == 0:
+        raise CheckpointError(f"{p.name} is empty (0 bytes)", "the file is truncated: copy or export it again")
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if not unsafe_pickle:
             raise CheckpointError(
-                f"{p.name} needs to unpickle code to load ({str(e).splitlines()[0][:120]})",
+                f"{p.name} needs to unpickle code to load ({_first_line(e)})",
                 "re-save it as a plain state_dict, or pass --unsafe-pickle if you trust its source",
             ) from None
     except Exception as e:  # weights_only loading runs no code; anything it raises means a damaged file
-        raise CheckpointError(f"{p.name} is not a readable torch checkpoint ({str(e).splitlines()[0][:120]})", "the file is truncated or corrupt: copy or export it again") from None
+        raise CheckpointError(f"{p.name} is not a readable torch checkpoint ({_first_line(e)})", "the file is truncated or corrupt: copy or export it again") from None
     try:
         return torch.load(str(p), map_location="cpu", weights_only=False)  # explicit --unsafe-pickle
     except Exception as e:
@@ -362,29 +369,41 @@ def check_writable_dir(folder: str | Path) -> Path:
     return d
 
 
-def prepare_output_dir(folder: str | Path, names: Iterable[str], force: bool) -> Path:
-    """Create ``folder`` if needed; refuse (before any work) if any of ``names`` exists there without --force."""
+def prepare_output_dir(folder: str | Path, names: Iterable[str], force: bool, create: bool = True) -> Path:
+    """Check an output folder before any work: refuse it if any of ``names`` exists there without --force.
+
+    With ``create`` the folder (and missing parents) is made now; without, only its nearest
+    existing ancestor is checked for write permission, so a run that fails early leaves nothing
+    behind: call :func:`make_output_dir` right before the first write.
+    """
     d = Path(folder)
     if d.exists() and not d.is_dir():
         raise MbdlError(f"output folder {str(d)!r} is a file", "choose a folder path")
-    if not d.exists():
+    if d.exists():
+        check_writable_dir(d)
+        if not force:
+            present = sorted(n for n in names if (d / n).exists() or (d / n).is_symlink())
+            if present:
+                more = f" (+{len(present) - 3} more)" if len(present) > 3 else ""
+                raise MbdlError(f"{str(d)!r} already holds {', '.join(present[:3])}{more}",
+                                "pass --force to overwrite, or choose another output folder")
+    else:
         ancestor = d.parent if str(d.parent) else Path(".")
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise MbdlError(f"output folder {str(d)!r} lies under {str(ancestor)!r}, which is a file", "choose a folder path")
         check_writable_dir(ancestor)
-        try:
-            d.mkdir(parents=True)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise MbdlError(f"cannot create output folder {str(d)!r} ({e.strerror or e})", "create it first") from None
-    check_writable_dir(d)
-    if not force:
-        present = sorted(n for n in names if (d / n).exists() or (d / n).is_symlink())
-        if present:
-            more = f" (+{len(present) - 3} more)" if len(present) > 3 else ""
-            raise MbdlError(f"{str(d)!r} already holds {', '.join(present[:3])}{more}",
-                            "pass --force to overwrite, or choose another output folder")
+    return make_output_dir(d) if create else d
+
+
+def make_output_dir(folder: str | Path) -> Path:
+    """Create an output folder (and missing parents) checked by :func:`prepare_output_dir`."""
+    d = Path(folder)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MbdlError(f"cannot create output folder {str(d)!r} ({e.strerror or e})", "create it first, or choose another folder") from None
     return d
 
 

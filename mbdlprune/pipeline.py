@@ -342,7 +342,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     """
     from .api import prune_model
     from .bench import BenchModel, bench, run_finetune
-    from .io import prepare_output_dir, save_model, sha256_file, write_file, write_json
+    from .io import make_output_dir, prepare_output_dir, save_model, sha256_file, write_file, write_json
     from .sweep import checkpoint_stem, load_original
 
     t0 = time.perf_counter()
@@ -355,7 +355,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     names = [*OUTPUT_NAMES, f"{checkpoint_stem(cfg.model.checkpoint)}.safetensors"]
     if out.exists() and Path(path).resolve().parent == out.resolve():
         names.remove("pipeline.toml")  # the pipeline file itself lives there and is not copied
-    prepare_output_dir(out, names, force)
+    prepare_output_dir(out, names, force, create=False)  # nothing is created before the checkpoint loads
     files: dict[str, str] = {}
     pruned_path = out / "pruned.safetensors"
     ft_path = out / "finetuned.safetensors"
@@ -370,6 +370,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     res = prune_model(copy.deepcopy(original.model), spec, op, parent_meta=meta,
                       parent_sha256=sha256_file(cfg.model.checkpoint), **cfg.prune.options)
     res.meta["parent"] = cfg.model.checkpoint.name
+    make_output_dir(out)
     files["pruned"] = str(save_model(pruned_path, res.model, res.meta, force=force, operator=op))
     write_json(out / "prune.json", res.report, force=force)
     files["prune_report"] = str(out / "prune.json")

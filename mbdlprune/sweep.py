@@ -268,9 +268,14 @@ def sweep(
             raise MbdlError("fine-tuning in a sweep writes models", "pass --out-dir FOLDER")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:  # every name the sweep will write, refused before any work unless --force
-        prepare_output_dir(out, sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None), force)
+        prepare_output_dir(out, sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None),
+                           force, create=False)
 
     original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map)
+    if out is not None:
+        from .io import make_output_dir
+
+        make_output_dir(out)
     parent_sha = sha256_file(checkpoint)
     entries: list[BenchModel] = [original]
     stem = original.label

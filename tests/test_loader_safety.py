@@ -150,6 +150,10 @@ def test_only_allowlisted_plain_attributes_are_restored(pruned, tmp_path, attrs)
 
 def test_recorded_arguments_that_build_a_huge_model_are_refused_without_allocating(pruned, tmp_path):
     bad = _rewrite_meta(pruned, tmp_path / "bad.safetensors", lambda m: m["arch"]["args"].update(n_feats=10**7))
+    with pytest.raises(CheckpointError, match="n_feats"):
+        load_model(bad)
+    # within the integer bound, but too many elements in all: measured on the meta device
+    bad = _rewrite_meta(pruned, tmp_path / "bad.safetensors", lambda m: m["arch"]["args"].update(n_feats=50_000, n_blocks=100))
     with pytest.raises(CheckpointError, match="elements"):
         load_model(bad)
 

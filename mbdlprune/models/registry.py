@@ -69,6 +69,36 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], where:
             raise ConfigError(f"unknown argument {key!r} for {where}", f"use one of: {', '.join(allowed) or 'none'}")
 
 
+#: largest integer argument a built-in architecture takes (widths, depths, cascades, iterations)
+MAX_INT_ARG = 100_000
+
+
+def check_arg_types(factory: Callable[..., Any], args: dict[str, Any], where: str) -> None:
+    """Each argument must have its default's type (an int where the default is an int, ...) and a sane size."""
+    sig = inspect.signature(factory)
+    for key, value in args.items():
+        p = sig.parameters.get(key)
+        default = None if p is None else p.default
+        if default is None or default is inspect.Parameter.empty:
+            continue
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value and abs(value) != float("inf")
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:
+            continue
+        if not ok:
+            raise ConfigError(f"argument {key} of {where} must be a {type(default).__name__} like its default {default!r}, got {value!r:.40}",
+                              f"fix {key}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT_ARG:
+            raise ConfigError(f"argument {key} = {value} of {where} is beyond any model mbdlprune builds (at most {MAX_INT_ARG:,})",
+                              f"fix {key}")
+
+
 def default_args(name: str) -> dict[str, Any]:
     """The factory's default arguments, recorded in checkpoints so a model can be rebuilt."""
     sig = inspect.signature(get_arch(name).factory)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, MbdlError
-from .registry import check_factory_args, default_args, get_arch, list_archs
+from .registry import check_arg_types, check_factory_args, default_args, get_arch, list_archs
 
 
 @dataclass
@@ -88,6 +88,7 @@ def build_arch(arch: str, args: dict[str, Any] | None = None):
         raise ConfigError(f"unknown architecture {arch!r}", f"use one of: {', '.join(list_archs())}, or file.py:factory")
     entry = get_arch(arch)
     check_factory_args(entry.factory, args, f"architecture {arch!r}")
+    check_arg_types(entry.factory, args, f"architecture {arch!r}")
     full = {**default_args(arch), **args}
     try:
         model = entry.factory(**full)
@@ -157,10 +158,16 @@ def _check_build_size(name: str, args: dict[str, Any], source: str) -> None:
     entry = get_arch(name)
     try:
         check_factory_args(entry.factory, args, f"architecture {name!r}")
+        check_arg_types(entry.factory, args, f"architecture {name!r}")
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: {e.problem}", "the file's architecture record is damaged: export it again") from None
+    try:
         with torch.device("meta"):
             model = entry.factory(**{**default_args(name), **args})
-    except Exception:  # the real build below reports bad arguments in one line
-        return
+    except Exception as e:  # on the meta device nothing is allocated: a failure means arguments no model can have
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{source} records arguments for {name!r} that build no model ({first[:100]})",
+                              "the file's architecture record is damaged: export it again") from None
     total = sum(t.numel() for t in model.parameters()) + sum(t.numel() for t in model.buffers())
     if total > MAX_MODEL_ELEMENTS:
         raise CheckpointError(f"{source} records arguments for {name!r} that make a model of {total:.3g} elements",
