@@ -1,9 +1,12 @@
 """fastMRI's (end-to-end) variational network, with fastMRI's parameter names.
 
 State-dict keys equal ``fastmri.models.VarNet``'s (``cascades.{i}.model.unet.*``,
-``cascades.{i}.dc_weight``, ``cascades.{i}.zero``, ``sens_net.norm_unet.unet.*``), so
-published fastMRI state dicts load without renaming. Complex tensors are real with a
-trailing dimension of 2; k-space is (N, coils, H, W, 2) with the mask on columns (W).
+``cascades.{i}.dc_weight``, ``sens_net.norm_unet.unet.*``), so fastMRI state dicts load
+without renaming. fastMRI's ``VarNetBlock`` once held a persistent ``zero`` buffer (dropped in
+October 2020, before the published leaderboard weights): here it is a non-persistent buffer,
+and state dicts that still carry ``cascades.{i}.zero`` load too (the keys are listed by
+:meth:`VarNet.legacy_state_keys` and ignored). Complex tensors are real with a trailing
+dimension of 2; k-space is (N, coils, H, W, 2) with the mask on columns (W).
 
 Difference from fastMRI: its VarNet returns the RSS magnitude image. Here ``forward``
 returns, by default (``output="complex"``), the coil-combined complex image
@@ -88,15 +91,26 @@ class NormUnet(nn.Module):
 
 
 class SensitivityModel(nn.Module):
-    """Coil sensitivity estimation: ACS lines -> coil images -> NormUnet per coil -> / RSS."""
+    """Coil sensitivity estimation: ACS lines -> coil images -> NormUnet per coil -> / RSS.
 
-    def __init__(self, chans: int, num_pools: int, in_chans: int = 2, out_chans: int = 2, drop_prob: float = 0.0):
+    ``mask_center=False`` (fastMRI's option) estimates the maps from all measured k-space
+    instead of the centre columns only.
+    """
+
+    def __init__(self, chans: int, num_pools: int, in_chans: int = 2, out_chans: int = 2, drop_prob: float = 0.0,
+                 mask_center: bool = True):
         super().__init__()
+        self.mask_center = bool(mask_center)
         self.norm_unet = NormUnet(chans, num_pools, in_chans=in_chans, out_chans=out_chans, drop_prob=drop_prob)
 
     @staticmethod
     def low_frequency_mask(mask: torch.Tensor, width: int, num_low_frequencies: int | None) -> torch.Tensor:
-        """(N or 1, 1, 1, W, 1) bool mask of the centre ACS columns, as fastMRI picks them."""
+        """(N or 1, 1, 1, W, 1) bool mask of the centre ACS columns, as fastMRI picks them.
+
+        A count (> 0) gives columns ``pad .. pad + n - 1`` with ``pad = (W - n + 1) // 2``;
+        ``None`` or 0 detects it from the first row of the mask: ``2 * min(left, right)``
+        (at least 1), where left/right are the sampled runs from ``W // 2`` outwards.
+        """
         n = mask.shape[0]
         if num_low_frequencies:
             nlf = torch.full((n,), int(num_low_frequencies), dtype=torch.long, device=mask.device)
@@ -115,8 +129,10 @@ class SensitivityModel(nn.Module):
     def forward(self, masked_kspace: torch.Tensor, mask: torch.Tensor,
                 num_low_frequencies: int | None = None) -> torch.Tensor:
         b, c, h, w, _ = masked_kspace.shape
-        acs = self.low_frequency_mask(mask, w, num_low_frequencies)
-        images = ifft2c(torch.where(acs, masked_kspace, torch.zeros_like(masked_kspace)))
+        if self.mask_center:
+            acs = self.low_frequency_mask(mask, w, num_low_frequencies)
+            masked_kspace = torch.where(acs, masked_kspace, torch.zeros_like(masked_kspace))
+        images = ifft2c(masked_kspace)
         maps = self.norm_unet(images.reshape(b * c, 1, h, w, 2)).view(b, c, h, w, 2)
         # tiny floor only guards exact zeros (e.g. padded rows); fastMRI divides as is
         return maps / rss_complex(maps, dim=1).clamp_min(1e-12)[:, None, ..., None]
@@ -129,8 +145,20 @@ class VarNetBlock(nn.Module):
         super().__init__()
         self.model = model
         self.dc_weight = nn.Parameter(torch.ones(1))
-        # kept (persistent) only so fastMRI state dicts, which carry it, load strictly
-        self.register_buffer("zero", torch.zeros(1, 1, 1, 1, 1))
+        # not saved: fastMRI's VarNetBlock dropped this buffer from its state dict (October 2020)
+        self.register_buffer("zero", torch.zeros(1, 1, 1, 1, 1), persistent=False)
+
+    def legacy_state_keys(self) -> list[str]:
+        """Keys (relative to this block) that old state dicts may hold and that are ignored."""
+        return ["zero"]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # a state dict from before October 2020 (or an older mbdlprune file) still holds `zero`
+        for key in self.legacy_state_keys():
+            state_dict.pop(prefix + key, None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def forward(self, current: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
         soft_dc = torch.where(mask, current - ref, self.zero) * self.dc_weight
@@ -144,19 +172,23 @@ class VarNet(nn.Module):
     With ``sensitivity=True`` (E2E-VarNet) coil maps are estimated from the ACS region of
     the measurements by ``sens_net``; otherwise the operator's ``coil_maps`` are used.
     ``forward(y, op)`` needs an MRI operator (``mask``, ``coil_maps`` or
-    ``num_low_frequencies``). ``prune_sensitivity`` adds ``sens_net``'s U-Net to
-    ``prior_paths()``.
+    ``num_low_frequencies``; ``0`` detects the centre from the mask as fastMRI does with
+    ``num_low_frequencies=None``). ``mask_center`` is fastMRI's: ``False`` feeds all measured
+    k-space to ``sens_net``. ``prune_sensitivity`` adds ``sens_net``'s U-Net to ``prior_paths()``.
     """
 
     def __init__(self, num_cascades: int = 12, chans: int = 18, pools: int = 4, sensitivity: bool = True,
-                 sens_chans: int = 8, sens_pools: int = 4, output: str = "complex", prune_sensitivity: bool = False):
+                 sens_chans: int = 8, sens_pools: int = 4, output: str = "complex", prune_sensitivity: bool = False,
+                 mask_center: bool = True):
         super().__init__()
         if output not in OUTPUTS:
             raise ConfigError(f"unknown VarNet output {output!r}", f"use one of: {', '.join(OUTPUTS)}")
         if num_cascades < 1:
             raise ConfigError(f"num_cascades must be >= 1, got {num_cascades}", "set num_cascades to 1 or more")
+        if not isinstance(mask_center, bool):
+            raise ConfigError(f"mask_center must be true or false, got {mask_center!r}", "set mask_center to true or false")
         if sensitivity:
-            self.sens_net = SensitivityModel(sens_chans, sens_pools)
+            self.sens_net = SensitivityModel(sens_chans, sens_pools, mask_center=mask_center)
         else:
             self.sens_net = None
         self.cascades = nn.ModuleList([VarNetBlock(NormUnet(chans, pools)) for _ in range(num_cascades)])
@@ -186,6 +218,14 @@ class VarNet(nn.Module):
             return rss_complex(ifft2c(k), dim=1).unsqueeze(1)
         return sens_reduce(k, sens)[:, 0].permute(0, 3, 1, 2).contiguous()
 
+    def legacy_state_keys(self) -> list[str]:
+        """State-dict keys old checkpoints may hold that this model does not keep: ``cascades.{i}.zero``.
+
+        A loader drops exactly these keys, when present, before loading strictly.
+        """
+        return [f"{name}.{key}" for name, m in self.named_modules()
+                if isinstance(m, VarNetBlock) for key in m.legacy_state_keys()]
+
     def prior_paths(self) -> list[str]:
         paths = [f"cascades.{i}.model.unet" for i in range(len(self.cascades))]
         if self.prune_sensitivity and self.sens_net is not None:
@@ -199,7 +239,8 @@ class VarNet(nn.Module):
         return layers
 
     def extra_repr(self) -> str:
-        return f"output={self.output!r}, prune_sensitivity={self.prune_sensitivity}"
+        extra = "" if self.sens_net is None or self.sens_net.mask_center else ", mask_center=False"
+        return f"output={self.output!r}, prune_sensitivity={self.prune_sensitivity}{extra}"
 
 
 def _mask(op: nn.Module) -> torch.Tensor:
@@ -217,7 +258,7 @@ def varnet(num_cascades: int = 12, chans: int = 18, pools: int = 4, output: str 
 
 @register_arch("e2e-varnet", kind="mbdl")
 def e2e_varnet(num_cascades: int = 12, chans: int = 18, pools: int = 4, sens_chans: int = 8, sens_pools: int = 4,
-               output: str = "complex", prune_sensitivity: bool = False) -> VarNet:
+               output: str = "complex", prune_sensitivity: bool = False, mask_center: bool = True) -> VarNet:
     """fastMRI end-to-end VarNet: learned coil-sensitivity estimation plus cascades."""
     return VarNet(num_cascades, chans, pools, sensitivity=True, sens_chans=sens_chans, sens_pools=sens_pools,
-                  output=output, prune_sensitivity=prune_sensitivity)
+                  output=output, prune_sensitivity=prune_sensitivity, mask_center=mask_center)

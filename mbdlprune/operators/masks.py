@@ -3,6 +3,12 @@
 Every mask is a float32 vector of length W (1 = sampled), the same for every row. The fully
 sampled centre block sits at columns ``pad .. pad + n - 1`` with ``pad = (W - n + 1) // 2``,
 which contains the k-space centre W // 2 after the centred FFT.
+
+The rules are fastMRI's (``fastmri.data.subsample``): ``random`` is ``RandomMaskFunc``'s and
+``equispaced`` is ``EquispacedMaskFractionFunc``'s. The random stream is numpy's
+``default_rng(seed)``, not fastMRI's ``RandomState``, so a seed does not give fastMRI's mask for
+the same seed; passing ``rng=np.random.RandomState(seed)`` (random) or fastMRI's ``offset``
+(equispaced) reproduces fastMRI's masks exactly.
 """
 
 from __future__ import annotations
@@ -45,29 +51,38 @@ def _too_many_center(width: int, acceleration: float, n: int) -> ConfigError:
         "lower center_fraction or acceleration")
 
 
-def random_mask(width: int, acceleration: float, num_center: int, seed: int) -> np.ndarray:
-    """Centre block plus other columns drawn with the probability that makes the expected total W / R."""
+def random_mask(width: int, acceleration: float, num_center: int, seed: int = 0, rng=None) -> np.ndarray:
+    """Centre block plus other columns drawn with the probability that makes the expected total W / R.
+
+    Every column is sampled when one uniform draw ``u < (W/R - n) / (W - n)`` (W draws from
+    ``rng``, default ``np.random.default_rng(seed)``), then the centre block is added.
+    """
     if num_center > width / acceleration:
         raise _too_many_center(width, acceleration, num_center)
-    rng = np.random.default_rng(seed)
+    if rng is None:
+        rng = np.random.default_rng(seed)
     prob = (width / acceleration - num_center) / max(width - num_center, 1)
     mask = (rng.uniform(size=width) < prob).astype(np.float32)
     return np.maximum(mask, _center_block(width, num_center))
 
 
-def equispaced_mask(width: int, acceleration: float, num_center: int, seed: int) -> np.ndarray:
+def equispaced_mask(width: int, acceleration: float, num_center: int, seed: int = 0,
+                    offset: int | None = None) -> np.ndarray:
     """Centre block plus equispaced columns whose spacing is adjusted so the total is about W / R.
 
-    The spacing solves n + (W - n) / a = W / R, i.e. a = R (n - W) / (n R - W); the first line
-    sits at a seeded random offset in [0, round(a)).
+    The spacing solves n + (W - n) / a = W / R, i.e. a = R (n - W) / (n R - W); lines sit at
+    ``round(offset + k a) < W - 1`` with the first at ``offset`` (default: a seeded random offset
+    in [0, round(a))).
     """
     if num_center * acceleration >= width and acceleration > 1:
         raise _too_many_center(width, acceleration, num_center)
     if acceleration == 1:
         return np.ones(width, dtype=np.float32)
     spacing = acceleration * (num_center - width) / (num_center * acceleration - width)
-    rng = np.random.default_rng(seed)
-    offset = int(rng.integers(0, max(int(round(spacing)), 1)))
+    if offset is not None and not 0 <= offset < width:
+        raise ConfigError(f"equispaced offset {offset} is outside the {width} columns", f"use an offset in [0, {width})")
+    if offset is None:
+        offset = int(np.random.default_rng(seed).integers(0, max(int(round(spacing)), 1)))
     cols = np.round(np.arange(offset, width - 1, spacing)).astype(np.int64)
     mask = _center_block(width, num_center)
     mask[cols[cols < width]] = 1
@@ -85,6 +100,21 @@ def make_mask(kind: str, width: int, acceleration: float, num_center: int, seed:
     if kind == "equispaced":
         return equispaced_mask(width, acceleration, num_center, seed)
     raise ConfigError(f"unknown mask type {kind!r}", f"use one of {', '.join(MASK_TYPES)} or a mask file")
+
+
+def fastmri_low_frequencies(columns: np.ndarray) -> int:
+    """fastMRI's count of centre (ACS) columns detected from a mask, as its VarNet does when
+    ``num_low_frequencies`` is None or 0: ``max(2 * min(left, right), 1)``.
+
+    ``left`` counts the sampled columns from ``W // 2 - 1`` leftwards up to the first unsampled
+    one, ``right`` those from ``W // 2`` rightwards. As in fastMRI (an ``argmin`` over the run),
+    a side sampled up to the border counts 0, so the count is then 1.
+    """
+    cols = (np.asarray(columns) > 0).astype(np.int8)
+    cent = len(cols) // 2
+    left = int(np.argmin(cols[:cent][::-1])) if cent else 0
+    right = int(np.argmin(cols[cent:]))
+    return max(2 * min(left, right), 1)
 
 
 def center_run(columns: np.ndarray) -> int:

@@ -20,9 +20,12 @@ from .common import (COMMON_KEYS, get_float, get_image_size, get_int, get_noise_
                      reject_with, where_of)
 from .fft import chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, ifft2c
 from .files import SpecFiles, binary_mask, check_mask_coverage, is_embedded_ref, looks_like_path
-from .masks import MASK_TYPES, center_run, fraction_center_lines, make_mask, paper_center_lines
+from .masks import MASK_TYPES, fastmri_low_frequencies, fraction_center_lines, make_mask, paper_center_lines
 
-MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "seed", "coils", "coil_maps")
+MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "seed", "coils", "coil_maps",
+            "num_low_frequencies")
+#: ``num_low_frequencies = "auto"``: fastMRI's detection from the mask (its VarNet with ``None``)
+AUTO = "auto"
 DEFAULT_CENTER_FRACTION = 0.08
 MAX_COILS = 128
 MAX_COIL_PIXELS = 1 << 27
@@ -33,8 +36,8 @@ class MRIOperator(Operator):
     """Undersampled Cartesian MRI with coil sensitivities normalised to sum_c |S_c|^2 = 1 when simulated.
 
     Buffers: ``mask`` (1, 1, 1, W, 1) or (1, 1, H, W, 1), 1 = sampled; ``coil_maps`` (coils, H, W, 2).
-    Attributes used by unrolled networks: ``coils`` and ``num_low_frequencies`` (fully sampled
-    centre columns).
+    Attributes used by unrolled networks: ``coils`` and ``num_low_frequencies`` (the centre
+    columns a VarNet estimates coil maps from; the spec key of that name).
     """
 
     kind = "mri"
@@ -134,6 +137,19 @@ def coil_maps_from_array(arr: np.ndarray, height: int, width: int, where: str) -
     return arr.astype(np.float32)
 
 
+def _num_low_frequencies(table: Mapping[str, Any], mask: np.ndarray, default: int | str, width: int,
+                         where: str) -> int:
+    """``num_low_frequencies``: a count of centre columns, or ``"auto"`` (fastMRI's detection)."""
+    value = table.get("num_low_frequencies", default)
+    if value == AUTO:
+        # fastMRI reads the first row of the mask (mask[:, 0, 0, :, 0])
+        return fastmri_low_frequencies(mask if mask.ndim == 1 else mask[0])
+    if isinstance(value, str):
+        raise ConfigError(f"{where}: num_low_frequencies must be an integer or \"auto\", got {value!r}",
+                          'write num_low_frequencies = "auto" (fastMRI\'s detection from the mask) or a count, e.g. 26')
+    return get_int({"num_low_frequencies": value}, "num_low_frequencies", None, where, minimum=1, maximum=width)
+
+
 def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, int], where: str,
                     spec: dict[str, Any]) -> tuple[np.ndarray, int]:
     h, w = hw
@@ -154,7 +170,8 @@ def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, i
         except ConfigError as e:
             raise ConfigError(f"{where}: {e.problem}", e.fix) from None
         spec.update(mask=mask, acceleration=accel, seed=seed)
-        return arr, n_center
+        # a mask without a centre block: detect, as fastMRI does for num_low_frequencies = 0
+        return arr, _num_low_frequencies(table, arr, n_center if n_center > 0 else AUTO, w, where)
     if not (looks_like_path(mask) or is_embedded_ref(mask) or files.from_model_file):
         raise ConfigError(f"{where}: unknown mask {mask!r}",
                           f"use one of {', '.join(MASK_TYPES)} or a path to a .npy/.nii/.nii.gz/.h5 mask")
@@ -168,7 +185,7 @@ def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, i
     spec["mask"] = ref
     if "seed" in table:
         spec["seed"] = get_int(table, "seed", 0, where, minimum=0, maximum=2**63 - 1)
-    return arr, center_run(arr if arr.ndim == 1 else arr.min(axis=0))
+    return arr, _num_low_frequencies(table, arr, AUTO, w, where)
 
 
 @register_operator("mri")
@@ -182,6 +199,7 @@ def build_mri(table: Mapping[str, Any], files: SpecFiles) -> MRIOperator:
     spec: dict[str, Any] = {"kind": "mri", "image_size": [h, w], "noise_sigma": get_noise_sigma(table, where),
                             "channels": 2}
     mask, n_center = _mask_from_spec(table, files, (h, w), where, spec)
+    spec["num_low_frequencies"] = n_center  # the count chosen, so a reload uses the same centre
     if "coil_maps" in table:
         arr, ref = files.load(get_str(table, "coil_maps", None, where), "coil_maps", where, datasets=COIL_DATASETS)
         maps = coil_maps_from_array(arr, h, w, where)

@@ -1,0 +1,326 @@
+"""Conformance with the real fastMRI package (``fastmri==0.3.0``, installed by .ci/run).
+
+fastMRI's own modules are built with random weights, saved as fastMRI saves them (a plain
+``state_dict`` and a Lightning checkpoint of ``VarNetModule``), read back by mbdlprune through
+the API and the CLI, and run on the same masked k-space. A developer without fastMRI sees
+these tests skipped; CI installs it and fails if it cannot be imported.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+from mbdlprune.api import load_checkpoint_model
+from mbdlprune.cli import app
+from mbdlprune.errors import ConfigError
+from mbdlprune.io import load_model
+from mbdlprune.models import create_arch
+from mbdlprune.models.varnet import NormUnet, SensitivityModel
+from mbdlprune.operators import load_operator
+from mbdlprune.operators.masks import (center_run, equispaced_mask, fastmri_low_frequencies, fraction_center_lines,
+                                       make_mask, random_mask)
+
+H, W, COILS = 32, 64, 4
+ARGS = {"num_cascades": 2, "chans": 4, "pools": 2, "sens_chans": 4, "sens_pools": 2}
+FASTMRI_ARGS = {"num_cascades": 2, "sens_chans": 4, "sens_pools": 2, "chans": 4, "pools": 2}
+TOL32 = 1e-5
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def fm():
+    """fastMRI's modules (skipped only where fastMRI is not installed; CI installs it)."""
+    models = pytest.importorskip("fastmri.models")
+    subsample = pytest.importorskip("fastmri.data.subsample")
+    return models, subsample
+
+
+def _varnet(fm, mask_center: bool = True, seed: int = 0):
+    """fastMRI's VarNet with random weights (and data-consistency weights away from 1)."""
+    torch.manual_seed(seed)
+    model = fm[0].VarNet(**FASTMRI_ARGS, mask_center=mask_center).eval()
+    with torch.no_grad():
+        for i, cascade in enumerate(model.cascades):
+            cascade.dc_weight.fill_(0.3 + 0.4 * i)
+    return model
+
+
+@pytest.fixture(scope="module")
+def files(fm, tmp_path_factory):
+    """fastMRI's VarNet saved as fastMRI saves it: a plain state dict, a Lightning checkpoint, and the
+    pre-October-2020 layout that still holds ``cascades.{i}.zero``."""
+    d = tmp_path_factory.mktemp("fastmri")
+    ref = _varnet(fm)
+    sd = ref.state_dict()
+    torch.save(sd, d / "varnet.pt")
+    ssim_window = torch.ones(1, 1, 7, 7) / 49  # VarNetModule's SSIMLoss buffer, saved beside the VarNet
+    lightning = {"epoch": 3, "global_step": 120, "pytorch-lightning_version": "1.4.9",
+                 "state_dict": {**{f"varnet.{k}": v for k, v in sd.items()}, "loss.w": ssim_window},
+                 "hyper_parameters": {**FASTMRI_ARGS, "lr": 0.0003, "lr_step_size": 40, "lr_gamma": 0.1},
+                 "optimizer_states": [], "lr_schedulers": []}
+    torch.save(lightning, d / "varnet.ckpt")
+    legacy = dict(sd)
+    for i in range(ARGS["num_cascades"]):
+        legacy[f"cascades.{i}.zero"] = torch.zeros(1, 1, 1, 1, 1)
+    torch.save(legacy, d / "varnet_legacy.pt")
+    return d, ref
+
+
+def _image(seed: int = 1, dtype=torch.float32) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.randn(1, 2, H // 4, W // 4, generator=g), size=(H, W), mode="bilinear", align_corners=False)
+    return x.to(dtype)
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def _compare(ours, ref, op, num_low_frequencies, dtype=torch.float32) -> float:
+    """Relative difference of mbdlprune's RSS output and fastMRI's on the same masked k-space."""
+    op = op.to(dtype)
+    y = op.A(_image(dtype=dtype))
+    with torch.no_grad():
+        want = ref.to(dtype)(y, op.mask.bool(), num_low_frequencies)
+        got = ours.to(dtype)(y, op)
+    ref.float()
+    ours.float()
+    assert got.shape == (1, 1, H, W) and want.shape == (1, H, W)
+    return _rel(got[:, 0], want)
+
+
+def _spec(mask, **extra):
+    return {"kind": "mri", "image_size": [H, W], "mask": mask, "coils": COILS, **extra}
+
+
+def _off_centre_masks(fm) -> list[np.ndarray]:
+    """Masks whose sampled run around W // 2 is lopsided: fastMRI's own equispaced masks, and one
+    built so (4 columns left of the centre, 11 right of it)."""
+    func = fm[1].EquispacedMaskFractionFunc([0.08], [4])
+    masks = [func((1, W, 2), seed=s)[0].reshape(-1).numpy() for s in range(6)]
+    cols = np.zeros(W, dtype=np.float32)
+    cols[::4] = 1
+    cols[W // 2 - 3:W // 2 + 11] = 1
+    masks.append(cols)
+    lopsided = [m for m in masks if fastmri_low_frequencies(m) != center_run(m)]
+    assert len(lopsided) >= 3  # the files below do exercise the auto-detected centre
+    return masks
+
+
+# -- key names --------------------------------------------------------------------------------
+def test_state_dict_keys_and_shapes_equal_fastmri(fm):
+    ref, ours = _varnet(fm), create_arch("e2e-varnet", **ARGS)
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
+           [(k, tuple(v.shape)) for k, v in ref.state_dict().items()]
+
+
+# -- E2E-VarNet: API, Lightning checkpoint, CLI ------------------------------------------------
+@pytest.mark.parametrize("mask", ["equispaced", "random", "uniform"])
+def test_plain_state_dict_through_api_matches_fastmri(fm, files, mask):
+    """Generated masks: fastMRI's training path passes the mask function's centre count, as mbdlprune does."""
+    d, ref = files
+    ours, spec, meta, _ = load_checkpoint_model(d / "varnet.pt", "e2e-varnet", {**ARGS, "output": "rss"})
+    op = load_operator(_spec(mask, acceleration=4, center_fraction=0.08))
+    assert op.num_low_frequencies == fraction_center_lines(W, 0.08)
+    assert _compare(ours, ref, op, op.num_low_frequencies) <= TOL32
+    assert _compare(ours, ref, op, op.num_low_frequencies, torch.float64) <= 1e-12
+
+
+def test_lightning_checkpoint_through_api_matches_fastmri(fm, files):
+    d, ref = files
+    ours, *_ = load_checkpoint_model(d / "varnet.ckpt", "e2e-varnet", {**ARGS, "output": "rss"})
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in ours.state_dict().items())
+    op = load_operator(_spec("equispaced", acceleration=4, center_fraction=0.08, seed=3))
+    assert _compare(ours, ref, op, op.num_low_frequencies) <= TOL32
+
+
+def test_cli_convert_then_reload_with_mask_files(fm, files, tmp_path):
+    """Mask files: fastMRI's inference passes num_low_frequencies=None (detection from the mask);
+    mbdlprune's default "auto" picks the same centre, and the converted file reproduces it."""
+    d, ref = files
+    arch_args = json.dumps({**ARGS, "output": "rss"})
+    for i, cols in enumerate(_off_centre_masks(fm)):
+        np.save(tmp_path / f"mask{i}.npy", cols)
+        (tmp_path / f"op{i}.toml").write_text(
+            f'[operator]\nkind = "mri"\nimage_size = [{H}, {W}]\nmask = "mask{i}.npy"\ncoils = {COILS}\n')
+        out = tmp_path / f"varnet{i}.safetensors"
+        ckpt = d / ("varnet.ckpt" if i % 2 else "varnet.pt")
+        r = runner.invoke(app, ["convert", str(ckpt), "--arch", "e2e-varnet", "--arch-args", arch_args,
+                                "--operator", str(tmp_path / f"op{i}.toml"), "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        loaded = load_model(out)  # no --arch, no operator: the file holds both (the mask embedded)
+        op = loaded.operator
+        assert op.num_low_frequencies == fastmri_low_frequencies(cols) == op.spec["num_low_frequencies"]
+        assert np.array_equal(op.mask.reshape(-1).numpy(), cols)
+        assert _compare(loaded.model, ref, op, None) <= TOL32
+
+
+def test_cli_inspect_reads_fastmri_files(fm, files):
+    d, ref = files
+    n_params = sum(p.numel() for p in ref.parameters())
+    for name in ("varnet.pt", "varnet.ckpt"):
+        r = runner.invoke(app, ["inspect", str(d / name), "--arch", "e2e-varnet", "--arch-args", json.dumps(ARGS), "--json"])
+        assert r.exit_code == 0, r.output
+        info = json.loads(r.stdout)
+        assert info["params"] == n_params and len(info["priors"]) == ARGS["num_cascades"]
+
+
+def test_legacy_zero_keys_load(fm, files):
+    """State dicts from before fastMRI dropped ``VarNetBlock.zero`` still load (strict torch loading),
+    and ``legacy_state_keys`` names exactly the keys a loader may drop."""
+    d, ref = files
+    legacy = torch.load(d / "varnet_legacy.pt", weights_only=True)
+    ours = create_arch("e2e-varnet", **ARGS, output="rss").eval()
+    assert set(ours.legacy_state_keys()) == set(legacy) - set(ref.state_dict())
+    assert not set(ours.legacy_state_keys()) & set(ours.state_dict())
+    ours.load_state_dict(legacy, strict=True)
+    assert "cascades.0.zero" in legacy  # the caller's dict is left as it was
+    op = load_operator(_spec("equispaced", acceleration=4, center_fraction=0.08))
+    assert _compare(ours, ref, op, op.num_low_frequencies) <= TOL32
+    # a VarNet without sensitivity network lists its own cascades only
+    assert create_arch("varnet", num_cascades=3, chans=4, pools=2).legacy_state_keys() == \
+        [f"cascades.{i}.zero" for i in range(3)]
+
+
+def test_mask_center_false_matches_fastmri(fm):
+    ref = _varnet(fm, mask_center=False, seed=2)
+    ours = create_arch("e2e-varnet", **ARGS, output="rss", mask_center=False).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    op = load_operator(_spec("random", acceleration=4, center_fraction=0.08, seed=1))
+    assert _compare(ours, ref, op, op.num_low_frequencies) <= TOL32
+    with pytest.raises(ConfigError, match="mask_center"):
+        create_arch("e2e-varnet", **ARGS, mask_center="no")
+
+
+# -- the parts: SensitivityModel, NormUnet, Unet -----------------------------------------------
+@pytest.mark.parametrize("mask_center", [True, False])
+def test_sensitivity_model_matches_fastmri(fm, mask_center):
+    torch.manual_seed(4)
+    ref = fm[0].varnet.SensitivityModel(chans=4, num_pools=2, mask_center=mask_center).eval()
+    ours = SensitivityModel(4, 2, mask_center=mask_center).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    masks = [m for m in _off_centre_masks(fm)[-2:]]  # two different masks in one batch
+    mask = torch.from_numpy(np.stack(masks)).reshape(2, 1, 1, W, 1).bool()
+    g = torch.Generator().manual_seed(5)
+    k = torch.randn(2, COILS, H, W, 2, generator=g) * mask
+    with torch.no_grad():
+        for nlf in (None, 6):
+            assert _rel(ours(k, mask, nlf), ref(k, mask, nlf)) <= TOL32
+    if mask_center:
+        pad, num = ref.get_pad_and_num_low_freqs(mask, None)
+        assert num.tolist() == [fastmri_low_frequencies(m) for m in masks]
+
+
+def test_norm_unet_matches_fastmri(fm):
+    torch.manual_seed(6)
+    ref = fm[0].varnet.NormUnet(4, 2).eval()
+    ours = NormUnet(4, 2).eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(3, 1, 21, 35, 2, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert _rel(ours(x), ref(x)) <= TOL32
+
+
+def test_unet_prior_matches_fastmri(fm, tmp_path):
+    """fastMRI's Unet and mbdlprune's ``unet`` prior share parameter names, so its file loads as it is."""
+    torch.manual_seed(8)
+    ref = fm[0].Unet(in_chans=2, out_chans=2, chans=4, num_pool_layers=3).eval()
+    torch.save(ref.state_dict(), tmp_path / "unet.pt")
+    ours = load_model(tmp_path / "unet.pt", arch="unet", arch_args={"chans": 4, "num_pool_layers": 3}).model
+    assert [(k, tuple(v.shape)) for k, v in ours.state_dict().items()] == \
+           [(k, tuple(v.shape)) for k, v in ref.state_dict().items()]
+    x = torch.randn(2, 2, 27, 37, generator=torch.Generator().manual_seed(9))  # odd sizes: the reflect pads
+    with torch.no_grad():
+        assert _rel(ours(x), ref(x)) <= TOL32
+
+
+# -- masks ---------------------------------------------------------------------------------------
+CASES = [(368, 4, 0.08), (368, 8, 0.04), (320, 4, 0.08), (64, 4, 0.08), (97, 3, 0.1)]
+
+
+@pytest.mark.parametrize("width, accel, cf", CASES)
+def test_equispaced_is_fastmris_equispaced_fraction(fm, width, accel, cf):
+    """``equispaced`` is EquispacedMaskFractionFunc's rule: the same mask for the same offset, and a
+    seeded mbdlprune mask is one of fastMRI's masks (its offset comes from another random stream)."""
+    func = fm[1].EquispacedMaskFractionFunc([cf], [accel])
+    n = fraction_center_lines(width, cf)
+    family = []
+    spacing = accel * (n - width) / (n * accel - width)
+    for offset in range(round(spacing)):
+        want, n_fastmri = func((1, width, 2), offset=offset)
+        assert n_fastmri == n
+        want = want.reshape(-1).numpy()
+        assert np.array_equal(equispaced_mask(width, accel, n, offset=offset), want)
+        family.append(want)
+    for seed in range(4):
+        ours = make_mask("equispaced", width, accel, n, seed)
+        assert any(np.array_equal(ours, m) for m in family)
+
+
+@pytest.mark.parametrize("width, accel, cf", CASES)
+def test_random_is_fastmris_random(fm, width, accel, cf):
+    """``random`` is RandomMaskFunc's rule: with fastMRI's random stream (RandomState(seed)) the masks are equal."""
+    func = fm[1].RandomMaskFunc([cf], [accel])
+    n = fraction_center_lines(width, cf)
+    for seed in range(4):
+        want, n_fastmri = func((1, width, 2), seed=seed)
+        assert n_fastmri == n
+        got = random_mask(width, accel, n, rng=np.random.RandomState(seed))
+        assert np.array_equal(got, want.reshape(-1).numpy())
+
+
+@pytest.mark.parametrize("width, accel, cf", [(368, 4, 0.08), (320, 8, 0.04), (64, 4, 0.08)])
+def test_uniform_with_center_fraction_is_fastmris_equispaced_offset_zero(fm, width, accel, cf):
+    """``uniform`` (integer R, center_fraction given) equals EquiSpacedMaskFunc with offset 0."""
+    want, n = fm[1].EquiSpacedMaskFunc([cf], [accel])((1, width, 2), offset=0)
+    op = load_operator({"kind": "mri", "image_size": [8, width], "mask": "uniform", "acceleration": accel,
+                        "center_fraction": cf})
+    assert op.num_low_frequencies == n
+    assert np.array_equal(op.mask.reshape(-1).numpy(), want.reshape(-1).numpy())
+
+
+def test_auto_low_frequencies_equal_fastmris_detection(fm):
+    """``fastmri_low_frequencies`` is SensitivityModel.get_pad_and_num_low_freqs(mask, None), border cases included."""
+    sens = fm[0].varnet.SensitivityModel(chans=2, num_pools=1)
+    func = fm[1].EquispacedMaskFractionFunc([0.08, 0.04], [4, 8])
+    masks = [func((1, 368, 2), seed=s)[0].reshape(-1).numpy() for s in range(40)]
+    edge = np.zeros(16, dtype=np.float32)
+    edge[8:] = 1  # sampled up to the border on the right: fastMRI counts 1
+    unsampled = np.ones(16, dtype=np.float32)
+    unsampled[8] = 0
+    masks += [edge, unsampled, np.ones(15, dtype=np.float32)]
+    for cols in masks:
+        _, num = sens.get_pad_and_num_low_freqs(torch.from_numpy(cols).reshape(1, 1, 1, -1, 1))
+        assert int(num) == fastmri_low_frequencies(cols)
+    # the whole sampled run (mbdlprune's former rule) differs on most of fastMRI's own masks
+    assert sum(fastmri_low_frequencies(m) != center_run(m) for m in masks[:40]) >= 20
+
+
+# -- the num_low_frequencies operator key (needs no fastMRI) -----------------------------------
+def test_num_low_frequencies_key(tmp_path):
+    cols = np.zeros(W, dtype=np.float32)
+    cols[::4] = 1
+    cols[W // 2 - 3:W // 2 + 11] = 1
+    np.save(tmp_path / "m.npy", cols)
+    spec = _spec("m.npy")
+    op = load_operator(spec, base_dir=tmp_path)
+    assert op.num_low_frequencies == 8 == op.spec["num_low_frequencies"]  # 2 * min(4 left, 11 right)
+    assert load_operator({**spec, "num_low_frequencies": "auto"}, base_dir=tmp_path).num_low_frequencies == 8
+    op = load_operator({**spec, "num_low_frequencies": 15}, base_dir=tmp_path)
+    assert op.num_low_frequencies == 15 == op.spec["num_low_frequencies"]
+    again = load_operator(op.spec, embedded=op.embedded)
+    assert again.num_low_frequencies == 15 and torch.equal(again.mask, op.mask)
+    # generated masks keep their own count unless told otherwise
+    gen = load_operator(_spec("equispaced", center_fraction=0.08))
+    assert gen.num_low_frequencies == 5 == gen.spec["num_low_frequencies"]
+    assert load_operator(_spec("equispaced", center_fraction=0.08, num_low_frequencies=4)).num_low_frequencies == 4
+    assert load_operator(_spec("random", center_fraction=0.0, seed=2)).num_low_frequencies >= 1
+    for bad in ("centre", 0, W + 1, 2.5, True, [4]):
+        with pytest.raises(ConfigError, match="num_low_frequencies"):
+            load_operator({**spec, "num_low_frequencies": bad}, base_dir=tmp_path)
