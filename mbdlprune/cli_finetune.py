@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import DebugOpt, DeviceOpt, ForceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors, print_json
+from .cli_common import DebugOpt, DeviceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors, print_json
 
 MODE_HELP = "supervised | distill | self-supervised | distill+self-supervised"
 
@@ -96,9 +96,9 @@ def finetune_cmd(
     fit: str = typer.Option("error", "--fit", help="Fit slices to the operator's image size: error, crop, pad, crop-pad."),
     axis: int = typer.Option(2, "--axis", help="Slicing axis of 3-D/4-D NIfTI volumes."),
     normalize: str = typer.Option("max", "--normalize", help="max (each slice to max magnitude 1), volume, or none."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.state.safetensors."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.state.safetensors (after its last epoch: only write the output)."),
     unsafe_pickle: bool = UnsafePickleOpt,
-    force: bool = ForceOpt,
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output; without --resume, also discard an interrupted run's state and start over."),
     json_out: bool = JsonOpt,
     debug: bool = DebugOpt,
 ):

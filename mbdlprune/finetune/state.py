@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -236,8 +237,8 @@ def _check_tensors(tensors: dict[str, Any], doc: dict[str, Any], p: Path) -> Non
     need((doc["best_epoch"] is None) == (not best), "best weights and best epoch disagree")
 
 
-def optimizer_state(doc: dict[str, Any], tensors: dict[str, Any]) -> dict[str, Any]:
-    """The optimiser ``state_dict`` rebuilt from the document's settings and the ``optim.*`` tensors."""
+def optimizer_state(doc: dict[str, Any], tensors: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """The optimiser's per-parameter state, rebuilt from the ``optim.*`` tensors and the document's scalars."""
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
         if name.startswith("optim."):
@@ -245,17 +246,19 @@ def optimizer_state(doc: dict[str, Any], tensors: dict[str, Any]) -> dict[str, A
             state.setdefault(int(idx), {})[key] = t
     for idx, vals in doc["optimizer"]["scalars"].items():
         state.setdefault(int(idx), {}).update(vals)
-    groups = [dict(g) for g in doc["optimizer"]["param_groups"]]
-    for g in groups:
-        if isinstance(g.get("betas"), list):
-            g["betas"] = tuple(g["betas"])
-    return {"state": state, "param_groups": groups}
+    return state
+
+
+#: the per-parameter state of Adam and AdamW (max_exp_avg_sq with amsgrad)
+_ADAM_KEYS = frozenset({"step", "exp_avg", "exp_avg_sq"})
 
 
 def restore(doc: dict[str, Any], tensors: dict[str, Any], model, optimizer, p: Path) -> dict[str, Any] | None:
-    """Load the saved model, optimiser and RNG state; return the best weights (or None).
+    """Load the saved model, optimiser and RNG state into this run's; return the best weights (or None).
 
-    Anything that does not fit the model and optimiser built for this run is a one-line error.
+    The optimiser's settings (its param groups) are this run's own, which the caller has checked
+    against the saved config; the file supplies only the per-parameter state, each tensor checked
+    against its parameter. Anything that does not fit is a one-line error.
     """
     import torch
 
@@ -263,29 +266,44 @@ def restore(doc: dict[str, Any], tensors: dict[str, Any], model, optimizer, p: P
     from ..io import load_weights
 
     bad = f"{p.name} does not fit this model"
+
+    def why(e: Exception) -> str:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         load_weights(model, model_state, p.name)
     except CheckpointError as e:
         raise MbdlError(f"{bad}: {e.problem}", _START_OVER) from None
     except (RuntimeError, ValueError, TypeError) as e:
-        raise MbdlError(f"{bad} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})", _START_OVER) from None
+        raise MbdlError(f"{bad} ({why(e)})", _START_OVER) from None
+    own = optimizer.state_dict()
+    if [g.get("params") for g in doc["optimizer"]["param_groups"]] != [g["params"] for g in own["param_groups"]]:
+        raise MbdlError(f"{bad}: its optimiser has other parameter groups", _START_OVER)
     params = [q for g in optimizer.param_groups for q in g["params"]]
-    osd = optimizer_state(doc, tensors)
-    for idx, st in osd["state"].items():
+    state = optimizer_state(doc, tensors)
+    for idx, st in state.items():
         if idx >= len(params):
             raise MbdlError(f"{bad}: optimiser state for parameter {idx} of {len(params)}", _START_OVER)
-        for key, t in st.items():
-            if isinstance(t, torch.Tensor) and t.dim() > 0 and (t.shape != params[idx].shape or not t.dtype.is_floating_point):
-                raise MbdlError(f"{bad}: optimiser tensor {key} of parameter {idx} has shape {tuple(t.shape)}", _START_OVER)
+        if not _ADAM_KEYS <= set(st) <= _ADAM_KEYS | {"max_exp_avg_sq"}:
+            raise MbdlError(f"{bad}: optimiser state of parameter {idx} holds {', '.join(sorted(st))}", _START_OVER)
+        step = st["step"]
+        if isinstance(step, torch.Tensor):
+            ok = step.dim() == 0 and step.dtype.is_floating_point and bool(torch.isfinite(step)) and float(step) >= 0
+        else:
+            ok = _is_num(step) and math.isfinite(step) and step >= 0
+        if not ok:
+            raise MbdlError(f"{bad}: optimiser step count of parameter {idx} is malformed", _START_OVER)
+        for key in set(st) - {"step"}:
+            t = st[key]
+            if not isinstance(t, torch.Tensor) or t.shape != params[idx].shape or not t.dtype.is_floating_point:
+                shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise MbdlError(f"{bad}: optimiser tensor {key} of parameter {idx} is {shape}, the parameter {tuple(params[idx].shape)}",
+                                _START_OVER)
     try:
-        optimizer.load_state_dict(osd)
+        optimizer.load_state_dict({"state": state, "param_groups": own["param_groups"]})
         torch.set_rng_state(tensors["rng.torch"])
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-        raise MbdlError(f"{bad} ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})", _START_OVER) from None
-    for g in optimizer.param_groups:
-        for key in ("lr", "eps", "weight_decay"):
-            if key in g and not _is_num(g[key]):
-                raise MbdlError(f"{bad}: optimiser setting {key} is {g[key]!r}", _START_OVER)
+        raise MbdlError(f"{bad} ({why(e)})", _START_OVER) from None
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
     return best or None

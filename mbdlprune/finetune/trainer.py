@@ -2,9 +2,11 @@
 
 One plain loop for every mode. Per epoch: train over the training samples, validate (PSNR on
 validation images with ground truth; measurement consistency for measurement-only data), keep
-the best-validation weights, write the training state atomically beside the output. At the
-end the best weights are written with :func:`mbdlprune.io.save_model` and the checkpoint's
-metadata gains a ``finetune`` record.
+the best-validation weights, write the training state beside the output (one file, replaced
+atomically: :mod:`.state`). At the end the best weights are written with
+:func:`mbdlprune.io.save_model`, the checkpoint's metadata gains a ``finetune`` record, and
+the state file is removed. ``resume`` continues from the state wherever the run was stopped,
+including after its last epoch (then it only writes the output).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the loop joins the process group (NCCL on
 CUDA, gloo on CPU), wraps the model in DistributedDataParallel, shards samples with a
