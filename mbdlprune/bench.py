@@ -233,6 +233,7 @@ class EvalData:
     source: str
     hashes: list[str]
     files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. slices dropped for NaN/Inf or all-zero values
 
 
 def tensor_sha256(t) -> str:
@@ -264,7 +265,7 @@ def load_eval_data(data: Any, op, max_images: int | None = None, fit: str = "err
             "set the operator's image_size/channels to the data, or resample the data",
         )
     if max_images is not None and ev.images.shape[0] > max_images:
-        ev = EvalData(ev.images[:max_images], ev.source + f" (first {max_images} images)", ev.hashes, ev.files)
+        ev = EvalData(ev.images[:max_images], ev.source + f" (first {max_images} images)", ev.hashes, ev.files, ev.notes)
     return ev
 
 
@@ -290,7 +291,7 @@ def _load_volumes(data: Any, op, fit: str = "error") -> EvalData:
     imgs = torch.cat([D.slices_to_images(v, op, fit=fit) for v in volumes]).float()
     hashes = sorted({v.sha256 for v in volumes if getattr(v, "sha256", None)})
     files = sorted({str(getattr(v, "path", "")) for v in volumes})
-    return EvalData(imgs, ", ".join(map(str, paths)), hashes, files)
+    return EvalData(imgs, ", ".join(map(str, paths)), hashes, files, D.volume_notes(volumes))
 
 
 def simulate_measurements(images, op, seed: int = 0):
@@ -580,6 +581,7 @@ def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeat
     notes: list[str] = []
     if env["note"]:
         notes.append(env["note"])
+    notes += list(ev.notes)
     notes += lineage_notes(entries)
     if not dev.startswith("cuda") and busy_note(env):
         notes.append(busy_note(env))
@@ -640,7 +642,12 @@ def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeat
                 r.psnr_drop_vs_control = ctrl.psnr_mean - r.psnr_mean
                 notes.append(f"control: fine-tuning the original alone changes PSNR by {-ctrl.psnr_drop:+.2f} dB; "
                              f"{r.label} is {-r.psnr_drop_vs_control:+.2f} dB against that control")
+    from .metrics import nonfinite_note
+
     for r in results:
+        note = nonfinite_note(r.psnr, f"reconstructions of {r.label}") if r.psnr else None
+        if note:
+            notes.append(note)
         if r.deq and r.deq.get("converged_fraction", 1.0) < 1.0:
             notes.append(f"{r.label}: the DEQ solver stopped at max_iter before reaching tol on "
                          f"{(1 - r.deq['converged_fraction']) * 100:.0f}% of the batches")

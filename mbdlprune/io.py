@@ -429,7 +429,14 @@ def write_file(path: str | Path, write: Callable[[str], Any], *, force: bool = F
         raise MbdlError(f"cannot write to folder {str(folder)!r} ({e.strerror or e})", "choose a folder you can write to") from None
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except (MbdlError, OSError, KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # a serialiser wrapping an I/O error (safetensors: "No space left on device")
+            if type(e).__name__ != "SafetensorError" and "os error" not in str(e):
+                raise
+            raise MbdlError(f"writing {str(p)!r} failed ({_first_line(e)})", "check free disk space and permissions") from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions

@@ -223,3 +223,32 @@ def test_sigterm_during_a_write_leaves_no_temp_file(tmp_path):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode != 0
     assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture()
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs: a real file system that fills up (needs root and mount; skipped elsewhere)."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here")
+    (mnt / "filler").write_bytes(b"\0" * (60 << 10))  # leave about 4 KiB
+    yield mnt
+    subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_partial_file(full_disk, pruned):
+    lm = load_model(pruned)
+    big = {"w": torch.zeros(200_000)}
+    with pytest.raises(MbdlError, match="No space left"):
+        write_file(full_disk / "x.safetensors", lambda tmp: save_file(big, tmp))
+    with pytest.raises(MbdlError, match="No space left|failed"):
+        write_json(full_disk / "r.json", {"x": "y" * 200_000})
+    assert os.listdir(full_disk) == ["filler"]
+    from typer.testing import CliRunner
+
+    from mbdlprune.cli import app
+
+    r = CliRunner().invoke(app, ["prune", str(pruned), "--ratio", "0.3", "--round-to", "1", "-o", str(full_disk / "p.safetensors")])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "error:" in r.output, r.output
+    assert os.listdir(full_disk) == ["filler"] and lm is not None
