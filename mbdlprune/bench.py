@@ -541,8 +541,8 @@ def bench(
     """
     import torch
 
-    if threads is not None and threads < 1:
-        raise MbdlError(f"--threads must be >= 1, got {threads}", "use e.g. --threads 1")
+    check_bench_options(threads=threads, batch_size=batch_size, warmup=warmup, repeats=repeats, max_images=max_images,
+                        seed=seed, tol=tol, max_iter=max_iter, min_speedup=min_speedup, max_psnr_drop=max_psnr_drop)
     before_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -673,6 +673,26 @@ def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeat
     for e, sc in zip(entries, scored):
         report.examples[e.label] = sc["example"]
     return report
+
+
+def check_bench_options(**values: Any) -> None:
+    """Refuse, in one line and before any work, bench options no benchmark can run with."""
+    from .config import expect_number
+
+    rules = {  # option: (integer, minimum, allow None)
+        "threads": (True, 1, True), "batch_size": (True, 1, False), "warmup": (True, 0, False),
+        "repeats": (True, 1, False), "max_images": (True, 1, True), "seed": (True, 0, False),
+        "max_iter": (True, 1, True), "tol": (False, None, True), "min_speedup": (False, None, True),
+        "max_psnr_drop": (False, None, True),
+    }
+    for key, value in values.items():
+        integer, minimum, optional = rules[key]
+        if value is None and optional:
+            continue
+        expect_number(value, f"--{key.replace('_', '-')}", "bench", integer=integer, minimum=minimum)
+    for key in ("tol", "min_speedup"):
+        if values.get(key) is not None and not values[key] > 0:
+            raise MbdlError(f"--{key.replace('_', '-')} must be positive, got {values[key]}", f"set --{key.replace('_', '-')} above 0")
 
 
 def run_finetune(path: str | Path, settings: Mapping[str, Any], out: str | Path | None, arch: str | None = None,

@@ -438,3 +438,11 @@ def test_plain_original_checkpoint_benches_beside_pruned_file(models):
     assert d["models"][0]["psnr_mean"] == pytest.approx(e["models"][0]["psnr_mean"])
     with pytest.raises(MbdlError, match="convert"):
         B.bench([str(raw), str(models["unrolled"][2])], str(models["dir"] / "eval.npy"), **FAST)
+
+
+@pytest.mark.parametrize("option", [{"batch_size": 0}, {"repeats": 0}, {"warmup": -1}, {"tol": float("nan")},
+                                    {"tol": 0.0}, {"min_speedup": float("inf")}, {"max_images": 0}, {"threads": 0},
+                                    {"max_psnr_drop": float("nan")}, {"seed": -1}])
+def test_bench_refuses_impossible_options_before_loading(option):
+    with pytest.raises(MbdlError, match=next(iter(option)).replace("_", "-")):
+        B.bench(["not-loaded-a.safetensors", "not-loaded-b.safetensors"], _images(), **option)
