@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, MbdlError
-from ..operators.fft import complex_conj, complex_mul, fft2c, ifft2c, rss_complex  # noqa: F401  (re-exported)
+from ..operators.fft import complex_abs, complex_conj, complex_mul, fft2c, ifft2c, rss, rss_complex  # noqa: F401  (re-exported)
 from .priors import Unet
 from .registry import register_arch
 
@@ -215,7 +215,8 @@ class VarNet(nn.Module):
             k = cascade(k, y, mask, sens)
         self.last_info = {"iterations": len(self.cascades)}
         if self.output == "rss":
-            return rss_complex(ifft2c(k), dim=1).unsqueeze(1)
+            # fastMRI's formula, rss(|.|) (not rss_complex), so the rounding matches too
+            return rss(complex_abs(ifft2c(k)), dim=1).unsqueeze(1)
         return sens_reduce(k, sens)[:, 0].permute(0, 3, 1, 2).contiguous()
 
     def legacy_state_keys(self) -> list[str]:

@@ -199,7 +199,10 @@ def build_mri(table: Mapping[str, Any], files: SpecFiles) -> MRIOperator:
     spec: dict[str, Any] = {"kind": "mri", "image_size": [h, w], "noise_sigma": get_noise_sigma(table, where),
                             "channels": 2}
     mask, n_center = _mask_from_spec(table, files, (h, w), where, spec)
-    spec["num_low_frequencies"] = n_center  # the count chosen, so a reload uses the same centre
+    if "num_low_frequencies" in table or spec["mask"] not in MASK_TYPES:
+        # the count chosen, so a reload uses the same centre (a generated mask's own count follows
+        # from the keys recorded already, so older files and new ones record the same spec)
+        spec["num_low_frequencies"] = n_center
     if "coil_maps" in table:
         arr, ref = files.load(get_str(table, "coil_maps", None, where), "coil_maps", where, datasets=COIL_DATASETS)
         maps = coil_maps_from_array(arr, h, w, where)
