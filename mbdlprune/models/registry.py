@@ -69,6 +69,8 @@ def check_factory_args(factory: Callable[..., Any], args: dict[str, Any], where:
             raise ConfigError(f"unknown argument {key!r} for {where}", f"use one of: {', '.join(allowed) or 'none'}")
 
 
+#: largest model (parameters + buffers, in elements) built from a file's recorded arguments
+MAX_MODEL_ELEMENTS = 2_000_000_000
 #: largest integer argument a built-in architecture takes (widths, depths, cascades, iterations)
 MAX_INT_ARG = 100_000
 

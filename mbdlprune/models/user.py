@@ -123,7 +123,7 @@ def build_recorded(record: dict[str, Any], arch: str | None, source: str, state:
     A recorded name is only looked up in the built-in registry. A recorded factory
     (``file.py:factory`` or ``pkg.mod:factory``) runs only when the command line's ``arch``
     names the same factory; whatever the file says about its "source" is not trusted.
-    Recorded arguments must not build a model beyond :data:`mbdlprune.io.MAX_MODEL_ELEMENTS`.
+    Recorded arguments must not build a model beyond :data:`registry.MAX_MODEL_ELEMENTS`.
     """
     from ..errors import CheckpointError
 
@@ -153,7 +153,7 @@ def _check_build_size(name: str, args: dict[str, Any], source: str) -> None:
     import torch
 
     from ..errors import CheckpointError
-    from ..io import MAX_MODEL_ELEMENTS
+    from .registry import MAX_MODEL_ELEMENTS
 
     entry = get_arch(name)
     try:
