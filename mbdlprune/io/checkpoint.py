@@ -254,10 +254,14 @@ def _list(keys, n=4) -> str:
 def load_weights(model, state: dict[str, Any], source: str = "checkpoint", resize: bool = False) -> None:
     """Load ``state`` strictly into ``model``; one clear error for missing/unexpected/shape conflicts.
 
-    With ``resize``, modules first take the shapes stored in ``state`` (a pruned model).
+    With ``resize``, modules first take the shapes stored in ``state`` (a pruned model). Keys
+    the model lists in ``legacy_state_keys()`` are dropped when present.
     """
     as_saved = state
     state = match_keys(state, list(model.state_dict()))
+    legacy = set(model.legacy_state_keys()) if callable(getattr(model, "legacy_state_keys", None)) else set()
+    if legacy:  # keys older checkpoints hold that the model no longer keeps (e.g. VarNet's `zero`)
+        state = {k: v for k, v in state.items() if k not in legacy}
     own = model.state_dict()
     missing = set(own) - set(state)
     unexpected = set(state) - set(own)
