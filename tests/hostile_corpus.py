@@ -105,6 +105,7 @@ class Case:
     description: str = ""
     lenient: bool = False  # a clean success (exit 0) is acceptable too (e.g. an all-one mask)
     meta_only: bool = False  # only the metadata is hostile: a command that reads just the weights may succeed
+    checkpoint: Path | None = None  # key-map cases: the checkpoint the map is applied to
 
 
 class Folder:
@@ -602,12 +603,15 @@ def _toml_value(v: Any) -> str:
     return json.dumps(v)
 
 
-def write_pipeline(path: Path, checkpoint: Path, out: Path, a: Assets, *, plain: bool, operator: Path | None) -> Path:
+def write_pipeline(path: Path, checkpoint: Path, out: Path, a: Assets, *, plain: bool, operator: Path | None,
+                   key_map: Path | None = None) -> Path:
     lines = ["[model]", f"checkpoint = {json.dumps(str(checkpoint))}"]
     if plain:
         lines += [f"arch = {json.dumps(ARCH)}", f"arch_args = {_toml_value(ARCH_ARGS)}"]
     if operator is not None:
         lines.append(f"operator = {json.dumps(str(operator))}")
+    if key_map is not None:
+        lines.append(f"key_map = {json.dumps(str(key_map))}")
     lines += ["", "[prune]", "ratio = 0.5", "round_to = 1", "", "[bench]", f"data = {json.dumps(str(a.eval))}",
               "warmup = 0", "repeats = 1", 'device = "cpu"', "", "[output]", f"dir = {json.dumps(str(out))}", ""]
     path.write_text("\n".join(lines))
@@ -641,6 +645,13 @@ def command_args(cmd: str, case: Case, a: Assets, f: Folder) -> list[str]:
         "finetune": ["finetune", str(a.pruned), "--operator", x, "--mode", "supervised", "--data", str(a.train), "--epochs", "1",
                      "--val-fraction", "0", "--device", "cpu", "-o", str(out / "f.safetensors"), "--json"],
     }
+    if case.role == "pipeline":
+        return ["run", x, "--quiet"]
+    if case.role == "keymap":
+        if cmd == "run":
+            p = write_pipeline(f.root / "pipeline.toml", case.checkpoint, out, a, plain=True, operator=a.op, key_map=case.path)
+            return ["run", str(p), "--quiet"]
+        return ["bench", str(case.checkpoint), str(a.pruned), "--key-map", x, "--data", str(a.eval), *BENCH_FAST]
     if cmd == "run":
         p = write_pipeline(f.root / "pipeline.toml", a.plain, out, a, plain=True, operator=case.path)
         return ["run", str(p), "--quiet"]
@@ -861,3 +872,156 @@ GOOD_CASES: dict[str, Callable[[Folder, Assets], Case]] = {f"good-{k}": _good(k)
 #: what each command writes into the output folder when it succeeds
 OUTPUTS = {"prune": ["p.safetensors"], "convert": ["c.safetensors"], "finetune": ["f.safetensors"],
            "run": ["pruned.safetensors", "report.json"], "inspect": [], "bench": []}
+
+
+# ------------------------------------------------------------------------------ pipeline files (given to `run`)
+def _pipeline_case(cid: str, body: Callable[[Folder, Assets], str], needle: str, description: str):
+    """A pipeline file whose [model]/[prune]/[bench]/[output] are valid unless ``body`` says otherwise.
+
+    ``body(f, a)`` returns the TOML text; ``{out}``, ``{eval}``, ``{plain}``, ``{op}`` are filled in.
+    """
+
+    def build(f: Folder, a: Assets) -> Case:
+        p = f.inp / "pipeline.toml"
+        text = body(f, a)
+        if isinstance(text, bytes):
+            p.write_bytes(text)
+        else:
+            p.write_text(text.format(out=json.dumps(str(f.out)), eval=json.dumps(str(a.eval)), plain=json.dumps(str(a.plain)),
+                                     op=json.dumps(str(a.op)), args=_toml_value(ARCH_ARGS)))
+        return Case(cid, "pipeline", p, needle, description=description)
+
+    return cid, build
+
+
+_PIPE_TAIL = '\n[prune]\nratio = 0.5\nround_to = 1\n\n[bench]\ndata = {eval}\nwarmup = 0\nrepeats = 1\ndevice = "cpu"\n\n[output]\ndir = {out}\n'
+
+
+def _pipe_model(**model) -> Callable[[Folder, Assets], str]:
+    def body(f: Folder, a: Assets) -> str:
+        lines = ["[model]"]
+        for k, v in model.items():
+            v = v(f, a) if callable(v) else v
+            lines.append(f"{k} = {v}")
+        return "\n".join(lines) + "\n" + _PIPE_TAIL
+    return body
+
+
+def _q(s: str) -> str:
+    return json.dumps(s).replace("{", "{{").replace("}", "}}")
+
+
+def _pipe_evil_py(f: Folder, a: Assets) -> str:
+    write_evil_py(f)
+    return '"evil.py:build"'
+
+
+def _pipe_evil_py_abs(f: Folder, a: Assets) -> str:
+    return _q(f"{write_evil_py(f)}:build")
+
+
+def _pipe_evil_pkg(f: Folder, a: Assets) -> str:
+    write_evil_pkg(f)
+    return '"evil_pkg.mod:build"'
+
+
+def _pipe_pickle(f: Folder, a: Assets) -> str:
+    import torch
+
+    p = f.inp / "model.pt"
+    torch.save({**a.state, "evil": Evil(f.marker)}, p)
+    return _q(str(p))
+
+
+def _pipe_redos_checkpoint(f: Folder, a: Assets) -> str:
+    import torch
+
+    p = f.inp / "model.pt"
+    torch.save({**a.state, "a" * 40 + "!": a.state["gamma"].clone()}, p)
+    return _q(str(p))
+
+
+def _pipe_redos_map(f: Folder, a: Assets) -> str:
+    p = f.inp / "km.toml"
+    p.write_text("[key_map]\ndrop = ['^(a+)+$']\n")
+    return _q(str(p))
+
+
+PIPELINE_CASES = dict([
+    _pipeline_case("pipe-arch-evil-py", _pipe_model(checkpoint="{plain}", arch=_pipe_evil_py, arch_args="{args}", operator="{op}"),
+                   r"evil", "[model] arch = evil.py:build next to the pipeline, no --arch"),
+    _pipeline_case("pipe-arch-evil-py-abs", _pipe_model(checkpoint="{plain}", arch=_pipe_evil_py_abs, operator="{op}"),
+                   r"evil", "[model] arch = /abs/evil.py:build, no --arch"),
+    _pipeline_case("pipe-arch-evil-pkg", _pipe_model(checkpoint="{plain}", arch=_pipe_evil_pkg, operator="{op}"),
+                   r"evil_pkg", "[model] arch = evil_pkg.mod:build (cwd on sys.path), no --arch"),
+    _pipeline_case("pipe-arch-os-system", _pipe_model(checkpoint="{plain}", arch='"os:system"',
+                                                      arch_args=lambda f, a: "{{command = " + _q(_touch_cmd(f)) + "}}", operator="{op}"),
+                   r"os:system", "[model] arch = os:system with a command"),
+    _pipeline_case("pipe-unsafe-pickle", _pipe_model(checkpoint=_pipe_pickle, arch=f'"{ARCH}"', arch_args="{args}", operator="{op}",
+                                                     unsafe_pickle="true"),
+                   r"unsafe_pickle|pickl", "[model] unsafe_pickle = true on a pickle payload"),
+    _pipeline_case("pipe-key-map-redos", _pipe_model(checkpoint=_pipe_redos_checkpoint, arch=f'"{ARCH}"', arch_args="{args}",
+                                                     operator="{op}", key_map=_pipe_redos_map),
+                   r"key.?map|km\.toml|aaaa", "[model] key_map with a catastrophic-backtracking regex and a 41-character key"),
+    _pipeline_case("pipe-binary", lambda f, a: _random_bytes(2048, 5), r"pipeline\.toml", "random bytes as the pipeline"),
+    _pipeline_case("pipe-deep", lambda f, a: "a = " + "[" * 50_000 + "]" * 50_000 + "\n", r"pipeline\.toml|toml|nest",
+                   "TOML nested 50000 deep"),
+    _pipeline_case("pipe-output-is-a-file",
+                   lambda f, a: (f.inp / "afile").write_text("keep") and
+                   "[model]\ncheckpoint = {plain}\narch = \"deq-edsr\"\narch_args = {args}\noperator = {op}\n"
+                   + _PIPE_TAIL.replace("dir = {out}", "dir = " + _q(str(f.inp / "afile"))),
+                   r"afile|dir|folder", "[output] dir names an existing file"),
+    _pipeline_case("pipe-operator-nan", lambda f, a: "[model]\ncheckpoint = {plain}\narch = \"deq-edsr\"\narch_args = {args}\n"
+                   "\n[operator]\nkind = \"denoise\"\nimage_size = [16, 16]\nchannels = 2\nnoise_sigma = nan\n" + _PIPE_TAIL,
+                   r"noise_sigma", "inline [operator] noise_sigma = nan"),
+    _pipeline_case("pipe-finetune-mode-list", lambda f, a: "[model]\ncheckpoint = {plain}\narch = \"deq-edsr\"\narch_args = {args}\n"
+                   "operator = {op}\n\n[finetune]\nmode = [1]\ndata = {eval}\nepochs = 1\n" + _PIPE_TAIL, r"mode",
+                   "[finetune] mode = [1] (found by the pipeline fuzzer)"),
+    _pipeline_case("pipe-ratio-nan", lambda f, a: "[model]\ncheckpoint = {plain}\narch = \"deq-edsr\"\narch_args = {args}\noperator = {op}\n"
+                   + _PIPE_TAIL.replace("ratio = 0.5", "ratio = nan"), r"ratio", "[prune] ratio = nan"),
+])
+
+
+# ------------------------------------------------------------------------------ key maps (given as --key-map to bench)
+def _keymap_case(cid: str, text: str | bytes, needle: str, description: str, long_key: bool = False):
+    def build(f: Folder, a: Assets) -> Case:
+        import torch
+
+        km = f.inp / "km.toml"
+        km.write_bytes(text if isinstance(text, bytes) else text.encode())
+        ckpt = f.inp / "model.pt"
+        torch.save({**a.state, **({"a" * 40 + "!": a.state["gamma"].clone()} if long_key else {})}, ckpt)
+        c = Case(cid, "keymap", km, needle, description=description)
+        c.checkpoint = ckpt
+        return c
+
+    return cid, build
+
+
+KEYMAP_CASES = dict([
+    _keymap_case("km-redos", "[key_map]\ndrop = ['^(a+)+$']\n", r"key.?map|km\.toml|aaaa",
+                 "drop = ['^(a+)+$'] on a checkpoint with the key 'a' * 40 + '!'", long_key=True),
+    _keymap_case("km-redos-rename", "[key_map]\nrename = [['^(a|aa)+$', 'x']]\n", r"key.?map|km\.toml|aaaa",
+                 "rename ['^(a|aa)+$'] on a checkpoint with the key 'a' * 40 + '!'", long_key=True),
+    _keymap_case("km-bad-regex", "[key_map]\ndrop = ['(']\n", r"regex|km\.toml|key.?map", "an invalid regex"),
+    _keymap_case("km-bad-group", "[key_map]\nrename = [['^prior', '\\\\9']]\n", r"group|km\.toml|key.?map", "a replacement naming group 9"),
+    _keymap_case("km-collide", "[key_map]\nrename = [['^prior\\.head\\.weight$', 'gamma']]\n", r"gamma|both|km\.toml|key.?map",
+                 "two keys renamed to one name"),
+    _keymap_case("km-binary", _random_bytes(1024, 6), r"km\.toml|key.?map", "random bytes as the key map"),
+    _keymap_case("km-deep", "[key_map]\ndrop = " + "[" * 50_000 + "]" * 50_000 + "\n", r"km\.toml|key.?map|nest", "nested 50000 deep"),
+    _keymap_case("km-rules-huge", "[key_map]\ndrop = [" + ", ".join(["'x'"] * 100_000) + "]\n", r"rules|km\.toml|key.?map",
+                 "100000 rules"),
+    _keymap_case("km-not-table", "key_map = 5\n", r"key.?map|km\.toml", "key_map is a number"),
+])
+
+
+#: case id -> (builder, the commands it is fed to)
+def all_cases() -> dict[str, tuple[Callable[[Folder, Assets], Case], tuple[str, ...]]]:
+    out = {cid: (b, COMMANDS) for cid, b in {**CHECKPOINT_CASES, **SPEC_CASES}.items()}
+    out.update({cid: (b, ("run",)) for cid, b in PIPELINE_CASES.items()})
+    out.update({cid: (b, ("bench", "run")) for cid, b in KEYMAP_CASES.items()})
+    return out
+
+
+ALL_CASES = all_cases()
+BUILDERS = {cid: b for cid, (b, _) in ALL_CASES.items()}
