@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from mbdlprune.api import load_checkpoint_model
 from mbdlprune.cli import app
-from mbdlprune.errors import ConfigError
+from mbdlprune.errors import CheckpointError, ConfigError
 from mbdlprune.io import load_model
 from mbdlprune.models import create_arch
 from mbdlprune.models.varnet import NormUnet, SensitivityModel
@@ -186,6 +186,37 @@ def test_legacy_zero_keys_load(fm, files):
     # a VarNet without sensitivity network lists its own cascades only
     assert create_arch("varnet", num_cascades=3, chans=4, pools=2).legacy_state_keys() == \
         [f"cascades.{i}.zero" for i in range(3)]
+
+
+def test_legacy_zero_keys_through_the_loader(fm, files, tmp_path):
+    """The strict loader (API, CLI) accepts files with ``cascades.{i}.zero``: fastMRI's pre-October-2020
+    layout (plain and Lightning), and mbdlprune files written while the buffer was persistent."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    d, ref = files
+    op = load_operator(_spec("equispaced", acceleration=4, center_fraction=0.08))
+    ours, *_ = load_checkpoint_model(d / "varnet_legacy.pt", "e2e-varnet", {**ARGS, "output": "rss"})
+    assert _compare(ours, ref, op, op.num_low_frequencies) <= TOL32
+    legacy = torch.load(d / "varnet_legacy.pt", weights_only=True)
+    torch.save({"state_dict": {**{f"varnet.{k}": v for k, v in legacy.items()}, "loss.w": torch.ones(1, 1, 7, 7) / 49},
+                "epoch": 0}, tmp_path / "legacy.ckpt")
+    ours, *_ = load_checkpoint_model(tmp_path / "legacy.ckpt", "e2e-varnet", {**ARGS, "output": "rss"})
+    assert _compare(ours, ref, op, op.num_low_frequencies) <= TOL32
+    torch.save({**legacy, "cascades.0.zeros": torch.zeros(1)}, tmp_path / "typo.pt")
+    with pytest.raises(CheckpointError, match=r"cascades\.0\.zeros"):  # only the listed keys are dropped
+        load_checkpoint_model(tmp_path / "typo.pt", "e2e-varnet", ARGS)
+    out = tmp_path / "new.safetensors"
+    r = runner.invoke(app, ["convert", str(d / "varnet_legacy.pt"), "--arch", "e2e-varnet",
+                            "--arch-args", json.dumps({**ARGS, "output": "rss"}), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    with safe_open(str(out), "pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert not [k for k in tensors if k.endswith(".zero")]
+    old = tmp_path / "old.safetensors"
+    save_file({**tensors, **{k: torch.zeros(1, 1, 1, 1, 1) for k in ours.legacy_state_keys()}}, str(old), metadata=meta)
+    loaded = load_model(old)
+    assert _compare(loaded.model, ref, op, op.num_low_frequencies) <= TOL32
 
 
 def test_mask_center_false_matches_fastmri(fm):
