@@ -647,6 +647,18 @@ def command_args(cmd: str, case: Case, a: Assets, f: Folder) -> list[str]:
     }
     if case.role == "pipeline":
         return ["run", x, "--quiet"]
+    if case.role == "data":
+        if cmd == "run":
+            lines = ["[model]", f"checkpoint = {json.dumps(str(a.model))}", "", "[prune]", "ratio = 0.5", "round_to = 1", "",
+                     "[bench]", f"data = {json.dumps(x)}", "warmup = 0", "repeats = 1", 'device = "cpu"', "", "[output]",
+                     f"dir = {json.dumps(str(out))}", ""]
+            p = f.root / "pipeline.toml"
+            p.write_text("\n".join(lines))
+            return ["run", str(p), "--quiet"]
+        if cmd == "finetune":
+            return ["finetune", str(a.pruned), "--mode", "supervised", "--data", x, "--epochs", "1", "--val-fraction", "0",
+                    "--device", "cpu", "-o", str(out / "f.safetensors"), "--json"]
+        return ["bench", str(a.model), str(a.pruned), "--data", x, *BENCH_FAST]
     if case.role == "keymap":
         if cmd == "run":
             p = write_pipeline(f.root / "pipeline.toml", case.checkpoint, out, a, plain=True, operator=a.op, key_map=case.path)
@@ -1025,3 +1037,87 @@ def all_cases() -> dict[str, tuple[Callable[[Folder, Assets], Case], tuple[str, 
 
 ALL_CASES = all_cases()
 BUILDERS = {cid: b for cid, (b, _) in ALL_CASES.items()}
+
+
+# ------------------------------------------------------------------------------ data files (given to --data / [bench] data)
+def _data_case(cid: str, write: Callable[[Folder, Path], Any], needle: str, description: str, name: str = "data.npy",
+               secret: str | None = None):
+    def build(f: Folder, a: Assets) -> Case:
+        p = f.inp / name
+        write(f, p)
+        return Case(cid, "data", p, needle, forbidden=_secret_files(f), secret=secret, description=description)
+
+    return cid, build
+
+
+def _npy_object(f: Folder, p: Path) -> None:
+    np.save(p, np.array([Evil(f.marker), 1], dtype=object), allow_pickle=True)
+
+
+def _npz_object(f: Folder, p: Path) -> None:
+    np.savez(p, images=np.array([Evil(f.marker)], dtype=object))
+
+
+def _npy_truncated(f: Folder, p: Path) -> None:
+    np.save(p, _images(3, 0))
+    p.write_bytes(p.read_bytes()[:200])
+
+
+def _npy_huge_header(f: Folder, p: Path) -> None:
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 1000000), }"
+    header = header + " " * (118 - len(header)) + "\n"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode() + b"\x00" * 64)
+
+
+def _h5_external_link(f: Folder, p: Path) -> None:
+    import h5py
+
+    secret = f.secret / "other.h5"
+    with h5py.File(secret, "w") as h:
+        h["images"] = np.full((2, SIZE, SIZE), SECRET_VALUE, np.float32)
+    with h5py.File(p, "w") as h:
+        h["images"] = h5py.ExternalLink(str(secret), "images")
+
+
+def _h5_external_dataset(f: Folder, p: Path) -> None:
+    import h5py
+
+    raw = f.secret / "raw.bin"
+    raw.write_bytes(np.full((2, SIZE, SIZE), SECRET_VALUE, np.float32).tobytes())
+    with h5py.File(p, "w") as h:
+        h.create_dataset("images", shape=(2, SIZE, SIZE), dtype="<f4", external=[(str(raw), 0, h5py.h5f.UNLIMITED)])
+
+
+def _nii_huge(f: Folder, p: Path) -> None:
+    import nibabel
+
+    nibabel.save(nibabel.Nifti1Image(np.ones((4, 4, 4), np.float32), np.eye(4)), str(p))
+    raw = bytearray(p.read_bytes())
+    raw[40:48] = struct.pack("<4h", 3, 30000, 30000, 30000)  # dim[0..3]: the header claims 2.7e13 voxels; the file holds 64
+    p.write_bytes(bytes(raw))
+
+
+def _write(data: bytes) -> Callable[[Folder, Path], None]:
+    return lambda f, p: p.write_bytes(data)
+
+
+DATA_CASES = dict([
+    _data_case("data-npy-object", _npy_object, r"data\.npy|pickl|object|numbers", "a .npy of objects (a pickle payload)"),
+    _data_case("data-npz-object", _npz_object, r"data\.npz|pickl|object|numbers", "an .npz whose array is a pickle payload",
+               name="data.npz"),
+    _data_case("data-npy-truncated", _npy_truncated, r"data\.npy", "a .npy cut short"),
+    _data_case("data-npy-huge-header", _npy_huge_header, r"data\.npy", "a .npy header claiming 10**12 floats"),
+    _data_case("data-npy-empty", _write(b""), r"data\.npy", "an empty .npy"),
+    _data_case("data-npy-random", _write(_random_bytes(4096, 7)), r"data\.npy", "random bytes named .npy"),
+    _data_case("data-h5-external-link", _h5_external_link, r"data\.h5|link|other", "an HDF5 external link to a file elsewhere",
+               name="data.h5", secret="31337"),
+    _data_case("data-h5-external-dataset", _h5_external_dataset, r"data\.h5|external", "an HDF5 dataset stored in a raw file elsewhere",
+               name="data.h5", secret="31337"),
+    _data_case("data-h5-random", _write(_random_bytes(4096, 8)), r"data\.h5", "random bytes named .h5", name="data.h5"),
+    _data_case("data-nii-huge", _nii_huge, r"data\.nii", "a NIfTI header claiming 2.7e13 voxels", name="data.nii"),
+    _data_case("data-niigz-random", _write(_random_bytes(4096, 9)), r"data\.nii\.gz", "random bytes named .nii.gz", name="data.nii.gz"),
+    _data_case("data-npy-nan", lambda f, p: np.save(p, np.full((2, SIZE, SIZE), np.nan, np.float32)), r"data\.npy|nan|finite",
+               "images that are all NaN"),
+])
+ALL_CASES.update({cid: (b, ("bench", "finetune", "run")) for cid, b in DATA_CASES.items()})
+BUILDERS.update(DATA_CASES)

@@ -155,6 +155,18 @@ PASSING: dict[str, str] = {
     "km-binary": "bench run",
     "km-rules-huge": "bench run",
     "km-not-table": "bench run",
+    "data-npy-object": "bench finetune",
+    "data-npz-object": "bench finetune",
+    "data-npy-truncated": "bench finetune",
+    "data-npy-huge-header": "bench finetune",
+    "data-npy-empty": "bench finetune",
+    "data-npy-random": "bench finetune",
+    "data-h5-external-link": "bench finetune",
+    "data-h5-external-dataset": "bench finetune",
+    "data-h5-random": "bench finetune",
+    "data-nii-huge": "bench finetune",
+    "data-niigz-random": "bench finetune",
+    "data-npy-nan": "bench finetune",
     # PASSING-END
 }
 
