@@ -14,23 +14,9 @@ MODE_HELP = "supervised | distill | self-supervised | distill+self-supervised"
 
 
 def _parse_weights(text: Optional[str]) -> dict:
-    from .errors import ConfigError
+    from .config import parse_json_or_file
 
-    if not text:
-        return {}
-    t = text.strip()
-    try:
-        if t.startswith("{"):
-            w = json.loads(t)
-        else:
-            from .config import read_config_file
-
-            w = read_config_file(t)
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"--weights is not valid JSON: {e}", 'write e.g. \'{"mc": 1.0, "equivariance": 0.5}\'') from None
-    if not isinstance(w, dict):
-        raise ConfigError("--weights must be a JSON object", 'write e.g. \'{"mc": 1.0, "equivariance": 0.5}\'')
-    return w
+    return parse_json_or_file(text, "--weights", '{"mc": 1.0, "equivariance": 0.5}')
 
 
 def _fmt(v, unit: str = "") -> str:
@@ -98,6 +84,7 @@ def finetune_cmd(
     normalize: str = typer.Option("max", "--normalize", help="max (each slice to max magnitude 1), volume, or none."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.state.safetensors (after its last epoch: only write the output)."),
     unsafe_pickle: bool = UnsafePickleOpt,
+    key_map: Optional[str] = typer.Option(None, "--key-map", help="Rename the --teacher checkpoint's tensors first: a shipped map (e.g. mbdl-pruning) or a TOML file."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output; without --resume, also discard an interrupted run's state and start over."),
     json_out: bool = JsonOpt,
     debug: bool = DebugOpt,
@@ -108,7 +95,7 @@ def finetune_cmd(
     result = finetune(
         pruned, data=list(data), out=out, operator=operator, teacher=teacher, arch=arch,
         val_data=list(val_data) or None, eval_data=list(eval_data) or None, force=force, resume=resume,
-        progress=not json_out, unsafe_pickle=unsafe_pickle,
+        progress=not json_out, unsafe_pickle=unsafe_pickle, teacher_key_map=key_map,
         mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed, loss=loss,
         weights=_parse_weights(weights), weight_decay=weight_decay, grad_clip=grad_clip, lr_schedule=lr_schedule,
         device=device, bf16=bf16, checkpointing=checkpointing, deq_backward=deq_backward, fit=fit, axis=axis,

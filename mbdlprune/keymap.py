@@ -116,9 +116,59 @@ def _compile(pattern: str, where: str) -> re.Pattern:
     if len(pattern) > 1000:
         raise ConfigError(f"{where}: a pattern is {len(pattern)} characters long", "keep patterns under 1000 characters")
     try:
-        return re.compile(pattern)
-    except re.error as e:
+        rx = re.compile(pattern)
+    except (re.error, RecursionError, OverflowError) as e:
         raise ConfigError(f"{where}: bad regex {pattern!r} ({e})", "fix the pattern") from None
+    if _may_backtrack_exponentially(pattern):
+        raise ConfigError(f"{where}: the regex {pattern!r} repeats a part that can itself repeat or branch, "
+                          "which can take exponential time on some keys",
+                          "write the pattern without nested repetition, e.g. '^a+$' instead of '^(a+)+$'")
+    return rx
+
+
+def _may_backtrack_exponentially(pattern: str) -> bool:
+    """True when an unbounded repetition holds another repetition or an alternation (e.g. ``(a+)+``, ``(a|aa)*``).
+
+    Python's regex engine backtracks; such patterns can take exponential time on a crafted
+    key, and a key map must never hang a command. Reads the pattern's parse tree.
+    """
+    try:
+        from re import _parser as parser  # Python >= 3.11
+    except ImportError:  # pragma: no cover - Python 3.10
+        import sre_parse as parser  # type: ignore[no-redef]
+
+    repeats = {"MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"}
+
+    def walk(items, inside: bool) -> bool:
+        for op, av in items:
+            name = str(op)
+            if name in repeats:
+                lo, hi, sub = av
+                unbounded = hi is parser.MAXREPEAT or hi > 16
+                if inside and (unbounded or hi > 1):
+                    return True
+                if walk(sub, inside or unbounded):
+                    return True
+            elif name == "SUBPATTERN":
+                if walk(av[-1], inside):
+                    return True
+            elif name == "BRANCH":
+                if inside:
+                    return True
+                if any(walk(b, inside) for b in av[1]):
+                    return True
+            elif name in ("ASSERT", "ASSERT_NOT"):
+                if walk(av[1], inside):
+                    return True
+            elif name == "GROUPREF_EXISTS":
+                if any(b is not None and walk(b, inside) for b in av[1:]):
+                    return True
+        return False
+
+    try:
+        return walk(parser.parse(pattern), False)
+    except Exception:  # the pattern compiled above; a parse-tree surprise is treated as unsafe
+        return True
 
 
 def load_key_map(spec: str | Path | KeyMap | None) -> KeyMap | None:
@@ -139,6 +189,6 @@ def load_key_map(spec: str | Path | KeyMap | None) -> KeyMap | None:
         raw, name = p.read_bytes(), p.name
     try:
         data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as e:
         raise ConfigError(f"key map {name} is not valid TOML ({e})", "fix the file's syntax") from None
     return KeyMap.from_dict(data, name, hashlib.sha256(raw).hexdigest())

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -340,10 +339,8 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     files already in the folder; ``allow_arch`` must name the user-code factory the file names
     (the command line's ``--arch``), if any.
     """
-    from .api import prune_model
-    from .bench import BenchModel, bench, run_finetune
-    from .io import make_output_dir, prepare_output_dir, save_model, sha256_file, write_file, write_json
-    from .sweep import checkpoint_stem, load_original
+    from .io import prepare_output_dir, rollback_on_error
+    from .sweep import checkpoint_stem
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
@@ -356,6 +353,16 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     if out.exists() and Path(path).resolve().parent == out.resolve():
         names.remove("pipeline.toml")  # the pipeline file itself lives there and is not copied
     prepare_output_dir(out, names, force, create=False)  # nothing is created before the checkpoint loads
+    with rollback_on_error(out, names):  # a run that fails leaves no partial folder behind
+        return _run_steps(path, cfg, factory, out, force, bcfg, say, progress, t0)
+
+
+def _run_steps(path, cfg: "PipelineConfig", factory, out: Path, force: bool, bcfg, say, progress, t0) -> "PipelineResult":
+    from .api import prune_model
+    from .bench import BenchModel, bench, load_eval_data, run_finetune
+    from .io import make_output_dir, save_model, sha256_file, write_file, write_json
+    from .sweep import load_original
+
     files: dict[str, str] = {}
     pruned_path = out / "pruned.safetensors"
     ft_path = out / "finetuned.safetensors"
@@ -365,6 +372,9 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     original, spec, meta, op = load_original(cfg.model.checkpoint, factory or cfg.model.arch, cfg.model.arch_args,
                                              cfg.operator_spec(), False, cfg.model.key_map)
     import copy
+
+    # the evaluation data are read (and refused if bad) before anything is written
+    ev = load_eval_data([str(p) for p in bcfg.data], op, bcfg.max_images, bcfg.fit)
 
     say(f"pruning at ratio {cfg.prune.options['ratio']}")
     res = prune_model(copy.deepcopy(original.model), spec, op, parent_meta=meta,
@@ -405,7 +415,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
         if original_file and "teacher" in control:
             control["teacher"] = original_file
     report = bench(
-        [original, final], [str(p) for p in bcfg.data], operator=op, device=bcfg.device, solver=bcfg.solver,
+        [original, final], ev, operator=op, device=bcfg.device, solver=bcfg.solver,
         tol=bcfg.tol, max_iter=bcfg.max_iter, warmup=bcfg.warmup, repeats=bcfg.repeats, batch_size=bcfg.batch_size,
         metric=bcfg.metric, seed=bcfg.seed, max_images=bcfg.max_images, fit=bcfg.fit, threads=bcfg.threads,
         arch=factory,

@@ -8,6 +8,7 @@ PSNR drop, and whether the model is on the speed/PSNR (Pareto) front. With
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import shutil
 from dataclasses import dataclass, field
@@ -253,7 +254,7 @@ def sweep(
     ``max_psnr_drop``: copy the fastest model within that PSNR drop to ``out_dir/best.safetensors``.
     """
     from .api import prune_model
-    from .io import prepare_output_dir, save_model, sha256_file, write_file, write_json, write_text
+    from .io import prepare_output_dir, rollback_on_error, save_model, sha256_file, write_file, write_json, write_text
 
     say = progress or (lambda msg: None)
     ratio_list = parse_ratios(ratios)
@@ -271,81 +272,83 @@ def sweep(
         prepare_output_dir(out, sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None),
                            force, create=False)
 
-    original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map)
-    if out is not None:
-        from .io import make_output_dir
-
-        make_output_dir(out)
-    parent_sha = sha256_file(checkpoint)
-    entries: list[BenchModel] = [original]
-    stem = original.label
-    opts = dict(prune_options or {})
-    for r in ratio_list:
-        say(f"pruning at ratio {r:g}")
-        model = copy.deepcopy(original.model)
-        res = prune_model(model, spec, op, ratio=r, importance=importance, round_to=round_to,
-                          parent_meta=meta,
-                          parent_sha256=parent_sha, **opts)
-        res.meta["parent"] = Path(checkpoint).name
-        label = f"{stem}-r{r:g}"
-        path = None
+    names = sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None)
+    with (rollback_on_error(out, names) if out is not None else contextlib.nullcontext()):  # a failed sweep leaves nothing
+        original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map)
         if out is not None:
-            path = str(save_model(out / f"{label}.safetensors", res.model, res.meta, force=force, operator=op))
-        bm = BenchModel(label, res.model, res.meta, op, path, "pruned")
-        if ft:
-            say(f"fine-tuning ratio {r:g} ({ft.get('mode', 'supervised')}, {ft.get('epochs', 1)} epochs)")
-            settings = dict(ft)
-            if str(settings.get("mode", "")).startswith("distill"):
-                settings.setdefault("teacher", original.path)
-            result = run_finetune(path, settings, out / f"{label}-ft.safetensors", arch=arch if arch and ":" in arch else None,
-                                  force=force, eval_data=eval_data)
-            label = f"{label}-ft"
-            bm = BenchModel(label, result.model, dict(result.meta), op, str(result.out) if result.out else None, "pruned")
-        entries.append(bm)
-    report = bench(entries, eval_data, operator=op, device=device, solver=solver, tol=tol, max_iter=max_iter,
-                   warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed,
-                   max_images=max_images, fit=fit, threads=threads, progress=progress)
+            from .io import make_output_dir
 
-    points = []
-    for r, (e, m) in zip([0.0] + ratio_list, zip(entries, report.models)):
-        points.append(SweepPoint(
-            ratio=r, label=m.label, path=e.path, achieved_channel_ratio=_achieved(e.meta) if r else 0.0, params=m.params,
-            speedup=m.speedup, prior_macs_reduction=m.prior_macs_reduction,
-            speedup_per_macs_reduction=m.speedup_per_macs_reduction, psnr_mean=m.psnr_mean,
-            psnr_drop=m.psnr_drop, ssim_mean=m.ssim_mean, median_ms=m.timing.median_ms,
-            prior_calls=m.prior_calls_per_reconstruction,
-            per_call_speedup_per_macs_reduction=m.per_call_speedup_per_macs_reduction,
-        ))
-    pareto_front(points)
-    best = None
-    if max_psnr_drop is not None:
-        for p in points[1:]:
-            p.within_budget = p.psnr_drop is not None and p.psnr_drop <= max_psnr_drop
-        ok = [p for p in points[1:] if p.within_budget and p.speedup is not None]
-        best = max(ok, key=lambda p: p.speedup) if ok else None
-    sr = SweepReport(points, report, max_psnr_drop, best, None, str(out) if out else None, ft or None)
-    slow = [p for p in points[1:] if p.per_call_speedup_per_macs_reduction is not None and p.per_call_speedup_per_macs_reduction < 0.8]
-    if slow:
-        sr.notes.append("time per prior call fell by less than 0.8x the prior-MACs reduction at ratio(s) "
-                        + ", ".join(f"{p.ratio:g} ({p.per_call_speedup_per_macs_reduction:.2f})" for p in slow)
-                        + ": operator cost, small images, a busy machine or channel widths the kernels run poorly (see round_to)")
-    moved = [p for p in points[1:] if p.prior_calls and points[0].prior_calls and abs(p.prior_calls / points[0].prior_calls - 1) > 0.1]
-    if moved:
-        sr.notes.append("DEQ iterations changed with pruning ("
-                        + ", ".join(f"ratio {p.ratio:g}: {p.prior_calls:.1f}" for p in moved)
-                        + f" vs {points[0].prior_calls:.1f}): the whole-reconstruction speedup includes that change; "
-                        "per-call/MACs↓ compares the time per iteration")
-    if best is not None and out is not None:
-        target = out / "best.safetensors"
-        if best.path:
-            write_file(target, lambda tmp: shutil.copyfile(best.path, tmp), force=force)
-        else:
-            _save(target, entries[points.index(best)], force)
-        sr.best_path = str(target)
-    if out is not None:
-        write_json(out / "sweep.json", sr.to_dict(), force=force)
-        write_text(out / "sweep.md", sr.markdown(), force=force)
-    return sr
+            make_output_dir(out)
+        parent_sha = sha256_file(checkpoint)
+        entries: list[BenchModel] = [original]
+        stem = original.label
+        opts = dict(prune_options or {})
+        for r in ratio_list:
+            say(f"pruning at ratio {r:g}")
+            model = copy.deepcopy(original.model)
+            res = prune_model(model, spec, op, ratio=r, importance=importance, round_to=round_to,
+                              parent_meta=meta,
+                              parent_sha256=parent_sha, **opts)
+            res.meta["parent"] = Path(checkpoint).name
+            label = f"{stem}-r{r:g}"
+            path = None
+            if out is not None:
+                path = str(save_model(out / f"{label}.safetensors", res.model, res.meta, force=force, operator=op))
+            bm = BenchModel(label, res.model, res.meta, op, path, "pruned")
+            if ft:
+                say(f"fine-tuning ratio {r:g} ({ft.get('mode', 'supervised')}, {ft.get('epochs', 1)} epochs)")
+                settings = dict(ft)
+                if str(settings.get("mode", "")).startswith("distill"):
+                    settings.setdefault("teacher", original.path)
+                result = run_finetune(path, settings, out / f"{label}-ft.safetensors", arch=arch if arch and ":" in arch else None,
+                                      force=force, eval_data=eval_data)
+                label = f"{label}-ft"
+                bm = BenchModel(label, result.model, dict(result.meta), op, str(result.out) if result.out else None, "pruned")
+            entries.append(bm)
+        report = bench(entries, eval_data, operator=op, device=device, solver=solver, tol=tol, max_iter=max_iter,
+                       warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed,
+                       max_images=max_images, fit=fit, threads=threads, progress=progress)
+
+        points = []
+        for r, (e, m) in zip([0.0] + ratio_list, zip(entries, report.models)):
+            points.append(SweepPoint(
+                ratio=r, label=m.label, path=e.path, achieved_channel_ratio=_achieved(e.meta) if r else 0.0, params=m.params,
+                speedup=m.speedup, prior_macs_reduction=m.prior_macs_reduction,
+                speedup_per_macs_reduction=m.speedup_per_macs_reduction, psnr_mean=m.psnr_mean,
+                psnr_drop=m.psnr_drop, ssim_mean=m.ssim_mean, median_ms=m.timing.median_ms,
+                prior_calls=m.prior_calls_per_reconstruction,
+                per_call_speedup_per_macs_reduction=m.per_call_speedup_per_macs_reduction,
+            ))
+        pareto_front(points)
+        best = None
+        if max_psnr_drop is not None:
+            for p in points[1:]:
+                p.within_budget = p.psnr_drop is not None and p.psnr_drop <= max_psnr_drop
+            ok = [p for p in points[1:] if p.within_budget and p.speedup is not None]
+            best = max(ok, key=lambda p: p.speedup) if ok else None
+        sr = SweepReport(points, report, max_psnr_drop, best, None, str(out) if out else None, ft or None)
+        slow = [p for p in points[1:] if p.per_call_speedup_per_macs_reduction is not None and p.per_call_speedup_per_macs_reduction < 0.8]
+        if slow:
+            sr.notes.append("time per prior call fell by less than 0.8x the prior-MACs reduction at ratio(s) "
+                            + ", ".join(f"{p.ratio:g} ({p.per_call_speedup_per_macs_reduction:.2f})" for p in slow)
+                            + ": operator cost, small images, a busy machine or channel widths the kernels run poorly (see round_to)")
+        moved = [p for p in points[1:] if p.prior_calls and points[0].prior_calls and abs(p.prior_calls / points[0].prior_calls - 1) > 0.1]
+        if moved:
+            sr.notes.append("DEQ iterations changed with pruning ("
+                            + ", ".join(f"ratio {p.ratio:g}: {p.prior_calls:.1f}" for p in moved)
+                            + f" vs {points[0].prior_calls:.1f}): the whole-reconstruction speedup includes that change; "
+                            "per-call/MACs↓ compares the time per iteration")
+        if best is not None and out is not None:
+            target = out / "best.safetensors"
+            if best.path:
+                write_file(target, lambda tmp: shutil.copyfile(best.path, tmp), force=force)
+            else:
+                _save(target, entries[points.index(best)], force)
+            sr.best_path = str(target)
+        if out is not None:
+            write_json(out / "sweep.json", sr.to_dict(), force=force)
+            write_text(out / "sweep.md", sr.markdown(), force=force)
+        return sr
 
 
 def _save(path: Path, bm: BenchModel, force: bool) -> str:

@@ -93,6 +93,9 @@ class FinetuneConfig:
             if lo is not None and (v <= lo if open_lo else v < lo):
                 raise ConfigError(f"{key} must be {'>' if open_lo else '>='} {lo}, got {v}", f"set {key} {'above' if open_lo else 'to at least'} {lo}")
 
+        for key in ("mode", "lr_schedule", "optimizer", "loss", "mc_norm", "device", "fit", "normalize", "metric"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{key} must be a string, got {getattr(self, key)!r:.60}", f"fix {key}")
         MODES.get(self.mode)
         num("epochs", 1, integer=True)
         num("lr", 0, open_lo=True)
@@ -220,12 +223,12 @@ def _step_generator(seed: int, epoch: int, step: int, rank: int):
     return torch.Generator().manual_seed(sample_seed(seed, epoch * 1_000_003 + step, 1000 + rank))
 
 
-def _load_teacher(path: str | Path, meta: Mapping[str, Any], arch: str | None, unsafe_pickle: bool):
+def _load_teacher(path: str | Path, meta: Mapping[str, Any], arch: str | None, unsafe_pickle: bool, key_map: Any = None):
     """The original (unpruned) model, through the one loader: its own record, or the pruned file's architecture."""
     from ..io import load_model, sha256_file
 
     p = Path(path)
-    model = load_model(p, arch=arch, unsafe_pickle=unsafe_pickle, like=meta, resize=True).model
+    model = load_model(p, arch=arch, unsafe_pickle=unsafe_pickle, like=meta, resize=True, key_map=key_map).model
     model.eval()
     for q in model.parameters():
         q.requires_grad_(False)
@@ -430,6 +433,7 @@ def finetune(
     callback: Callable[[dict[str, Any]], None] | None = None,
     unsafe_pickle: bool = False,
     config: FinetuneConfig | Mapping[str, Any] | None = None,
+    teacher_key_map: Any = None,
     **options: Any,
 ) -> FinetuneResult:
     """Fine-tune a pruned checkpoint and write the best-validation weights to ``out``.
@@ -437,7 +441,8 @@ def finetune(
     ``options`` are :class:`FinetuneConfig` fields (``mode``, ``epochs``, ``lr``, ``batch_size``,
     ``val_fraction``, ``seed``, ...) and override ``config``; unknown names are a ConfigError.
     ``operator``: spec path / dict / operator (default: the one stored in the checkpoint).
-    ``teacher``: the original (unpruned) checkpoint, needed by the distill modes.
+    ``teacher``: the original (unpruned) checkpoint, needed by the distill modes;
+    ``teacher_key_map`` renames its tensors first (see :mod:`mbdlprune.keymap`).
     ``val_data``: separate validation files (else ``val_fraction`` of the files, split by file).
     ``eval_data``: files kept for evaluation; any overlap with training/validation is refused.
     ``callback(event)`` receives ``{"event": "epoch", ...}`` dicts after each epoch's state is saved.
@@ -449,7 +454,7 @@ def finetune(
     try:
         return _run(pruned_path, cfg, d, data=data, out=out, operator=operator, teacher=teacher, arch=arch,
                     val_data=val_data, eval_data=eval_data, force=force, resume=resume, progress=progress,
-                    callback=callback, unsafe_pickle=unsafe_pickle)
+                    callback=callback, unsafe_pickle=unsafe_pickle, teacher_key_map=teacher_key_map)
     finally:
         if d.initialized_here:
             import torch.distributed as dist
@@ -464,7 +469,7 @@ def _cuda() -> bool:
 
 
 def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, teacher, arch, val_data, eval_data,
-         force, resume, progress, callback, unsafe_pickle) -> FinetuneResult:
+         force, resume, progress, callback, unsafe_pickle, teacher_key_map=None) -> FinetuneResult:
     import torch
 
     from ..api import resolve_operator
@@ -479,7 +484,8 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
     begin = "fresh"
     if out_path is not None:
         # --resume may replace the output: a run killed after writing it, before removing its state
-        check_output_path(out_path, force or resume)
+        check_output_path(out_path, force or resume, inputs=[pruned_path, teacher,
+                                                              *([operator] if isinstance(operator, (str, Path)) else [])])
         begin = check_start(out_path, resume=resume, force=force)
         if resume and begin == "fresh":
             warnings.append(f"no training state beside {out_path.name} (the run stopped before its first save): started from epoch 0")
@@ -519,7 +525,7 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
         if teacher is None:
             raise ConfigError(f"mode {cfg.mode!r} distils from the original model, and no teacher was given",
                               "pass --teacher ORIGINAL_CHECKPOINT (the unpruned file given to prune)")
-        teacher_model, teacher_info = _load_teacher(teacher, meta, arch, unsafe_pickle)
+        teacher_model, teacher_info = _load_teacher(teacher, meta, arch, unsafe_pickle, teacher_key_map)
         teacher_model.to(device)
         if not teacher_info["is_parent"]:
             warnings.append(f"teacher {Path(teacher).name} is not the checkpoint this model was pruned from (sha256 differs)")
@@ -530,6 +536,7 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
 
     # data
     train, val, eval_hashes = _prepare_data(cfg, op, data, val_data, eval_data, d)
+    warnings.extend(list(getattr(train, "notes", [])) + list(getattr(val, "notes", []) if val else []))
     if loss_fn.needs_ground_truth and train.kind != "image":
         raise DataError(f"mode {cfg.mode!r} needs ground-truth images, and the training data is k-space only",
                         "use --mode self-supervised, or distill with --teacher")

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..errors import MbdlError
 from .checkpoint import _first_line
@@ -82,6 +83,31 @@ def prepare_output_dir(folder: str | Path, names: Iterable[str], force: bool, cr
             raise MbdlError(f"output folder {str(d)!r} lies under {str(ancestor)!r}, which is a file", "choose a folder path")
         check_writable_dir(ancestor)
     return make_output_dir(d) if create else d
+
+
+@contextmanager
+def rollback_on_error(folder: str | Path, names: Iterable[str]) -> Iterator[None]:
+    """A multi-step command leaves nothing behind when it fails: on any error (Ctrl-C and SIGTERM
+    included) the files among ``names`` that it created in ``folder`` are removed, and so is the
+    folder if the command created it and it is empty again. Files that existed before stay."""
+    d = Path(folder)
+    existed = d.exists()
+    before = {n for n in names if os.path.lexists(d / n)} if existed else set()
+    try:
+        yield
+    except BaseException:
+        for n in names:
+            if n not in before and os.path.lexists(d / n):
+                try:
+                    os.unlink(d / n)
+                except OSError:
+                    pass
+        if not existed:
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        raise
 
 
 def make_output_dir(folder: str | Path) -> Path:
