@@ -107,15 +107,23 @@ def prune_model(
     parent_meta: Mapping[str, Any] | None = None,
     parent_sha256: str | None = None,
     seed: int = 0,
+    allow_partial: bool = False,
 ) -> PruneResult:
-    """Prune ``model``'s prior(s) in place and return it with metadata ready for :func:`io.save_model`."""
+    """Prune ``model``'s prior(s) in place and return it with metadata ready for :func:`io.save_model`.
+
+    Each group of coupled channels keeps the multiple of ``round_to`` (default 16) and of its
+    channel groups nearest to ``ratio``. A layer held back beyond that rounding (channel groups,
+    ``ignore``, the maximum ratio, a layer narrower than ``round_to``) raises a one-line
+    :class:`~mbdlprune.errors.PruningError` naming it, unless ``allow_partial``; the report then
+    lists it under ``held_back``.
+    """
     from .io import versions
     from .pruning import DEFAULT_ROUND_TO, PruneConfig, prune_priors
 
     cfg = PruneConfig(
         ratio=ratio, importance=importance, global_pruning=global_pruning, iterative_steps=iterative_steps,
         round_to=DEFAULT_ROUND_TO if round_to is None else round_to, layer_ratios=dict(layer_ratios or {}),
-        ignore=list(ignore or []), priors=priors, seed=seed,
+        ignore=list(ignore or []), priors=priors, seed=seed, allow_partial=allow_partial,
     )
     cfg.validate()
     model_attrs = {}
@@ -189,17 +197,22 @@ def convert(checkpoint: str | Path, *, arch: str, arch_args: dict | None = None,
 
 
 def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-prior and per-reconstruction cost before/after, for tables and JSON."""
-    from .pruning import removed_fraction
+    """Per-prior and per-reconstruction cost before/after, requested and achieved removal, for tables and JSON."""
+    from .pruning import join_name, removed_fraction, requested_fraction
 
     priors = {}
     per_recon = [0, 0]
     nominal = getattr(model, "max_iter", None)
+    held_back = {}
     for name, rec in record["priors"].items():
         calls = nominal if isinstance(nominal, int) else rec["calls_per_forward"]
         per_recon[0] += rec["macs_before"] * calls
         per_recon[1] += rec["macs_after"] * calls
         widths = rec["widths"]
+        requested = rec.get("requested") or {}
+        notes = rec.get("notes") or {}
+        held = rec.get("held_back") or {}
+        held_back.update(held)
         priors[name] = {
             "params_before": rec["params_before"],
             "params_after": rec["params_after"],
@@ -208,20 +221,25 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
             "calls_per_reconstruction": calls,
             "widths_before": sorted({w[0] for w in widths.values()}),
             "widths_after": sorted({w[1] for w in widths.values()}),
+            "requested_channel_ratio": rec.get("requested_channel_ratio", requested_fraction(widths, requested) if requested else None),
             "achieved_channel_ratio": removed_fraction(widths.values()) or 0.0,
-            "layers": {layer: {"before": b, "after": a, "removed": round(1 - a / b, 4) if b else 0.0}
+            "layers": {layer: {"before": b, "after": a, "requested": requested.get(layer),
+                               "removed": round(1 - a / b, 4) if b else 0.0,
+                               "held_back": join_name(name, layer) in held, "note": notes.get(layer)}
                        for layer, (b, a) in widths.items()},
         }
     return {
         "ratio": record["ratio"],
         "importance": record["importance"],
         "round_to": record["round_to"],
+        "allow_partial": bool(record.get("allow_partial", False)),
         "params_before": record["params_before"],
         "params_after": record["params_after"],
         "macs_per_reconstruction_before": per_recon[0],
         "macs_per_reconstruction_after": per_recon[1],
         "nominal_iterations": nominal if isinstance(nominal, int) else None,
         "seconds": record["seconds"],
+        "held_back": held_back,
         "priors": priors,
     }
 

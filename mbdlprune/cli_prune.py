@@ -10,7 +10,7 @@ import typer
 
 from .cli_common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt,
                          console, handle_errors, print_json)
-from .report import _si
+from .bench.report import _si
 
 
 def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
@@ -32,17 +32,24 @@ def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
 def render_layers(report: dict) -> None:
-    """Per-layer widths and the fraction really removed (norm groups and rounding can differ from --ratio)."""
+    """Per-layer widths, the removal asked and the removal achieved (rounding and channel groups can differ)."""
     from rich.table import Table
 
     t = Table(title="layers (output channels)")
-    for col in ("layer", "before", "after", "removed"):
-        t.add_column(col, justify="left" if col == "layer" else "right")
+    for col in ("layer", "before", "after", "requested", "achieved", "note"):
+        t.add_column(col, justify="left" if col in ("layer", "note") else "right")
     for prior, p in report["priors"].items():
         for layer, w in p["layers"].items():
             name = f"{prior}.{layer}" if prior and layer else prior or layer
-            t.add_row(name, str(w["before"]), str(w["after"]), f"{100 * w['removed']:.1f}%")
+            note = w.get("note") or ""
+            if w.get("held_back"):
+                note = f"held back: {note}" if note else "held back"
+            t.add_row(name, str(w["before"]), str(w["after"]), _pct(w.get("requested")), _pct(w["removed"]), note)
     console().print(t)
 
 
@@ -50,7 +57,7 @@ def render_prune(report: dict, out: Path | None) -> None:
     from rich.table import Table
 
     t = Table(title=f"Pruned at ratio {report['ratio']} ({report['importance']}, round_to={report['round_to']}) in {report['seconds']:.2f} s")
-    for col in ("prior", "params", "MACs/call", "calls", "widths before → after", "channels removed"):
+    for col in ("prior", "params", "MACs/call", "calls", "widths before → after", "requested", "achieved"):
         t.add_column(col, justify="right" if col not in ("prior", "widths before → after") else "left")
     for name, p in report["priors"].items():
         t.add_row(
@@ -59,7 +66,8 @@ def render_prune(report: dict, out: Path | None) -> None:
             f"{_si(p['macs_before'])} → {_si(p['macs_after'])}",
             str(p["calls_per_reconstruction"]),
             f"{p['widths_before']} → {p['widths_after']}",
-            f"{100 * p['achieved_channel_ratio']:.1f}%",
+            _pct(p.get("requested_channel_ratio")),
+            _pct(p["achieved_channel_ratio"]),
         )
     c = console()
     c.print(t)
@@ -68,6 +76,10 @@ def render_prune(report: dict, out: Path | None) -> None:
     nominal = f" (at max_iter = {it}, an upper bound; `bench` measures real iterations)" if it else ""
     c.print(f"model params {_si(report['params_before'])} → {_si(report['params_after'])}; "
             f"prior MACs per reconstruction {_si(b)} → {_si(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
+    held = report.get("held_back") or {}
+    if held:
+        names = ", ".join(list(held)[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        c.print(f"--allow-partial: {len(held)} layer(s) removed less than asked ({names}); `--layers` shows why")
     if out:
         c.print(f"wrote {out}")
 
@@ -89,7 +101,8 @@ def prune_cmd(
     prune_sensitivity: bool = typer.Option(False, "--prune-sensitivity", help="e2e-varnet: prune the sensitivity-map U-Net too."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="HxW for tracing a bare prior without an operator, e.g. 64x64."),
     seed: int = typer.Option(0, "--seed"),
-    layers: bool = typer.Option(False, "--layers", help="Also print every layer's width before/after and the fraction removed."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept layers that remove fewer channels than asked (rounding, channel groups, --ignore); they are reported."),
+    layers: bool = typer.Option(False, "--layers", help="Also print every layer's width before/after, the removal requested and achieved."),
     unsafe_pickle: bool = UnsafePickleOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
@@ -114,12 +127,14 @@ def prune_cmd(
     layer_ratios = _parse_layer_ratios(layer_ratio)
     # the options are checked before the checkpoint is read (patterns are checked against the model later)
     PruneConfig(ratio=ratio, importance=importance, global_pruning=global_pruning, iterative_steps=iterative_steps,
-                round_to=round_to, layer_ratios=layer_ratios, ignore=list(ignore), priors=list(prior) or None, seed=seed).validate()
+                round_to=round_to, layer_ratios=layer_ratios, ignore=list(ignore), priors=list(prior) or None, seed=seed,
+                allow_partial=allow_partial).validate()
     result = prune(
         checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out, force=force,
         unsafe_pickle=unsafe_pickle, ratio=ratio, importance=importance, global_pruning=global_pruning,
         iterative_steps=iterative_steps, round_to=round_to, layer_ratios=layer_ratios,
         ignore=list(ignore), priors=list(prior) or None, prune_sensitivity=prune_sensitivity, image_size=size, seed=seed,
+        allow_partial=allow_partial,
     )
     if json_out:
         print_json({"output": str(result.out), **result.report})

@@ -1,11 +1,18 @@
 """Structured channel pruning of the prior CNN(s) inside an MBDL model, with torch-pruning.
 
-Three separate steps, as in Torch-Pruning: find the priors and their real inputs
-(:func:`find_priors`), build the dependency graph and score channels (:func:`make_pruner`),
-then prune and verify (:func:`prune_priors`). Every silent failure mode of torch-pruning is
-guarded: inputs go as a tuple, gradients are enabled on every parameter while tracing,
-image-producing convs are ignored, norm parametrizations are removed and restored, and the
-result is checked (parameters dropped, shapes unchanged).
+Three separate steps: find the priors and their real inputs (:func:`find_priors`), prune each
+prior group by group on torch-pruning's dependency graph (:func:`prune_groups`), then verify
+(:func:`prune_priors`). Every silent failure mode of torch-pruning is guarded: inputs go as a
+tuple, gradients are enabled on every parameter while tracing, image-producing convs are
+ignored, norm parametrizations are removed and restored, and the result is checked
+(parameters dropped, shapes unchanged).
+
+The kept width of each group of coupled channels is computed here, not by torch-pruning's
+rounding: the multiple of ``round_to`` and of every channel-group constraint in the group
+(GroupNorm groups, grouped convs) nearest the requested removal (:func:`kept_width`). After
+pruning, every layer's achieved removal is compared with the request; a layer held back beyond
+the rounding (channel groups, --ignore, the maximum ratio, a width under one multiple) fails
+the prune in one line naming it and the reason, unless ``allow_partial`` (:func:`shortfall`).
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ DEFAULT_ROUND_TO = 16
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 #: Largest side of the input used to trace a fully convolutional prior (see trace_inputs).
 TRACE_SIDE = 64
+#: A layer may remove up to this fraction of its width less than asked, beyond what rounding
+#: allows, before the prune counts as held back (see :func:`shortfall`).
+SHORTFALL_TOLERANCE = 0.02
 
 
 @dataclass
@@ -48,6 +58,7 @@ class PruneConfig:
     priors: list[str] | None = None
     max_layer_ratio: float = 0.9
     seed: int = 0
+    allow_partial: bool = False
 
     def validate(self) -> None:
         """Refuse, in one line, options that are not what pruning can do (NaN included: ``nan < 0`` is False)."""
@@ -62,6 +73,8 @@ class PruneConfig:
         _fraction(self.max_layer_ratio, "max_layer_ratio", "(0, 1]", lambda r: 0.0 < r <= 1.0, "use e.g. 0.9")
         if not isinstance(self.global_pruning, bool):
             raise ConfigError(f"global_pruning must be true or false, got {self.global_pruning!r}", "pass --global or leave it out")
+        if not isinstance(self.allow_partial, bool):
+            raise ConfigError(f"allow_partial must be true or false, got {self.allow_partial!r}", "pass --allow-partial or leave it out")
         if not _is_int(self.seed):
             raise ConfigError(f"--seed must be an integer, got {self.seed!r}", "use e.g. --seed 0")
         if not isinstance(self.layer_ratios, dict):
@@ -395,41 +408,195 @@ def make_importance(name: str):
     raise MbdlError(f"unknown importance {name!r}", f"use one of: {', '.join(IMPORTANCES)}")
 
 
-def make_pruner(prior: nn.Module, inputs: tuple, cfg: PruneConfig, ignored: list[nn.Module], prefix: str):
-    """Build the dependency graph of one prior on its real input and set up the pruner."""
+def kept_width(target: float, width: int, multiple: int, floor: float = 0.0) -> int:
+    """The width to keep: the multiple of ``multiple`` nearest ``target``, within ``[floor, width]``.
+
+    At least one multiple stays, and never fewer than ``floor`` channels (the maximum ratio).
+    A tie goes to the even number of multiples (72 at 16 keeps 64, not 80). When no multiple
+    fits in the allowed range the layer keeps its ``width``: it cannot be pruned.
+    """
+    multiple = max(int(multiple), 1)
+    lo = multiple * max(1, math.ceil(floor / multiple - 1e-9))
+    hi = multiple * (width // multiple)
+    if lo > hi:
+        return width
+    return min(max(multiple * int(round(target / multiple)), lo), hi)
+
+
+@dataclass
+class GroupPlan:
+    """What pruning did with one group of coupled channels (named by its root layer) and why."""
+
+    root: str
+    layers: dict[str, int] = field(default_factory=dict)  # out-channel layers -> how many of the root's channels they hold
+    ratio: float = 0.0  # the removal asked of this group
+    width0: int = 0  # the root's width before pruning
+    kept: int = 0  # the root's width after pruning
+    target: float = 0.0  # width0 * (1 - ratio): what the ratio asks to keep
+    multiple: int = 1  # kept widths are multiples of this (round_to and channel groups)
+    channel_groups: int = 1
+    constraints: list[str] = field(default_factory=list)  # the layers whose channel groups constrain the group
+    blocked: str | None = None  # why the group was not pruned at all
+    is_global: bool = False  # ranked with the prior's other groups (--global)
+    step_target: float = 0.0  # --global: the width the global threshold leaves in this step
+    block_tag: str | None = None  # the FIXED tag of the layer that blocks the group
+
+
+def _channel_groups(dg, group, inside: set[int]) -> tuple[int, list[str]]:
+    """Least common multiple of the channel groups of every layer in ``group`` (GroupNorm groups,
+    grouped convs; depthwise convs shrink their groups with their channels and do not count)."""
+    lcm, why = 1, []
+    for dep, _ in group:
+        m = dep.target.module
+        if not isinstance(m, nn.Module) or id(m) not in inside:
+            continue
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.out_channels:
+            continue
+        pruner = dg.get_pruner_of_module(m)
+        if pruner is None:
+            continue
+        g = pruner.get_out_channel_groups(m) if dg.is_out_channel_pruning_fn(dep.handler) else pruner.get_in_channel_groups(m)
+        if isinstance(g, int) and g > 1:
+            if lcm % g:
+                lcm = lcm * g // math.gcd(lcm, g)
+            label = f"GroupNorm({g})" if isinstance(m, nn.GroupNorm) else f"groups={g}"
+            if label not in why:
+                why.append(label)
+    return lcm, why
+
+
+def _cut_broadcasts(dg, one_channel: list[nn.Module]) -> None:
+    """Decouple one-channel branches from the tensors they are broadcast against.
+
+    ``x * sigmoid(gate(x))`` with a one-channel ``gate`` scales every channel of ``x`` by the
+    same map; torch-pruning's graph couples the gate's single channel to ``x``'s channels as if
+    the widths matched, so the group of ``x`` could never be pruned (a one-channel layer
+    cannot shrink). Starting at each one-channel layer and following unary element-wise ops,
+    the dependency between the branch and the first element-wise op with several inputs is
+    dropped in both directions: pruning ``x`` then leaves the gate's output alone.
+    """
     import torch_pruning as tp
 
-    ratio_dict = {}
-    for n, m in prior.named_modules():
-        full = join_name(prefix, n)
-        for pat, r in cfg.layer_ratios.items():
-            if isinstance(m, LAYER_TYPES) and _layer_matches(full, [pat]):
-                ratio_dict[m] = r
-    pruner = tp.pruner.MetaPruner(
-        prior,
-        example_inputs=tuple(inputs),
-        importance=make_importance(cfg.importance),
-        global_pruning=cfg.global_pruning,
-        pruning_ratio=cfg.ratio,
-        pruning_ratio_dict=ratio_dict or None,
-        max_pruning_ratio=cfg.max_layer_ratio,
-        iterative_steps=cfg.iterative_steps,
-        round_to=cfg.round_to if cfg.round_to and cfg.round_to > 1 else None,
-        ignored_layers=ignored,
-    )
-    pruner._round_to = _round_to_nearest  # torch-pruning rounds the kept width down; we round to nearest
-    return pruner
+    elementwise = tp.ops.OPTYPE.ELEMENTWISE
+    for m in one_channel:
+        node = dg.module2node.get(m)
+        stack, seen = ([node] if node is not None else []), set()
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            for out in n.outputs:
+                if out.type != elementwise:
+                    continue
+                if len(out.inputs) == 1:
+                    stack.append(out)
+                else:
+                    n.dependencies = [d for d in n.dependencies if d.target is not out]
+                    out.dependencies = [d for d in out.dependencies if d.target is not n]
 
 
-def _round_to_nearest(n_pruned: int, current_channels: int, round_to: int) -> int:
-    """Channels to prune so the kept width is the multiple of ``round_to`` nearest the request.
+def _block_indices(dim_imp: torch.Tensor, n_per_block: int, block: int, blocks: int) -> list[int]:
+    """The ``n_per_block`` least important positions, repeated in every channel group."""
+    order = torch.argsort(dim_imp, stable=True)[:n_per_block].tolist()
+    return sorted(int(i) + b * block for b in range(blocks) for i in order)
 
-    Rounding down (torch-pruning's rule) turns 32 channels at ratio 0.3 (22 kept) into 16,
-    the same model as ratio 0.5; the nearest multiple keeps 24. At least ``round_to`` stay.
+
+def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[nn.Module, str], prefix: str):
+    """Prune ``prior`` in place, one dependency group at a time; return (history, plans).
+
+    The dependency graph is torch-pruning's (``DependencyGraph.get_all_groups``), the scores its
+    importances applied to each group, the cut its ``group.prune``. The kept width of every group
+    is computed here: the multiple of ``round_to`` and of every channel-group constraint in the
+    group (:func:`kept_width`) nearest the requested removal; each channel group loses the same
+    positions. ``fixed`` maps layers that keep every channel (image layers, --ignore, one-channel
+    layers) to the reason; a group holding one of them is not pruned.
     """
-    kept = current_channels - n_pruned
-    nearest = max(round_to, int(round(kept / round_to)) * round_to)
-    return max(current_channels - min(nearest, current_channels), 0)
+    import torch_pruning as tp
+
+    names = {m: n for n, m in prior.named_modules()}
+    inside = {id(m) for m in prior.modules()}
+    fixed_ids = {id(m): (names.get(m, "?"), why) for m, why in fixed.items()}
+    layer_ratio = {}
+    for n, m in prior.named_modules():
+        for pat, r in cfg.layer_ratios.items():
+            if isinstance(m, LAYER_TYPES) and _layer_matches(join_name(prefix, n), [pat]):
+                layer_ratio.setdefault(m, float(r))
+    dg = tp.DependencyGraph().build_dependency(prior, example_inputs=tuple(inputs))
+    _cut_broadcasts(dg, [m for m, tag in fixed.items() if tag == "one-channel"])
+    importance = make_importance(cfg.importance)
+    round_to = cfg.round_to if cfg.round_to and cfg.round_to > 1 else 1
+    steps = cfg.iterative_steps
+    plans: dict[nn.Module, GroupPlan] = {}
+    roots = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
+    for step in range(1, steps + 1):
+        if cfg.importance == "taylor":
+            _taylor_backward(prior, inputs)
+        scored = []
+        for group in dg.get_all_groups(ignored_layers=[], root_module_types=roots):
+            root, fn = group[0].dep.target.module, group[0].dep.handler
+            width = dg.get_out_channels(root)
+            outs = [(dep.target.module, len(idxs)) for dep, idxs in group
+                    if dg.is_out_channel_pruning_fn(dep.handler) and isinstance(dep.target.module, nn.Module)]
+            plan = plans.get(root)
+            if plan is None:
+                own = next((layer_ratio[m] for m, _ in outs if m in layer_ratio), None)
+                ratio = float(cfg.ratio) if own is None else own
+                plan = plans[root] = GroupPlan(names.get(root, "?"), ratio=ratio, width0=width, kept=width, multiple=round_to,
+                                               target=width * (1 - ratio), is_global=cfg.global_pruning and own is None)
+                plan.layers = {names[m]: n for m, n in outs if isinstance(m, LAYER_TYPES) and m in names}
+            plan.kept = width
+            held = next((fixed_ids[id(m)] for m, _ in outs if id(m) in fixed_ids), None)
+            if held is not None:
+                plan.blocked, plan.block_tag = f"{FIXED[held[1]][1]} {join_name(prefix, held[0])}", held[1]
+                continue
+            lcm, why = _channel_groups(dg, group, inside)
+            plan.channel_groups, plan.constraints = lcm, why
+            plan.multiple = round_to * lcm // math.gcd(round_to, lcm)
+            if width % lcm:
+                plan.blocked = f"channel groups ({', '.join(why)}) that do not divide its {width} channels"
+                continue
+            step_ratio = min(plan.ratio, 1.0) * step / steps
+            if step_ratio <= 0:
+                continue
+            imp = importance(group)
+            if imp is None:
+                plan.blocked = "no importance score"
+                continue
+            imp = imp.detach().float().cpu()
+            dim_imp = imp.view(lcm, -1).mean(0) if lcm > 1 else imp
+            scored.append((plan, group, root, fn, width, step_ratio, dim_imp))
+        _global_targets([s for s in scored if s[0].is_global], cfg.ratio * step / steps)
+        for plan, _group, root, fn, width, step_ratio, dim_imp in scored:
+            floor = plan.width0 * (1 - cfg.max_layer_ratio)
+            target = plan.step_target if plan.is_global else plan.width0 * (1 - step_ratio)
+            kept = kept_width(target, width, plan.multiple, floor)
+            n = width - kept
+            if n <= 0:
+                continue
+            idxs = _block_indices(dim_imp, n // plan.channel_groups, width // plan.channel_groups, plan.channel_groups)
+            pgroup = dg.get_pruning_group(root, fn, idxs)
+            if not dg.check_pruning_group(pgroup):
+                plan.blocked = "pruning would empty a layer"
+                continue
+            pgroup.prune()
+            plan.kept = kept
+    return dg.pruning_history(), list(plans.values())
+
+
+def _global_targets(scored: list, ratio: float) -> None:
+    """Global ranking: one threshold over the importances of every group of a prior (as
+    torch-pruning's global mode: each position of a channel-grouped layer is one unit), giving
+    each group its own target width (``plan.step_target``), rounded later like any other."""
+    if not scored:
+        return
+    units0 = sum(p.width0 // p.channel_groups for p, *_ in scored)
+    concat = torch.cat([d for *_, d in scored])
+    n_pruned = len(concat) - int(units0 * (1 - ratio))
+    thres = torch.kthvalue(concat, n_pruned).values if 0 < n_pruned <= len(concat) else None
+    for plan, _g, _r, _f, width, _s, dim_imp in scored:
+        cut = int((dim_imp <= thres).sum()) if thres is not None else 0
+        plan.step_target = width - cut * plan.channel_groups
 
 
 @contextmanager
@@ -496,8 +663,69 @@ def trace_inputs(prior: nn.Module, inputs: tuple, full_out: tuple[int, ...]) -> 
     return ((small,), tuple(out.shape)) if scaled else (inputs, full_out)
 
 
+#: Layers that keep every channel, and what the report says about them and about layers coupled to them.
+FIXED = {
+    "image": ("image layer", "coupled to the image layer"),
+    "ignore": ("--ignore", "coupled to --ignore"),
+    "one-channel": ("one channel", "coupled to the one-channel layer"),
+}
+
+
+def fixed_layers(model: nn.Module, site: PriorSite, image_channels: int, cfg: PruneConfig) -> dict[nn.Module, str]:
+    """Layers of ``site`` that keep all their channels, with the tag of :data:`FIXED` saying why."""
+    prior = site.module
+    fixed = {m: "image" for m in output_layers(model, prior, image_channels)}
+    for n, m in prior.named_modules():
+        if n and _layer_matches(join_name(site.name, n), cfg.ignore):
+            for sub in m.modules():
+                fixed.setdefault(sub, "ignore")
+    for m in prior.modules():  # a gate broadcast over the channels: torch-pruning refuses width-1 layers
+        if layer_widths(m).get("") == 1:
+            fixed.setdefault(m, "one-channel")
+    return fixed
+
+
+def shortfall(before: int, after: int, requested: float | None, round_to: int | None, multiple: int | None = None) -> bool:
+    """True when a layer kept more channels than ``requested`` asks, beyond what rounding allows.
+
+    ``multiple`` is the step the layer's group is rounded to (``round_to`` and its channel
+    groups; default ``round_to``). Rounding to the nearest multiple may keep up to half a step
+    more than asked. The layer falls short when it could not keep a multiple (narrower than
+    one step), keeps more than half a step above the request (held at one step, by --ignore,
+    by an image layer or by the maximum ratio), or is left whole by channel groups while the
+    request lies more than half a ``round_to`` step below its width. Differences up to
+    :data:`SHORTFALL_TOLERANCE` of the width never count.
+    """
+    if requested is None or requested <= 0 or before <= 0:
+        return False
+    if requested - (1.0 - after / before) <= SHORTFALL_TOLERANCE + 1e-9:
+        return False
+    rstep = round_to if round_to and round_to > 1 else 1
+    step = multiple if multiple and multiple > 1 else rstep
+    target = before * (1.0 - requested)
+    return (after % step != 0 or after - target > step / 2 + 1e-9
+            or (after == before and before - target > rstep / 2 + 1e-9))
+
+
+def _reason(plan: GroupPlan, cfg: PruneConfig) -> tuple[str, str]:
+    """(category, words) for why ``plan``'s group kept more than asked."""
+    if plan.blocked:
+        return (plan.block_tag or "blocked", plan.blocked)
+    round_to = cfg.round_to if cfg.round_to and cfg.round_to > 1 else 1
+    t, w = plan.width0 * (1 - min(plan.ratio, 1.0)), plan.width0
+    with_floor = kept_width(t, w, plan.multiple, w * (1 - cfg.max_layer_ratio))
+    no_floor = kept_width(t, w, plan.multiple)
+    if with_floor > no_floor:
+        return ("max-ratio", f"maximum layer ratio {cfg.max_layer_ratio:g}")
+    if no_floor > kept_width(t, w, round_to):
+        return ("channel-groups", f"channel groups ({', '.join(plan.constraints)}): widths multiple of {plan.multiple}")
+    if w < round_to:
+        return ("rounding", f"--round-to {round_to} is wider than the layer")
+    return ("rounding", f"--round-to {round_to}: at least {round_to} channels stay" if t < round_to / 2 else f"--round-to {round_to}")
+
+
 def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str, Any]:
-    """Prune one prior in place; return its record (widths, params, MACs, history)."""
+    """Prune one prior in place; return its record (widths requested and achieved, params, MACs, history)."""
     prior, inputs = site.module, tuple(site.inputs)
     if not inputs or not torch.is_tensor(inputs[0]):
         raise PruningError(f"prior {site.name!r} is not called with a tensor", "pass --prior naming a CNN that takes an image tensor")
@@ -507,15 +735,12 @@ def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str,
     trace, trace_shape = trace_inputs(prior, inputs, ref_shape)
     before_widths = layer_widths(prior)
     before_params = count_params(prior)
+    fixed = fixed_layers(model, site, ref_shape[1], cfg)
+    names = {m: n for n, m in prior.named_modules()}
     ignored = output_layers(model, prior, ref_shape[1])
     ignored += [m for n, m in prior.named_modules() if n and _layer_matches(join_name(site.name, n), cfg.ignore)]
     with norm_parametrizations_removed(prior), grads_enabled(prior):
-        pruner = make_pruner(prior, trace, cfg, ignored, site.name)
-        for _ in range(cfg.iterative_steps):
-            if cfg.importance == "taylor":
-                _taylor_backward(prior, trace)
-            pruner.step()
-        history = pruner.pruning_history()
+        history, plans = prune_groups(prior, trace, cfg, fixed, site.name)
         prior.zero_grad(set_to_none=True)
     prior.train(was_training)
     with torch.no_grad(), _sync_parameterless_norms(prior):
@@ -525,6 +750,8 @@ def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str,
     if tuple(out.shape) != trace_shape or after_shape != ref_shape:
         raise PruningError(f"pruning changed the output of {site.name!r} from {ref_shape} to {after_shape}", "add the layer that produces the image to --ignore")
     after_widths = layer_widths(prior)
+    requested, notes, held = _requested_and_held(site.name, before_widths, after_widths, plans, fixed, names, cfg)
+    widths = {k: [before_widths[k], after_widths.get(k, 0)] for k in before_widths}
     return {
         "calls_per_forward": site.calls,
         "input_shape": [list(t.shape) for t in inputs if torch.is_tensor(t)],
@@ -533,17 +760,117 @@ def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str,
         "params_after": count_params(prior),
         "macs_before": before_macs,
         "macs_after": after_macs,
-        "widths": {k: [before_widths[k], after_widths.get(k, 0)] for k in before_widths},
+        "widths": widths,
+        "requested": requested,
+        "requested_channel_ratio": requested_fraction(widths, requested),
+        "achieved_channel_ratio": removed_fraction(widths.values()) or 0.0,
+        "notes": notes,
+        "held_back": held,
         "ignored": sorted(join_name(site.name, n) for n, m in prior.named_modules() if any(m is i for i in ignored)),
         "history": [[str(n), bool(o), [int(i) for i in idx]] for n, o, idx in history],
     }
+
+
+def _requested_and_held(prefix, before, after, plans, fixed, names, cfg):
+    """Per layer: the removal asked (None: the layer is in no group), a note, and the layers held back."""
+    layer_plan: dict[str, tuple[int, GroupPlan]] = {}
+    for plan in plans:
+        for name, share in plan.layers.items():
+            if name not in layer_plan or share > layer_plan[name][0]:
+                layer_plan[name] = (share, plan)
+    fixed_names = {names[m]: tag for m, tag in fixed.items() if m in names and isinstance(m, LAYER_TYPES)}
+    requested: dict[str, float | None] = {}
+    notes: dict[str, str] = {}
+    held: dict[str, dict[str, Any]] = {}
+    for name, b in before.items():
+        a = after.get(name, 0)
+        if name in fixed_names:
+            requested[name], notes[name] = 0.0, FIXED[fixed_names[name]][0]
+            continue
+        if name not in layer_plan:
+            requested[name], notes[name] = None, "not in the traced graph"
+            continue
+        plan = layer_plan[name][1]
+        requested[name] = round(float(plan.ratio), 6)
+        if plan.blocked:
+            notes[name] = plan.blocked
+        if cfg.global_pruning and plan.is_global:
+            continue  # --global: widths are uneven by design; the prior as a whole is checked
+        if shortfall(b, a, plan.ratio, cfg.round_to, plan.multiple):
+            cat, why = _reason(plan, cfg)
+            notes[name] = why
+            held[join_name(prefix, name)] = {"before": b, "after": a, "asked": round(b * (1 - plan.ratio), 2),
+                                             "category": cat, "reason": why}
+    if cfg.global_pruning:
+        widths = {k: [before[k], after.get(k, 0)] for k in before}
+        glob = {k: v for k, v in widths.items() if k in layer_plan and layer_plan[k][1].is_global and k not in fixed_names}
+        req = requested_fraction(glob, {k: requested[k] for k in glob})
+        got = removed_fraction(glob.values()) or 0.0
+        step = cfg.round_to if cfg.round_to and cfg.round_to > 1 else 1
+        total = sum(b for b, _ in glob.values())
+        allowance = SHORTFALL_TOLERANCE + (step / 2 * len(glob) / total if total else 0.0)
+        if req is not None and req - got > allowance:
+            for k in glob:
+                plan = layer_plan[k][1]
+                if plan.blocked or widths[k][0] == widths[k][1]:
+                    cat, why = _reason(plan, cfg) if plan.blocked else ("rounding", f"--global ranking and --round-to {step} kept it whole")
+                    held[join_name(prefix, k)] = {"before": widths[k][0], "after": widths[k][1], "asked": None,
+                                                  "category": cat, "reason": why}
+            if not any(join_name(prefix, k) in held for k in glob):
+                held[prefix or "(prior)"] = {"before": total, "after": sum(a for _, a in glob.values()), "asked": round(total * (1 - req), 2),
+                                             "category": "rounding", "reason": f"--global ranking removed {got:.0%} of {req:.0%}"}
+    return requested, notes, held
+
+
+def requested_fraction(widths: dict[str, list[int]], requested: dict[str, float | None]) -> float | None:
+    """Channel-weighted removal asked over the layers of ``widths`` (layers in no group count as 0)."""
+    total = sum(b for b, _ in widths.values())
+    if not total:
+        return None
+    return round(sum(b * (requested.get(k) or 0.0) for k, (b, _) in widths.items()) / total, 4)
+
+
+#: Categories of held-back layers and what to do about each.
+HELD_FIXES = {
+    "rounding": "lower --round-to (8, or 1 for exact widths)",
+    "channel-groups": "lower --round-to or --ignore those layers (GroupNorm and grouped convs keep whole groups)",
+    "max-ratio": "ask at most the maximum layer ratio",
+    "ignore": "--ignore the whole coupled group, or drop the --ignore that holds it",
+    "image": "--ignore those layers (they share channels with the image output)",
+    "one-channel": "--ignore those layers",
+    "blocked": "--ignore those layers",
+}
+
+
+def held_back_error(record: dict[str, Any]) -> PruningError | None:
+    """The one-line error for a pruning record whose layers fell short of the request (None: all met)."""
+    held = {k: v for rec in record["priors"].values() for k, v in (rec.get("held_back") or {}).items()}
+    if not held:
+        return None
+    by_reason: dict[str, list[str]] = {}
+    cats: list[str] = []
+    for layer, h in held.items():
+        by_reason.setdefault(h["reason"], []).append(f"{layer} {h['after']}/{h['before']}")
+        if h["category"] not in cats:
+            cats.append(h["category"])
+    parts = []
+    for why, layers in list(by_reason.items())[:3]:
+        more = f" +{len(layers) - 3} more" if len(layers) > 3 else ""
+        parts.append(f"{', '.join(layers[:3])}{more} ({why})")
+    more = f"; {len(by_reason) - 3} more reasons" if len(by_reason) > 3 else ""
+    mode = " (--global)" if record.get("global") else ""
+    problem = (f"pruning at ratio {record['ratio']:g}{mode} held back {len(held)} layer(s), kept/before channels: "
+               + "; ".join(parts) + more)
+    fix = "pass --allow-partial to accept it, or " + "; or ".join(HELD_FIXES[c] for c in cats if c in HELD_FIXES)
+    return PruningError(problem, fix)
 
 
 def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str, Any]:
     """Prune every prior of ``model`` (traced with ``inputs``) and verify the whole model.
 
     Returns the pruning record stored in checkpoints. Raises PruningError when nothing was
-    removed or the model's output shape changed.
+    removed, the model's output shape changed, or (unless ``cfg.allow_partial``) a layer kept
+    more channels than the request and the rounding allow (see :func:`shortfall`).
     """
     cfg.validate()
     check_finite_weights(model)
@@ -563,7 +890,7 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
         out = model(*inputs)
     if tuple(out.shape) != tuple(ref.shape):
         raise PruningError(f"the pruned model maps inputs to {tuple(out.shape)}, not {tuple(ref.shape)}", "report this model; add its output layers to --ignore")
-    return {
+    record = {
         "ratio": cfg.ratio,
         "importance": cfg.importance,
         "global": cfg.global_pruning,
@@ -571,12 +898,18 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
         "round_to": cfg.round_to,
         "layer_ratios": cfg.layer_ratios,
         "ignore": cfg.ignore,
+        "max_layer_ratio": cfg.max_layer_ratio,
+        "allow_partial": cfg.allow_partial,
         "seed": cfg.seed,
         "params_before": total_before,
         "params_after": total_after,
         "seconds": round(time.perf_counter() - t0, 3),
         "priors": records,
     }
+    err = held_back_error(record)
+    if err is not None and not cfg.allow_partial:
+        raise err
+    return record
 
 
 def removed_fraction(pairs) -> float | None:

@@ -213,8 +213,9 @@ def test_round_to_keeps_nearest_multiple(ratio, kept):
     assert {after for before, after in widths.values() if before == 32} == {kept}
 
 
-def test_group_norm_can_force_more_and_is_reported():
-    """GroupNorm keeps widths divisible by its groups; the record shows the achieved ratio per layer."""
+def test_group_norm_rounds_to_its_groups_and_is_reported():
+    """GroupNorm keeps widths divisible by its groups: the nearest multiple of 8 to 32 * 0.7 is 24
+    (25% removed for 30% asked, within half a group step); the record shows both per layer."""
     from mbdlprune.pruning import achieved_ratios
 
     class Net(nn.Module):
@@ -228,5 +229,6 @@ def test_group_norm_can_force_more_and_is_reported():
 
     net = Net()
     record = prune_priors(net, (torch.randn(1, 2, 16, 16),), PruneConfig(ratio=0.3, round_to=1, priors=[""]))
-    assert net.g.num_channels % net.g.num_groups == 0
-    assert achieved_ratios(record)["a"] >= 0.3 and record["priors"][""]["widths"]["a"][1] == net.a.out_channels
+    assert net.g.num_channels == net.a.out_channels == 24 and net.g.num_groups == 8
+    assert achieved_ratios(record)["a"] == 0.25 and record["priors"][""]["requested"]["a"] == 0.3
+    assert record["priors"][""]["held_back"] == {}
