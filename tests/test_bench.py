@@ -446,3 +446,14 @@ def test_plain_original_checkpoint_benches_beside_pruned_file(models):
 def test_bench_refuses_impossible_options_before_loading(option):
     with pytest.raises(MbdlError, match=next(iter(option)).replace("_", "-")):
         B.bench(["not-loaded-a.safetensors", "not-loaded-b.safetensors"], _images(), **option)
+
+
+def test_bench_gives_each_model_its_own_solver_settings_back(models):
+    from mbdlprune.io import load_model
+
+    orig, pruned, _ = models["deq-edsr"]
+    a, b = load_model(orig), load_model(pruned)
+    b.model.tol, b.model.max_iter = 4e-3, 3
+    B.bench([B.BenchModel("a", a.model, a.meta, a.operator, str(orig), "original"),
+             B.BenchModel("b", b.model, b.meta, b.operator, str(pruned))], _images(), **FAST)
+    assert (b.model.tol, b.model.max_iter) == (4e-3, 3)

@@ -1,0 +1,245 @@
+"""Fair side-by-side benchmark of an original MBDL model and its pruned (fine-tuned) versions.
+
+Fairness rules (see docs/bench.md):
+
+* every model sees the same measurements (simulated once from the evaluation images with the
+  operator and a fixed seed) and the same timing batch;
+* every DEQ runs with the same solver, tolerance and iteration cap — the first model's,
+  unless overridden for all — and the report gives iterations and residuals;
+* timing is interleaved: each round runs every model once (in rotating order), so clock and
+  thermal drift hits all models alike; medians and p10/p90 are reported, not means;
+* costs (prior MACs) are counted on the reconstructions actually run, so DEQ iteration
+  counts are part of the per-reconstruction cost;
+* a fine-tuned model whose training data overlaps the evaluation data is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import MbdlError
+from .control import _control_model
+from .costs import reconstruct_and_score
+from .evaldata import load_eval_data, simulate_measurements
+from .fairness import common_operator, common_solver_settings, lineage_notes, solver_settings_applied
+from .models import load_bench_models
+from .records import check_finetune_overlap, finetune_summary
+from .report import BenchReport, ModelResult, _stats, _timed_calls, evaluate_gates
+from .timing import DEFAULT_REPEATS, DEFAULT_WARMUP, busy_note, device_info, time_models
+
+def bench(
+    models: Sequence[Any],
+    data: Any,
+    operator: Any = None,
+    device: str = "auto",
+    solver: str | None = None,
+    tol: float | None = None,
+    max_iter: int | None = None,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    batch_size: int = 1,
+    metric: str = "plain",
+    seed: int = 0,
+    max_images: int | None = None,
+    fit: str = "error",
+    arch: str | None = None,
+    min_speedup: float | None = None,
+    max_psnr_drop: float | None = None,
+    control: bool | Mapping[str, Any] = False,
+    control_out: str | Path | None = None,
+    interleave: bool = True,
+    threads: int | None = None,
+    progress=None,
+    control_data: Any = None,
+    force: bool = False,
+    key_map: Any = None,
+    unsafe_pickle: bool = False,
+) -> BenchReport:
+    """Benchmark ``models`` (first = original) side by side on ``data``; see the module docstring.
+
+    ``models``: file paths, :class:`io.LoadedModel` or :class:`BenchModel` objects.
+    ``data``: evaluation volumes (file/folder, read with :mod:`mbdlprune.data`) or an image
+    tensor (N, C, H, W). ``threads``: torch intra-op threads for this run (restored afterwards).
+    ``control``: also fine-tune the original with the pruned model's
+    fine-tune settings (True) or with the given settings (a dict for
+    :func:`mbdlprune.finetune.finetune`), and bench it as role "control"; with True,
+    ``control_data`` gives the fine-tuning files (matched by sha256 to the record's).
+    ``force``: the control model may replace an existing ``control_out``. ``key_map`` and
+    ``unsafe_pickle`` apply to plain checkpoints among ``models`` (the original, typically).
+    """
+    import torch
+
+    check_bench_options(threads=threads, batch_size=batch_size, warmup=warmup, repeats=repeats, max_images=max_images,
+                        seed=seed, tol=tol, max_iter=max_iter, min_speedup=min_speedup, max_psnr_drop=max_psnr_drop)
+    before_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(int(threads))
+    try:
+        return _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
+                      max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
+                      control_data, force, key_map, unsafe_pickle)
+    finally:
+        torch.set_num_threads(before_threads)
+
+
+def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
+           max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
+           control_data=None, force=False, key_map=None, unsafe_pickle=False) -> BenchReport:
+    from ..metrics import get_definition
+
+    say = progress or (lambda msg: None)
+    metric_def = get_definition(metric)
+    env = device_info(device)
+    dev = env["device"]
+    entries = load_bench_models(models, arch=arch, unsafe_pickle=unsafe_pickle, key_map=key_map)
+    if control:
+        if control_out is not None:
+            from ..io import check_output_path
+
+            check_output_path(control_out, force, inputs=[e.path for e in entries if e.path])
+        entries.append(_control_model(entries, control, control_out, arch, say, control_data, force))
+    op, op_source = common_operator(entries, operator)
+    op = op.to(dev)
+    solver_settings = common_solver_settings(entries, solver, tol, max_iter)
+    devices = [_device_of(e.model) for e in entries]
+    try:
+        with solver_settings_applied(entries, solver_settings):
+            return _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, repeats, batch_size,
+                            metric_def, seed, max_images, fit, min_speedup, max_psnr_drop, interleave, say)
+    finally:  # the caller's models go back to their devices
+        for e, d in zip(entries, devices):
+            e.model.to(d)
+
+
+def _device_of(model):
+    import torch
+
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, repeats, batch_size, metric_def, seed,
+             max_images, fit, min_speedup, max_psnr_drop, interleave, say) -> BenchReport:
+    """Score, count and time the models (settings already applied) and build the report."""
+    import torch
+
+    ev = load_eval_data(data, op, max_images, fit)
+    check_finetune_overlap(entries, ev.hashes)
+    notes: list[str] = []
+    if env["note"]:
+        notes.append(env["note"])
+    notes += list(ev.notes)
+    notes += lineage_notes(entries)
+    if not dev.startswith("cuda") and busy_note(env):
+        notes.append(busy_note(env))
+    for e in entries:
+        e.model.eval().to(device=dev, dtype=torch.float32)
+    say(f"simulating measurements for {ev.images.shape[0]} images (seed {seed})")
+    y = simulate_measurements(ev.images, op.to("cpu"), seed)
+    op = op.to(dev)
+
+    # quality and costs (also a first warm-up)
+    scored = []
+    for e in entries:
+        say(f"reconstructing with {e.label}")
+        scored.append(reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def))
+    say(f"timing {len(entries)} models: {warmup} warm-up + {repeats} interleaved runs, batch {batch_size}")
+    timings = time_models([e.model for e in entries], y, op, dev, warmup, repeats, batch_size, interleave)
+
+    results: list[ModelResult] = []
+    for e, sc, tm in zip(entries, scored, timings):
+        priors = sc["priors"]
+        prior_macs = float(sum(p["macs_per_call"] for p in priors.values()))
+        calls = float(sum(p["calls_per_reconstruction"] for p in priors.values()))
+        recon = float(sum(p["macs_per_reconstruction"] for p in priors.values()))
+        pm, ps = _stats(sc["psnr"])
+        sm, ss = _stats(sc["ssim"])
+        deq = sc["deq"]
+        if deq is not None and tm.iterations_mean is not None:
+            deq = {**deq, "timed_iterations_mean": tm.iterations_mean, "timed_residual_final": tm.residual_final}
+        pr = (e.meta or {}).get("pruning")
+        results.append(ModelResult(
+            label=e.label, role=e.role, path=e.path, arch=((e.meta or {}).get("arch") or {}).get("name"),
+            pruning={"ratio": pr.get("ratio"), "importance": pr.get("importance"), "round_to": pr.get("round_to")} if pr else None,
+            finetune=finetune_summary(e.meta), params=sum(p.numel() for p in e.model.parameters()),
+            prior_params=int(sum(p["params"] for p in priors.values())), prior_macs=prior_macs,
+            prior_calls_per_reconstruction=calls, macs_per_reconstruction=recon, priors=priors, timing=tm,
+            psnr=sc["psnr"], ssim=sc["ssim"], psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss, deq=deq,
+        ))
+    ref = results[0]
+    for r in results:
+        r.speedup = ref.timing.median_ms / r.timing.median_ms if r.timing.median_ms > 0 else None
+        r.prior_macs_reduction = ref.prior_macs / r.prior_macs if r.prior_macs else None
+        r.reconstruction_macs_reduction = ref.macs_per_reconstruction / r.macs_per_reconstruction if r.macs_per_reconstruction else None
+        if r.speedup is not None and r.prior_macs_reduction:
+            r.speedup_per_macs_reduction = r.speedup / r.prior_macs_reduction
+        r.timed_calls = _timed_calls(r)
+        if r.timed_calls and ref.timed_calls and r.timing.median_ms > 0:
+            r.per_call_speedup = (ref.timing.median_ms / ref.timed_calls) / (r.timing.median_ms / r.timed_calls)
+            if r.prior_macs_reduction:
+                r.per_call_speedup_per_macs_reduction = r.per_call_speedup / r.prior_macs_reduction
+        r.psnr_drop = ref.psnr_mean - r.psnr_mean
+        r.ssim_drop = ref.ssim_mean - r.ssim_mean
+        diffs = [a - b for a, b in zip(ref.psnr, r.psnr) if math.isfinite(a) and math.isfinite(b)]
+        r.psnr_drop_paired_std = statistics.pstdev(diffs) if len(diffs) > 1 else None
+    ctrl = next((r for r in results if r.role == "control"), None)
+    if ctrl is not None:
+        for r in results:
+            if r.role == "pruned":
+                r.psnr_drop_vs_control = ctrl.psnr_mean - r.psnr_mean
+                notes.append(f"control: fine-tuning the original alone changes PSNR by {-ctrl.psnr_drop:+.2f} dB; "
+                             f"{r.label} is {-r.psnr_drop_vs_control:+.2f} dB against that control")
+    from ..metrics import nonfinite_note
+
+    for r in results:
+        note = nonfinite_note(r.psnr, f"reconstructions of {r.label}") if r.psnr else None
+        if note:
+            notes.append(note)
+        if r.deq and r.deq.get("converged_fraction", 1.0) < 1.0:
+            notes.append(f"{r.label}: the DEQ solver stopped at max_iter before reaching tol on "
+                         f"{(1 - r.deq['converged_fraction']) * 100:.0f}% of the batches")
+    gates = evaluate_gates(results, min_speedup, max_psnr_drop)
+    report = BenchReport(
+        models=results,
+        environment=env,
+        settings={
+            "warmup": warmup, "repeats": repeats, "batch_size": batch_size, "dtype": "float32", "seed": seed,
+            "interleaved": interleave, "timing_method": timings[0].method if timings else "",
+            "min_speedup": min_speedup, "max_psnr_drop": max_psnr_drop,
+        },
+        solver=solver_settings,
+        operator={"kind": getattr(op, "kind", type(op).__name__), "image_shape": list(op.image_shape),
+                  "spec": getattr(op, "spec", None), "source": op_source},
+        data={"source": ev.source, "n_images": int(ev.images.shape[0]), "seed": seed, "sha256": ev.hashes, "files": ev.files},
+        metric=metric_def.to_dict(),
+        gates=gates,
+        notes=notes,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    report.examples["__truth__"] = ev.images[:1].clone()
+    for e, sc in zip(entries, scored):
+        report.examples[e.label] = sc["example"]
+    return report
+
+
+def check_bench_options(**values: Any) -> None:
+    """Refuse, in one line and before any work, bench options no benchmark can run with."""
+    from ..config import expect_number
+
+    rules = {  # option: (integer, minimum, allow None)
+        "threads": (True, 1, True), "batch_size": (True, 1, False), "warmup": (True, 0, False),
+        "repeats": (True, 1, False), "max_images": (True, 1, True), "seed": (True, 0, False),
+        "max_iter": (True, 1, True), "tol": (False, None, True), "min_speedup": (False, None, True),
+        "max_psnr_drop": (False, None, True),
+    }
+    for key, value in values.items():
+        integer, minimum, optional = rules[key]
+        if value is None and optional:
+            continue
+        expect_number(value, f"--{key.replace('_', '-')}", "bench", integer=integer, minimum=minimum)
+    for key in ("tol", "min_speedup"):
+        if values.get(key) is not None and not values[key] > 0:
+            raise MbdlError(f"--{key.replace('_', '-')} must be positive, got {values[key]}", f"set --{key.replace('_', '-')} above 0")

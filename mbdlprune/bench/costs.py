@@ -1,0 +1,110 @@
+"""Reconstruct, score and count: prior calls and MACs measured on the reconstructions actually run."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any, Mapping
+
+from .models import BenchModel
+
+class _CostCounter:
+    """Counts prior calls and conv/linear MACs inside each prior during real reconstructions."""
+
+    def __init__(self, model):
+        from torch import nn
+
+        # models without prior_paths() (user code) are counted as one "prior": the whole model
+        self.paths = list(model.prior_paths()) if hasattr(model, "prior_paths") else [""]
+        self.calls = {p: 0 for p in self.paths}
+        self.macs = {p: 0 for p in self.paths}
+        self.params = {}
+        self.handles = []
+        for p in self.paths:
+            prior = model.get_submodule(p)
+            self.params[p] = sum(t.numel() for t in prior.parameters())
+            self.handles.append(prior.register_forward_pre_hook(self._call_hook(p)))
+            for m in prior.modules():
+                if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+                    self.handles.append(m.register_forward_hook(self._mac_hook(p)))
+
+    def _call_hook(self, path):
+        def hook(module, args):
+            self.calls[path] += 1
+
+        return hook
+
+    def _mac_hook(self, path):
+        from torch import nn
+
+        def hook(m, args, out):
+            if isinstance(m, nn.modules.conv._ConvTransposeNd):
+                k = math.prod(m.kernel_size)
+                self.macs[path] += args[0].numel() * (m.out_channels // m.groups) * k
+            elif isinstance(m, nn.modules.conv._ConvNd):
+                k = math.prod(m.kernel_size)
+                self.macs[path] += out.numel() * (m.in_channels // m.groups) * k
+            else:
+                self.macs[path] += out.numel() * m.in_features
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def reconstruct_and_score(bm: BenchModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
+    """Reconstruct every measurement (batched), score against ``images``, count prior costs."""
+    import torch
+
+    from ..metrics import compute_metrics
+
+    counter = _CostCounter(bm.model)
+    psnrs: list[float] = []
+    ssims: list[float] = []
+    its: list[float] = []
+    res: list[float] = []
+    conv: list[bool] = []
+    example = None
+    batches = 0
+    try:
+        with torch.inference_mode():
+            for s in range(0, y.shape[0], batch_size):
+                yb = y[s:s + batch_size].to(device)
+                xh = bm.model(yb, op)
+                batches += 1
+                info = getattr(bm.model, "last_info", None)
+                if isinstance(info, Mapping) and "residual" in info:
+                    its.append(float(info.get("iterations", math.nan)))
+                    res.append(float(info.get("residual", math.nan)))
+                    conv.append(bool(info.get("converged")))
+                xh = xh.float().cpu()
+                if example is None:
+                    example = xh[:1].clone()
+                m = compute_metrics(xh, images[s:s + batch_size], metric)
+                psnrs += [float(v) for v in m["psnr"]]
+                ssims += [float(v) for v in m["ssim"]]
+    finally:
+        counter.remove()
+    n = y.shape[0]
+    priors = {}
+    for p in counter.paths:
+        calls = counter.calls[p] / batches if batches else 0.0
+        per_recon = counter.macs[p] / n if n else 0.0
+        priors[p or "(whole model)"] = {
+            "params": counter.params[p],
+            "calls_per_reconstruction": calls,
+            "macs_per_call": per_recon / calls if calls else 0.0,
+            "macs_per_reconstruction": per_recon,
+        }
+    deq = None
+    if its:
+        deq = {
+            "iterations_mean": statistics.fmean(its),
+            "iterations_max": max(its),
+            "residual_mean": statistics.fmean(res),
+            "residual_max": max(res),
+            "converged_fraction": statistics.fmean(conv),
+        }
+    return {"psnr": psnrs, "ssim": ssims, "priors": priors, "deq": deq, "example": example}
