@@ -632,6 +632,8 @@ def command_args(cmd: str, case: Case, a: Assets, f: Folder) -> list[str]:
             "bench": ["bench", str(a.model), x, "--data", str(a.eval), *BENCH_FAST],
             "finetune": ["finetune", str(a.pruned), "--teacher", x, "--mode", "distill", "--data", str(a.train), "--epochs", "1",
                          "--val-fraction", "0", "--device", "cpu", "-o", str(out / "f.safetensors"), "--json"],
+            "sweep": ["sweep", x, *extra, "--ratios", "0.5", "--round-to", "1", "--eval-data", str(a.eval), "--out-dir", str(out),
+                      *BENCH_FAST],
         }
         if cmd == "run":
             p = write_pipeline(f.root / "pipeline.toml", case.path, out, a, plain=case.plain, operator=a.op if case.plain else None)
@@ -882,7 +884,7 @@ def _good(kind: str):
 
 GOOD_CASES: dict[str, Callable[[Folder, Assets], Case]] = {f"good-{k}": _good(k) for k in ("model", "plain", "spec")}
 #: what each command writes into the output folder when it succeeds
-OUTPUTS = {"prune": ["p.safetensors"], "convert": ["c.safetensors"], "finetune": ["f.safetensors"],
+OUTPUTS = {"prune": ["p.safetensors"], "convert": ["c.safetensors"], "finetune": ["f.safetensors"], "sweep": ["sweep.json"],
            "run": ["pruned.safetensors", "report.json"], "inspect": [], "bench": []}
 
 
@@ -1029,7 +1031,8 @@ KEYMAP_CASES = dict([
 
 #: case id -> (builder, the commands it is fed to)
 def all_cases() -> dict[str, tuple[Callable[[Folder, Assets], Case], tuple[str, ...]]]:
-    out = {cid: (b, COMMANDS) for cid, b in {**CHECKPOINT_CASES, **SPEC_CASES}.items()}
+    out = {cid: (b, (*COMMANDS, "sweep")) for cid, b in CHECKPOINT_CASES.items()}
+    out.update({cid: (b, COMMANDS) for cid, b in SPEC_CASES.items()})
     out.update({cid: (b, ("run",)) for cid, b in PIPELINE_CASES.items()})
     out.update({cid: (b, ("bench", "run")) for cid, b in KEYMAP_CASES.items()})
     return out

@@ -176,7 +176,8 @@ def _pairs() -> list:
             for cmd in cmds if cmd in PASSING.get(cid, "").split()]
 
 
-@pytest.mark.parametrize("cid,cmd", [pytest.param(c, m, id=f"{c}-{m}") for c in H.GOOD_CASES for m in H.COMMANDS])
+@pytest.mark.parametrize("cid,cmd", [pytest.param(c, m, id=f"{c}-{m}") for c in H.GOOD_CASES
+                                     for m in (*H.COMMANDS, *(("sweep",) if c != "good-spec" else ()))])
 def test_valid_inputs_succeed(cid, cmd, assets, tmp_path, monkeypatch):
     """The harness is not vacuous: the same command lines with valid files succeed and write their outputs."""
     f = H.Folder(tmp_path)
