@@ -252,7 +252,11 @@ def test_mask_files_npy_and_nii(tmp_path):
     cols[14:18] = 1
     np.save(tmp_path / "m1.npy", cols)
     op = load_operator({"kind": "mri", "image_size": [16, 32], "mask": "m1.npy"}, base_dir=tmp_path)
-    assert np.array_equal(mask_cols(op), cols) and op.num_low_frequencies == center_run(cols)
+    assert np.array_equal(mask_cols(op), cols)
+    # fastMRI's detection for mask files: 2 * min(left, right) of the run around W // 2 (here 2 and 3)
+    assert center_run(cols) == 5 and op.num_low_frequencies == 4
+    op = load_operator({"kind": "mri", "image_size": [16, 32], "mask": "m1.npy", "num_low_frequencies": 5}, base_dir=tmp_path)
+    assert op.num_low_frequencies == 5
     mask2d = np.zeros((16, 32))
     mask2d[:, 12:20] = 1
     mask2d[::2, ::4] = 1

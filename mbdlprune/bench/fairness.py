@@ -84,7 +84,9 @@ def common_operator(models: Sequence[BenchModel], operator: Any = None):
         if not (hasattr(operator, "A") and hasattr(operator, "A_adjoint")):
             operator = load_operator(operator)
         return operator, "given explicitly, used for every model"
-    specs = [(m.label, (m.meta or {}).get("operator") or getattr(m.operator, "spec", None)) for m in models]
+    # the spec of the rebuilt operator when there is one: it holds every default, so a file written
+    # by an older mbdlprune and one written now compare equal when they describe the same operator
+    specs = [(m.label, getattr(m.operator, "spec", None) or (m.meta or {}).get("operator")) for m in models]
     known = [(lbl, s) for lbl, s in specs if s]
     missing = [lbl for lbl, s in specs if not s]
     if not known:

@@ -267,7 +267,7 @@ def load_weights(model, state: dict[str, Any], source: str = "checkpoint", resiz
     unexpected = set(state) - set(own)
     if missing or unexpected:
         if state is not as_saved:  # a stripped prefix did not make them match: name the keys as saved
-            unexpected = set(as_saved) - set(own)
+            unexpected = {k for k in set(as_saved) - set(own) if k not in legacy}
         parts = []
         if missing:
             parts.append(f"missing {_list(missing)}")
