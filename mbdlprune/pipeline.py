@@ -143,7 +143,7 @@ class FinetuneSection:
 
     @classmethod
     def parse(cls, t: Mapping[str, Any], base: Path) -> "FinetuneSection":
-        from .finetune.trainer import FinetuneConfig
+        from .finetune.config import FinetuneConfig
 
         where = "[finetune]"
         fields = [f.name for f in dataclasses.fields(FinetuneConfig)]

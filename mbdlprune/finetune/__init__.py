@@ -6,8 +6,8 @@ docs/finetune.md. Submodules import torch, so names load lazily.
 
 _LAZY = {
     "finetune": ("mbdlprune.finetune.trainer", "finetune"),
-    "FinetuneConfig": ("mbdlprune.finetune.trainer", "FinetuneConfig"),
-    "FinetuneResult": ("mbdlprune.finetune.trainer", "FinetuneResult"),
+    "FinetuneConfig": ("mbdlprune.finetune.config", "FinetuneConfig"),
+    "FinetuneResult": ("mbdlprune.finetune.config", "FinetuneResult"),
     "state_paths": ("mbdlprune.finetune.trainer", "state_paths"),
     "combine": ("mbdlprune.finetune.losses", "combine"),
     "build_mode_loss": ("mbdlprune.finetune.losses", "build_mode_loss"),
