@@ -370,3 +370,13 @@ def test_fuzz_model_metadata(valid_model, data):
         os.chdir(cwd)
     if loaded is not None:
         assert loaded.model is not None and isinstance(loaded.meta, dict)
+
+
+def test_fuzz_finding_finetune_mode_not_a_string():
+    """Found by the pipeline fuzzer: [finetune] mode = [1] raised TypeError (unhashable type: 'list') from
+    Registry.get via FinetuneConfig.validate, so `run` exited 1 with an internal error."""
+    from mbdlprune.finetune.trainer import FinetuneConfig
+
+    for mode in ([1], {"a": 1}):
+        with pytest.raises(MbdlError, match="mode"):
+            FinetuneConfig.from_dict({"mode": mode, "epochs": 1})

@@ -241,7 +241,7 @@ def test_existing_output_is_kept_without_force(cmd, assets, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.safetensors"]
 
 
-@pytest.mark.parametrize("cmd", ["prune", "convert"])
+@pytest.mark.parametrize("cmd", ["prune", "convert", "finetune"])
 def test_output_equal_to_input_is_refused_even_with_force(cmd, assets, tmp_path):
     src = tmp_path / "m.safetensors"
     shutil.copyfile(assets.pruned if cmd == "finetune" else assets.model, src)
