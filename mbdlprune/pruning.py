@@ -267,6 +267,7 @@ def norm_parametrizations_removed(module: nn.Module) -> Iterator[None]:
     restore: list[Callable[[], Any]] = []
     for m in list(module.modules()):
         if parametrize.is_parametrized(m):
+            _own_class(m)
             for pname in list(m.parametrizations.keys()):
                 kinds = [type(p).__name__ for p in m.parametrizations[pname]]
                 wn_dim = next((getattr(p, "dim", 0) for p in m.parametrizations[pname]), 0)
@@ -290,6 +291,18 @@ def norm_parametrizations_removed(module: nn.Module) -> Iterator[None]:
     finally:
         for fn in restore:
             fn()
+
+
+def _own_class(m: nn.Module) -> None:
+    """Give a parametrized module a class of its own before its parametrizations are removed.
+
+    torch makes one ``Parametrized*`` class per module, but a deep copy shares it with the
+    original, and removing a parametrization deletes the property from that class: pruning a
+    copy would break the original's weights (a sweep prunes copies of one model).
+    """
+    cls = type(m)
+    namespace = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    m.__class__ = type(cls.__name__, cls.__bases__, namespace)
 
 
 def output_layers(model: nn.Module, prior: nn.Module, out_channels: int) -> list[nn.Module]:
@@ -692,8 +705,8 @@ def shortfall(before: int, after: int, requested: float | None, round_to: int | 
     groups; default ``round_to``). Rounding to the nearest multiple may keep up to half a step
     more than asked. The layer falls short when it could not keep a multiple (narrower than
     one step), keeps more than half a step above the request (held at one step, by --ignore,
-    by an image layer or by the maximum ratio), or is left whole by channel groups while the
-    request lies more than half a ``round_to`` step below its width. Differences up to
+    by an image layer or by the maximum ratio), or is left whole while the request lies half a
+    ``round_to`` step or more below its width. Differences up to
     :data:`SHORTFALL_TOLERANCE` of the width never count.
     """
     if requested is None or requested <= 0 or before <= 0:
@@ -704,7 +717,7 @@ def shortfall(before: int, after: int, requested: float | None, round_to: int | 
     step = multiple if multiple and multiple > 1 else rstep
     target = before * (1.0 - requested)
     return (after % step != 0 or after - target > step / 2 + 1e-9
-            or (after == before and before - target > rstep / 2 + 1e-9))
+            or (after == before and before - target >= rstep / 2 - 1e-9))
 
 
 def _reason(plan: GroupPlan, cfg: PruneConfig) -> tuple[str, str]:
@@ -842,8 +855,12 @@ HELD_FIXES = {
 }
 
 
-def held_back_error(record: dict[str, Any]) -> PruningError | None:
-    """The one-line error for a pruning record whose layers fell short of the request (None: all met)."""
+def held_back_error(record: dict[str, Any], removed_nothing: bool = False) -> PruningError | None:
+    """The one-line error for a pruning record whose layers fell short of the request (None: all met).
+
+    ``removed_nothing``: nothing was pruned at all; the message says so and ``--allow-partial``
+    is not offered (it cannot help).
+    """
     held = {k: v for rec in record["priors"].values() for k, v in (rec.get("held_back") or {}).items()}
     if not held:
         return None
@@ -859,9 +876,10 @@ def held_back_error(record: dict[str, Any]) -> PruningError | None:
         parts.append(f"{', '.join(layers[:3])}{more} ({why})")
     more = f"; {len(by_reason) - 3} more reasons" if len(by_reason) > 3 else ""
     mode = " (--global)" if record.get("global") else ""
-    problem = (f"pruning at ratio {record['ratio']:g}{mode} held back {len(held)} layer(s), kept/before channels: "
-               + "; ".join(parts) + more)
-    fix = "pass --allow-partial to accept it, or " + "; or ".join(HELD_FIXES[c] for c in cats if c in HELD_FIXES)
+    what = "removed no parameters" if removed_nothing else f"held back {len(held)} layer(s)"
+    problem = f"pruning at ratio {record['ratio']:g}{mode} {what}, kept/before channels: " + "; ".join(parts) + more
+    fixes = "; or ".join(HELD_FIXES[c] for c in cats if c in HELD_FIXES)
+    fix = fixes if removed_nothing else "pass --allow-partial to accept it, or " + fixes
     return PruningError(problem, fix)
 
 
@@ -882,6 +900,9 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
     records = {s.name: prune_site(model, s, cfg) for s in sites}
     total_after = count_params(model)
     if total_after >= total_before:
+        err = held_back_error({"ratio": cfg.ratio, "global": cfg.global_pruning, "priors": records}, removed_nothing=True)
+        if err is not None:
+            raise err
         raise PruningError(
             f"pruning removed no parameters at ratio {cfg.ratio}",
             "raise --ratio, lower --round-to, or check --ignore does not cover every layer",

@@ -232,3 +232,20 @@ def test_group_norm_rounds_to_its_groups_and_is_reported():
     assert net.g.num_channels == net.a.out_channels == 24 and net.g.num_groups == 8
     assert achieved_ratios(record)["a"] == 0.25 and record["priors"][""]["requested"]["a"] == 0.3
     assert record["priors"][""]["held_back"] == {}
+
+
+def test_pruning_a_copy_leaves_the_weight_normed_original_intact():
+    """A deep copy shares torch's parametrized class with the original; pruning the copy (as a
+    sweep does) must not take the original's weight property away."""
+    from torch.nn.utils import parametrizations
+
+    net = nn.Sequential(nn.Conv2d(2, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 2, 3, padding=1))
+    parametrizations.weight_norm(net[0])
+    x = torch.randn(1, 2, 12, 12)
+    with torch.no_grad():
+        ref = net(x)
+    clone = copy.deepcopy(net)
+    prune_priors(clone, (x,), PruneConfig(ratio=0.5, round_to=1, priors=[""]))
+    assert clone[0].weight.shape[0] == 8
+    with torch.no_grad():
+        assert torch.equal(net(x), ref) and net[0].weight.shape[0] == 16
