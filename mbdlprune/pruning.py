@@ -734,7 +734,7 @@ def _reason(plan: GroupPlan, cfg: PruneConfig) -> tuple[str, str]:
         return ("channel-groups", f"channel groups ({', '.join(plan.constraints)}): widths multiple of {plan.multiple}")
     if w < round_to:
         return ("rounding", f"--round-to {round_to} is wider than the layer")
-    return ("rounding", f"--round-to {round_to}: at least {round_to} channels stay" if t < round_to / 2 else f"--round-to {round_to}")
+    return ("rounding", f"--round-to {round_to}: at least {round_to} channels stay" if t < round_to else f"--round-to {round_to}")
 
 
 def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig) -> dict[str, Any]:

@@ -249,3 +249,33 @@ def test_pruning_a_copy_leaves_the_weight_normed_original_intact():
     assert clone[0].weight.shape[0] == 8
     with torch.no_grad():
         assert torch.equal(net(x), ref) and net[0].weight.shape[0] == 16
+
+
+@pytest.mark.parametrize("target,width,multiple,floor,kept", [
+    (16, 32, 16, 0, 16), (22.4, 32, 8, 0, 24), (22.4, 32, 16, 0, 16),  # nearest multiple
+    (72, 144, 16, 0, 64), (40, 80, 16, 0, 32),  # a tie goes to the even number of multiples
+    (9, 18, 16, 0, 16), (4, 8, 16, 0, 8),  # at least one multiple; narrower than one: whole
+    (3.2, 64, 1, 16, 16), (6.4, 64, 16, 6.4, 16), (30, 64, 16, 40, 48),  # the maximum-ratio floor
+    (40, 40, 16, 0, 32), (60, 64, 32, 0, 64),
+])
+def test_kept_width_is_the_nearest_allowed_multiple(target, width, multiple, floor, kept):
+    from mbdlprune.pruning import kept_width
+
+    assert kept_width(target, width, multiple, floor) == kept
+
+
+@pytest.mark.parametrize("before,after,requested,round_to,multiple,short", [
+    (32, 16, 0.5, 16, None, False), (18, 16, 0.5, 16, None, False),  # the nearest multiple of 16
+    (144, 144, 0.025, 16, None, False),  # within the tolerance
+    (144, 144, 0.05, 16, None, False),  # 136.8 rounds to 144
+    (32, 24, 0.3, 1, 8, False),  # GroupNorm(8): within half a group step
+    (32, 32, 0.5, 64, None, True), (8, 8, 0.5, 16, None, True),  # narrower than one multiple
+    (64, 16, 0.9, 16, None, True),  # held at one multiple, far above the request
+    (32, 32, 0.3, 1, 32, True),  # one channel per group: left whole
+    (64, 64, 0.5, 16, None, True), (16, 16, 0.5, 16, None, True),
+    (64, 32, 0.0, 16, None, False), (64, 64, None, 16, None, False),
+])
+def test_shortfall_allows_rounding_only(before, after, requested, round_to, multiple, short):
+    from mbdlprune.pruning import shortfall
+
+    assert shortfall(before, after, requested, round_to, multiple) is short

@@ -256,3 +256,13 @@ def test_cli_table_and_json_show_requested_and_achieved(op, tmp_path):
     r = runner.invoke(app, base + ["--round-to", "32", "--allow-partial", "--layers", "-o", str(tmp_path / "b.safetensors")])
     assert r.exit_code == 0, r.output
     assert "requested" in r.stdout and "achieved" in r.stdout and "held back" in r.stdout and "--allow-partial" in r.stdout
+
+
+@pytest.mark.parametrize("options", [{"importance": "taylor"}, {"importance": "lamp"}, {"importance": "random"},
+                                     {"importance": "l2", "iterative_steps": 3}])
+def test_every_importance_and_iterative_pruning_reach_the_ratio(options, op):
+    model, spec = build("groupnorm-unet")
+    res = prune_model(model, spec, op, ratio=0.5, **options)
+    rec = res.meta["pruning"]["priors"]["prior"]
+    assert rec["held_back"] == {} and rec["widths"]["grouped"] == [32, 16] and rec["widths"]["down"] == [64, 32]
+    assert all(not p.requires_grad or p.grad is None for p in model.parameters())
