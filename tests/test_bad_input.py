@@ -528,8 +528,14 @@ def test_matching_patterns_still_work():
     from mbdlprune.api import prune_model
 
     model, spec = _edsr()
+    # ignoring the head holds back every layer coupled to it through the residual path: that is
+    # refused unless asked for, and then reported
+    with pytest.raises(MbdlError, match="held back"):
+        prune_model(model, spec, None, ratio=0.5, round_to=1, image_size=(16, 16),
+                    layer_ratios={"body.*": 0.25}, ignore=["head"])
+    model, spec = _edsr()
     res = prune_model(model, spec, None, ratio=0.5, round_to=1, image_size=(16, 16),
-                      layer_ratios={"body.*": 0.25}, ignore=["head"])
+                      layer_ratios={"body.*": 0.25}, ignore=["head"], allow_partial=True)
     assert res.report["params_after"] < res.report["params_before"]
 
 
