@@ -177,7 +177,7 @@ def prune(
     return result
 
 
-def convert(checkpoint: str | Path, *, arch: str, arch_args: dict | None = None, operator: Any = None,
+def convert(checkpoint: str | Path, *, arch: str | None = None, arch_args: dict | None = None, operator: Any = None,
             out: str | Path, force: bool = False, unsafe_pickle: bool = False, key_map: Any = None) -> Path:
     """Write any supported checkpoint as an mbdlprune safetensors file (architecture + operator recorded)."""
     from .io import check_output_path, save_model, sha256_file, versions

@@ -12,11 +12,11 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors
+from .cli_common import (ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt, console,
+                         handle_errors)
 
 JsonPathOpt = typer.Option(None, "--json", help="Write the report as JSON to this file ('-' for stdout, then no table).")
 MarkdownOpt = typer.Option(None, "--markdown", help="Write a Markdown report (e.g. for a CI comment) to this file.")
-KeyMapOpt = typer.Option(None, "--key-map", help="Rename a foreign checkpoint's tensors first: a shipped map (e.g. mbdl-pruning) or a TOML file.")
 FigureOpt = typer.Option(None, "--figure", help="Write reconstructions, error maps and speed vs PSNR to this PNG (needs matplotlib).")
 BatchOpt = typer.Option(1, "--batch-size", help="Images per reconstruction call (timing and quality).")
 WarmupOpt = typer.Option(10, "--warmup", help="Untimed runs per model before timing.")

@@ -21,6 +21,7 @@ ForceOpt = typer.Option(False, "--force", help="Overwrite an existing output fil
 ArchOpt = typer.Option(None, "--arch", help="Registry name (see `mbdlprune archs`) or file.py:factory / package.module:factory (runs that code).")
 ArchArgsOpt = typer.Option(None, "--arch-args", help="Architecture arguments: inline JSON or a JSON/TOML file.")
 OperatorOpt = typer.Option(None, "--operator", help="Operator spec file (TOML or JSON) with an [operator] table.")
+KeyMapOpt = typer.Option(None, "--key-map", help="Rename a foreign checkpoint's tensors first: a shipped map (e.g. mbdl-pruning) or a TOML file.")
 UnsafePickleOpt = typer.Option(False, "--unsafe-pickle", help="Allow checkpoints that unpickle code (only for files you trust).")
 DeviceOpt = typer.Option("auto", "--device", help="cpu, cuda, cuda:N or auto (CUDA when available).")
 

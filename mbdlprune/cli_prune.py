@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt,
+from .cli_common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt,
                          console, handle_errors, print_json)
 from .bench.report import _si
 
@@ -104,6 +104,7 @@ def prune_cmd(
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept layers that remove fewer channels than asked (rounding, channel groups, --ignore); they are reported."),
     layers: bool = typer.Option(False, "--layers", help="Also print every layer's width before/after, the removal requested and achieved."),
     unsafe_pickle: bool = UnsafePickleOpt,
+    key_map: Optional[str] = KeyMapOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
     debug: bool = DebugOpt,
@@ -131,7 +132,7 @@ def prune_cmd(
                 allow_partial=allow_partial).validate()
     result = prune(
         checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out, force=force,
-        unsafe_pickle=unsafe_pickle, ratio=ratio, importance=importance, global_pruning=global_pruning,
+        unsafe_pickle=unsafe_pickle, key_map=key_map, ratio=ratio, importance=importance, global_pruning=global_pruning,
         iterative_steps=iterative_steps, round_to=round_to, layer_ratios=layer_ratios,
         ignore=list(ignore), priors=list(prior) or None, prune_sensitivity=prune_sensitivity, image_size=size, seed=seed,
         allow_partial=allow_partial,
@@ -150,6 +151,7 @@ def inspect_cmd(
     arch_args: Optional[str] = ArchArgsOpt,
     operator: Optional[Path] = OperatorOpt,
     unsafe_pickle: bool = UnsafePickleOpt,
+    key_map: Optional[str] = KeyMapOpt,
     json_out: bool = JsonOpt,
     debug: bool = DebugOpt,
 ):
@@ -157,7 +159,7 @@ def inspect_cmd(
     from .api import inspect_checkpoint
     from .config import parse_json_or_file
 
-    info = inspect_checkpoint(checkpoint, arch, parse_json_or_file(arch_args), operator, unsafe_pickle)
+    info = inspect_checkpoint(checkpoint, arch, parse_json_or_file(arch_args), operator, unsafe_pickle, key_map)
     if json_out:
         print_json(info)
         return
@@ -167,7 +169,7 @@ def inspect_cmd(
     head = Table(show_header=False, title=str(checkpoint))
     head.add_column("key")
     head.add_column("value")
-    for key in ("arch", "params", "params_in_file", "operator", "parent_sha256", "versions", "note"):
+    for key in ("arch", "params", "params_in_file", "operator", "key_map", "parent_sha256", "versions", "note"):
         if key in info:
             head.add_row(key, json.dumps(info[key]) if isinstance(info[key], (dict, list)) else str(info[key]))
     if info.get("pruning"):
@@ -195,6 +197,7 @@ def convert_cmd(
     operator: Optional[Path] = OperatorOpt,
     out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file."),
     unsafe_pickle: bool = UnsafePickleOpt,
+    key_map: Optional[str] = KeyMapOpt,
     force: bool = ForceOpt,
     json_out: bool = JsonOpt,
     debug: bool = DebugOpt,
@@ -204,10 +207,10 @@ def convert_cmd(
     from .config import parse_json_or_file
     from .errors import MbdlError
 
-    if not arch:
+    if not arch and not key_map:
         raise MbdlError("convert needs --arch", "pass --arch NAME (see `mbdlprune archs`) or file.py:factory")
     path = convert(checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out,
-                   force=force, unsafe_pickle=unsafe_pickle)
+                   force=force, unsafe_pickle=unsafe_pickle, key_map=key_map)
     if json_out:
         print_json({"output": str(path)})
     else:

@@ -87,3 +87,29 @@ def test_a_key_map_is_refused_for_mbdlprune_files(tmp_path):
     out = convert(tmp_path / "o.pt", arch="deq-edsr", arch_args=args, operator=MRI, out=tmp_path / "o.safetensors")
     with pytest.raises(Exception, match="drop --key-map"):
         load_model(out, key_map="mbdl-pruning")
+
+
+def test_cli_commands_take_key_map(tmp_path):
+    from typer.testing import CliRunner
+
+    from mbdlprune.cli import app
+
+    args = small_args("deq-edsr")
+    model, _ = build_arch("deq-edsr", args)
+    path = tmp_path / "deq.pt"
+    torch.save(paper_deq_state(model), path)
+    (tmp_path / "args.json").write_text(json.dumps(args))
+    (tmp_path / "op.json").write_text(json.dumps(MRI))
+    run = CliRunner().invoke
+    common = [str(path), "--key-map", "mbdl-pruning", "--arch-args", str(tmp_path / "args.json")]
+    r = run(app, ["inspect", *common, "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["key_map"]["name"] == "mbdl-pruning"
+    r = run(app, ["prune", *common, "--operator", str(tmp_path / "op.json"), "--ratio", "0.5", "--round-to", "1",
+                  "-o", str(tmp_path / "p.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert read_checkpoint(tmp_path / "p.safetensors")[1]["key_map"]["dropped"] == 1
+    r = run(app, ["convert", *common, "-o", str(tmp_path / "c.safetensors")])
+    assert r.exit_code == 0, r.output
+    r = run(app, ["inspect", str(path), "--arch", "deq-edsr", "--arch-args", str(tmp_path / "args.json")])
+    assert r.exit_code == 2 and "--key-map" in r.output
