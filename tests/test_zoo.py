@@ -143,9 +143,7 @@ def test_zoo_pruned_equals_original_with_removed_channels_zeroed(name, pruned, o
         torch.testing.assert_close(res.model(y, op), original(y, op), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(
-    n in DEPTHWISE, strict=True, raises=RuntimeError,
-    reason="the loader resizes a pruned depthwise conv's weight but keeps its original groups")) for n in ZOO.names()])
+@pytest.mark.parametrize("name", ZOO.names())
 def test_zoo_round_trips_exactly(name, pruned, op, tmp_path):
     _, res = pruned(name)
     path = save_model(tmp_path / f"{name}.safetensors", res.model, res.meta, operator=op)

@@ -160,7 +160,7 @@ def check_meta(meta: Any, name: str) -> None:
         raise bad("unknown architecture kind")
     if isinstance(arch.get("version", 1), bool) or not isinstance(arch.get("version", 1), int):
         raise bad("architecture version is not an integer")
-    for key in ("operator", "pruning", "finetune", "model_attrs", "norm_widths", "key_map"):
+    for key in ("operator", "pruning", "finetune", "model_attrs", "norm_widths", "conv_groups", "key_map"):
         if meta.get(key) is not None and not isinstance(meta[key], dict):
             raise bad(f"{key} is not an object")
     for key in ("parent", "parent_sha256", "created"):
@@ -178,9 +178,10 @@ def check_meta(meta: Any, name: str) -> None:
                                   f"remove it, or re-save the model with mbdlprune (allowed: {', '.join(MODEL_ATTRS)})")
         if not isinstance(value, MODEL_ATTRS[key]):
             raise bad(f"model attribute {key} is not a {MODEL_ATTRS[key].__name__}")
-    for key, value in (meta.get("norm_widths") or {}).items():
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1 << 20:
-            raise bad(f"norm width of {key} is not a positive integer")
+    for table in ("norm_widths", "conv_groups"):
+        for key, value in (meta.get(table) or {}).items():
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 1 << 20:
+                raise bad(f"{table.replace('_', ' ')[:-1]} of {key} is not a positive integer")
 
 
 def _first_line(e: BaseException, n: int = 120) -> str:

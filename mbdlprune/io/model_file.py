@@ -17,6 +17,13 @@ def state_for_saving(model) -> dict[str, Any]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
+def conv_groups(model) -> dict[str, int]:
+    """``groups`` of grouped and depthwise convolutions (pruning a depthwise conv changes it; the weight alone cannot say)."""
+    from torch import nn
+
+    return {n: int(m.groups) for n, m in model.named_modules() if isinstance(m, nn.modules.conv._ConvNd) and m.groups != 1}
+
+
 def parameterless_norm_widths(model) -> dict[str, int]:
     """``num_features`` of norm layers without weights or statistics (their width is not in the state)."""
     from torch import nn
@@ -34,7 +41,8 @@ def save_model(path: str | Path, model, meta: dict[str, Any], force: bool = Fals
     from safetensors.torch import save_file
 
     p = check_output_path(path, force)
-    meta = {**meta, "format_version": FORMAT_VERSION, "norm_widths": parameterless_norm_widths(model), "versions": meta.get("versions") or versions()}
+    meta = {**meta, "format_version": FORMAT_VERSION, "norm_widths": parameterless_norm_widths(model),
+            "conv_groups": conv_groups(model), "versions": meta.get("versions") or versions()}
     state = state_for_saving(model)
     state.update(_embedded_tensors(meta.get("operator"), operator))
     header = {"format": FORMAT_NAME, FORMAT_NAME: json.dumps(json_safe(meta), sort_keys=True, allow_nan=False)}
@@ -123,6 +131,8 @@ def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", o
             raise MbdlError(f"{p.name} does not say which architecture it is", "pass --arch NAME (see `mbdlprune archs`) or --arch file.py:factory")
         model, spec = build_arch(arch, dict(arch_args or {}))
     restore_setup(model, ck.meta if ck.meta is not None else (like or {}))
+    for name, groups in ((ck.meta or {}).get("conv_groups") or {}).items():
+        _set_conv_groups(model, name, groups, p.name)
     check_finite(ck.state, p.name)
     try:
         load_weights(model, ck.state, p.name, resize=resize)
@@ -174,6 +184,19 @@ def operator_from_meta(meta: Mapping[str, Any], embedded: Mapping[str, Any], nam
     except MbdlError as e:
         raise type(e)(f"{name}: {e.problem}", e.fix) from None
 
+
+
+def _set_conv_groups(model, name: str, groups: int, source: str) -> None:
+    from torch import nn
+
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        module = None
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        raise CheckpointError(f"{source} records conv groups for {name!r}, which is not a convolution of the model",
+                              "the file is damaged: export it again")
+    module.groups = int(groups)
 
 
 def _set_norm_width(model, name: str, width: int, source: str) -> None:
