@@ -168,6 +168,26 @@ def _zeros_like_meta(out, like: torch.Tensor):
     raise TypeError(f"cannot probe a module returning {type(out).__name__}")
 
 
+#: Layers that keep their input's shape and cost no MACs: on the meta device they are skipped.
+SHAPE_KEEPING_NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def _identity(x, *args, **kwargs):
+    return x
+
+
+def meta_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` on the meta device (shapes, no data) whose norm layers pass their input
+    through: only shapes are computed there, and norms' meta kernels cost as much as real convs."""
+    import copy
+
+    meta = copy.deepcopy(module).to("meta")
+    for m in meta.modules():
+        if isinstance(m, SHAPE_KEEPING_NORMS):
+            m.forward = _identity
+    return meta
+
+
 @contextmanager
 def _probe_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list]]:
     """Like :func:`_record_calls`, but each named module is replaced by a probe that records its
@@ -179,7 +199,7 @@ def _probe_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list]
     patched = []
     for name in names:
         mod = model.get_submodule(name)
-        meta_mod = copy.deepcopy(mod).to("meta")
+        meta_mod = meta_copy(mod)
 
         def probe(*args, _name=name, _meta=meta_mod, **kwargs):
             entry = seen.setdefault(_name, [None, 0])
@@ -641,7 +661,7 @@ def shape_and_macs(module: nn.Module, inputs: tuple) -> tuple[tuple[int, ...], i
     import copy
 
     try:
-        meta = copy.deepcopy(module).to("meta")
+        meta = meta_copy(module)
         meta_in = tuple(t.to("meta") if torch.is_tensor(t) else t for t in inputs)
         macs = count_macs(meta, meta_in)
         out = meta(*meta_in)
@@ -693,7 +713,8 @@ def fixed_layers(model: nn.Module, site: PriorSite, image_channels: int, cfg: Pr
             for sub in m.modules():
                 fixed.setdefault(sub, "ignore")
     for m in prior.modules():  # a gate broadcast over the channels: torch-pruning refuses width-1 layers
-        if layer_widths(m).get("") == 1:
+        width = m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features if isinstance(m, nn.Linear) else None
+        if width == 1:
             fixed.setdefault(m, "one-channel")
     return fixed
 
@@ -907,8 +928,12 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
             f"pruning removed no parameters at ratio {cfg.ratio}",
             "raise --ratio, lower --round-to, or check --ignore does not cover every layer",
         )
-    with torch.no_grad(), cheap_solver(model):
-        out = model(*inputs)
+    try:  # the priors' own shapes were checked on their real inputs: probe them here (no prior compute)
+        with torch.no_grad(), cheap_solver(model), _probe_calls(model, [s.name for s in sites]):
+            out = model(*inputs)
+    except Exception:
+        with torch.no_grad(), cheap_solver(model):
+            out = model(*inputs)
     if tuple(out.shape) != tuple(ref.shape):
         raise PruningError(f"the pruned model maps inputs to {tuple(out.shape)}, not {tuple(ref.shape)}", "report this model; add its output layers to --ignore")
     record = {
