@@ -20,10 +20,6 @@ from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
 from zoo import OPERATOR, ZOO, arch_spec
 
-#: entries whose round trip needs the loader to restore a depthwise conv's groups from its weights
-DEPTHWISE = {"mobilenet-deq"}
-
-
 @pytest.fixture(scope="module")
 def op():
     return load_operator(OPERATOR)
