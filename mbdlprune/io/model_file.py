@@ -185,31 +185,28 @@ def operator_from_meta(meta: Mapping[str, Any], embedded: Mapping[str, Any], nam
         raise type(e)(f"{name}: {e.problem}", e.fix) from None
 
 
-
-def _set_conv_groups(model, name: str, groups: int, source: str) -> None:
-    from torch import nn
-
+def _recorded_layer(model, name: str, kind: type, what: str, source: str):
+    """The submodule a file's record names, which must be a ``kind`` layer of the model."""
     try:
         module = model.get_submodule(name)
     except AttributeError:
         module = None
-    if not isinstance(module, nn.modules.conv._ConvNd):
-        raise CheckpointError(f"{source} records conv groups for {name!r}, which is not a convolution of the model",
+    if not isinstance(module, kind):
+        raise CheckpointError(f"{source} records {what} for {name!r}, which is not such a layer of the model",
                               "the file is damaged: export it again")
-    module.groups = int(groups)
+    return module
+
+
+def _set_conv_groups(model, name: str, groups: int, source: str) -> None:
+    from torch import nn
+
+    _recorded_layer(model, name, nn.modules.conv._ConvNd, "conv groups", source).groups = int(groups)
 
 
 def _set_norm_width(model, name: str, width: int, source: str) -> None:
     from torch import nn
 
-    try:
-        module = model.get_submodule(name)
-    except AttributeError:
-        module = None
-    if not isinstance(module, nn.modules.batchnorm._NormBase):
-        raise CheckpointError(f"{source} records a norm width for {name!r}, which is not a norm layer of the model",
-                              "the file is damaged: export it again")
-    module.num_features = int(width)
+    _recorded_layer(model, name, nn.modules.batchnorm._NormBase, "a norm width", source).num_features = int(width)
 
 
 def restore_setup(model, meta: Mapping[str, Any]) -> None:
