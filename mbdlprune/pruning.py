@@ -193,8 +193,6 @@ def _probe_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list]
     """Like :func:`_record_calls`, but each named module is replaced by a probe that records its
     inputs and returns zeros of the right shape (computed on the meta device): finding the
     priors then costs no convolution at full image size."""
-    import copy
-
     seen: dict[str, list] = {}
     patched = []
     for name in names:
@@ -658,8 +656,6 @@ def _taylor_backward(prior: nn.Module, inputs: tuple) -> None:
 
 def shape_and_macs(module: nn.Module, inputs: tuple) -> tuple[tuple[int, ...], int]:
     """Output shape and MACs of one call, on the meta device (no compute) when the layers allow."""
-    import copy
-
     try:
         meta = meta_copy(module)
         meta_in = tuple(t.to("meta") if torch.is_tensor(t) else t for t in inputs)
