@@ -143,6 +143,7 @@ def sweep_cmd(
     operator: Optional[Path] = OperatorOpt,
     importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 16)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept ratios at which some layers are held back (rounding, channel groups) instead of stopping."),
     finetune_mode: Optional[str] = typer.Option(None, "--finetune", help="Fine-tune every pruned model with this mode (needs --data and --out-dir)."),
     data: List[Path] = typer.Option([], "--data", help="Fine-tuning data (separate from --eval-data); repeatable."),
     epochs: int = typer.Option(1, "--epochs", help="Fine-tuning epochs per ratio."),
@@ -196,7 +197,7 @@ def sweep_cmd(
         importance=importance, round_to=round_to, device=device, solver=solver, tol=tol, max_iter=max_iter,
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
         fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
-        key_map=key_map,
+        key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None,
     )
     from .io import json_safe, write_text
 
