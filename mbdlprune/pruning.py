@@ -149,14 +149,13 @@ def _record_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list
 @contextmanager
 def cheap_solver(model: nn.Module, max_iter: int = 1) -> Iterator[None]:
     """Cap a DEQ's iterations while tracing and checking: one call of each prior is all they need."""
-    old = getattr(model, "max_iter", None)
-    if isinstance(old, int):
-        model.max_iter = min(old, max_iter)
-    try:
+    from .models.protocol import SolverSettings, is_deq, solver_settings
+
+    if not (is_deq(model) and isinstance(model.max_iter, int)):
         yield
-    finally:
-        if isinstance(old, int):
-            model.max_iter = old
+        return
+    with solver_settings(model, SolverSettings(max_iter=min(model.max_iter, max_iter))):
+        yield
 
 
 def _zeros_like_meta(out, like: torch.Tensor):

@@ -13,11 +13,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import MbdlError
+from ..models.protocol import SOLVER_KEYS, SolverSettings, is_deq, solver_settings
 from .models import BenchModel
-from .report import SOLVER_KEYS
-
-def is_deq(model) -> bool:
-    return all(hasattr(model, k) for k in SOLVER_KEYS)
 
 
 def common_solver_settings(models: Sequence[BenchModel], solver: str | None = None, tol: float | None = None,
@@ -52,14 +49,12 @@ def common_solver_settings(models: Sequence[BenchModel], solver: str | None = No
 @contextmanager
 def solver_settings_applied(models: Sequence[BenchModel], settings: Mapping[str, Any] | None) -> Iterator[None]:
     """Run every DEQ with ``settings`` inside the block and give each model back its own afterwards."""
-    stored = [(m.model, {k: getattr(m.model, k) for k in SOLVER_KEYS}) for m in models if is_deq(m.model)]
-    apply_solver_settings(models, settings)
-    try:
+    if not settings:
         yield
-    finally:
-        for model, values in stored:
-            for k, v in values.items():
-                setattr(model, k, v)
+        return
+    chosen = SolverSettings(settings["solver"], float(settings["tol"]), int(settings["max_iter"]))
+    with solver_settings([m.model for m in models], chosen):
+        yield
 
 
 def apply_solver_settings(models: Sequence[BenchModel], settings: Mapping[str, Any] | None) -> None:

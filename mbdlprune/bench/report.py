@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import MbdlError
+from ..models.protocol import SOLVER_KEYS
 from .timing import TimingResult
 
 SCHEMA_VERSION = 1
-SOLVER_KEYS = ("solver", "tol", "max_iter")
 
 
 @dataclass

@@ -321,7 +321,9 @@ def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, tea
         raise ConfigError(f"{Path(pruned_path).name} stores no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
     op = op.to(device)
     settings: dict[str, Any] = {}
-    if hasattr(model, "backward") and hasattr(model, "solver"):
+    from ..models.protocol import is_deq
+
+    if is_deq(model) and hasattr(model, "backward"):
         if cfg.deq_backward is not None:
             model.backward = cfg.deq_backward
         settings["deq_backward"] = model.backward

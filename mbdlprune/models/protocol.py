@@ -1,0 +1,64 @@
+"""The model contract every command relies on, in one place.
+
+An MBDL model is an ``nn.Module`` with ``forward(y, op) -> x``. Optional parts of the contract:
+
+* ``prior_paths() -> list[str]``: the submodules that are the learned prior(s) (what pruning
+  touches); without it, priors are found by tracing one forward pass;
+* ``last_info``: after a forward, a dict with ``iterations``, ``residual`` and ``converged``
+  (DEQ models);
+* ``solver``, ``tol``, ``max_iter``: a DEQ's solver settings (:func:`is_deq`), which may be
+  changed between calls; :func:`solver_settings` applies settings for a block of code and
+  restores the model's own afterwards, so no caller leaves a model changed;
+* ``legacy_state_keys() -> list[str]``: keys older checkpoints hold that the model no longer
+  keeps (dropped by the loader when present).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+#: the attributes that make a model a DEQ, and that fair comparisons set alike
+SOLVER_KEYS = ("solver", "tol", "max_iter")
+
+
+def is_deq(model: Any) -> bool:
+    """True for a deep equilibrium model: one whose solver, tolerance and iteration cap can be set."""
+    return all(hasattr(model, k) for k in SOLVER_KEYS)
+
+
+@dataclass(frozen=True)
+class SolverSettings:
+    """A DEQ's solver, tolerance and iteration cap; ``None`` leaves that setting as it is."""
+
+    solver: str | None = None
+    tol: float | None = None
+    max_iter: int | None = None
+
+    @classmethod
+    def of(cls, model: Any) -> "SolverSettings":
+        return cls(model.solver, float(model.tol), int(model.max_iter))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter}
+
+    def apply(self, model: Any) -> None:
+        for key, value in self.to_dict().items():
+            if value is not None:
+                setattr(model, key, value)
+
+
+@contextmanager
+def solver_settings(models: Any | Iterable[Any], settings: SolverSettings) -> Iterator[None]:
+    """Run every DEQ among ``models`` with ``settings`` inside the block; each gets its own back afterwards."""
+    items = list(models) if isinstance(models, (list, tuple)) else [models]
+    deqs = [m for m in items if is_deq(m)]
+    stored = [(m, SolverSettings.of(m)) for m in deqs]
+    try:
+        for m in deqs:
+            settings.apply(m)
+        yield
+    finally:
+        for m, own in stored:
+            own.apply(m)
