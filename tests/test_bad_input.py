@@ -198,7 +198,7 @@ def test_folders_without_readable_data_are_one_line(tmp_path, monkeypatch):
     def denied(*a, **k):
         raise PermissionError(13, "Permission denied", str(a[0]))
 
-    monkeypatch.setattr(data, "open", denied, raising=False)
+    monkeypatch.setattr(data.volumes, "open", denied, raising=False)  # where the files are read
     with pytest.raises(DataError) as e:
         data.read_volumes(tmp_path)
     assert "ok.npy" in one_line(e.value) and "permission denied" in str(e.value)
