@@ -269,9 +269,10 @@ def finetune(
     cfg = FinetuneConfig.from_dict({**base, **options})
     d = _setup_distributed(cfg.device if cfg.device != "auto" else ("cuda" if _cuda() else "cpu"))
     try:
-        return _run(pruned_path, cfg, d, data=data, out=out, operator=operator, teacher=teacher, arch=arch,
-                    val_data=val_data, eval_data=eval_data, force=force, resume=resume, progress=progress,
-                    callback=callback, unsafe_pickle=unsafe_pickle, teacher_key_map=teacher_key_map)
+        trainer = Trainer(pruned_path, cfg, d, data=data, out=out, operator=operator, teacher=teacher, arch=arch,
+                          val_data=val_data, eval_data=eval_data, force=force, resume=resume, progress=progress,
+                          callback=callback, unsafe_pickle=unsafe_pickle, teacher_key_map=teacher_key_map)
+        return trainer.setup().fit()
     finally:
         if d.initialized_here:
             import torch.distributed as dist
@@ -285,259 +286,326 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _run(pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator, teacher, arch, val_data, eval_data,
-         force, resume, progress, callback, unsafe_pickle, teacher_key_map=None) -> FinetuneResult:
-    import torch
+class Trainer:
+    """One fine-tuning run: :meth:`setup` (model, teacher, loss, data, optimiser, resume),
+    :meth:`train_epoch`, :meth:`validate`, and :meth:`fit`, which loops, saves the state after
+    every epoch and writes the best weights with their record."""
 
-    from ..api import resolve_operator
-    from ..io import check_output_path, load_model, save_model, sha256_file, versions
-    from .losses import build_mode_loss
-    from .state import check_start, load_state, remove_state, restore, save_state
+    def __init__(self, pruned_path, cfg: FinetuneConfig, d: _Dist, *, data, out, operator=None, teacher=None,
+                 arch=None, val_data=None, eval_data=None, force=False, resume=False, progress=False, callback=None,
+                 unsafe_pickle=False, teacher_key_map=None):
+        self.pruned_path, self.cfg, self.d = pruned_path, cfg, d
+        self.data, self.val_data, self.eval_data = data, val_data, eval_data
+        self.operator, self.teacher, self.arch = operator, teacher, arch
+        self.force, self.resume, self.progress, self.callback = force, resume, progress, callback
+        self.unsafe_pickle, self.teacher_key_map = unsafe_pickle, teacher_key_map
+        self.out_path = Path(out) if out is not None else None
+        self.warnings: list[str] = []
+        self.t_start = time.perf_counter()
 
-    t_start = time.perf_counter()
-    device = _resolve_device(cfg.device, d)
-    out_path = Path(out) if out is not None else None
-    warnings: list[str] = []
-    begin = "fresh"
-    if out_path is not None:
-        # --resume may replace the output: a run killed after writing it, before removing its state
-        check_output_path(out_path, force or resume, inputs=[pruned_path, teacher,
-                                                              *([operator] if isinstance(operator, (str, Path)) else [])])
-        begin = check_start(out_path, resume=resume, force=force)
-        if resume and begin == "fresh":
-            warnings.append(f"no training state beside {out_path.name} (the run stopped before its first save): started from epoch 0")
-    elif resume:
-        raise MbdlError("--resume needs the output path of the interrupted run", "pass -o OUT.safetensors")
-    if d.active:  # every rank has looked for a state before rank 0 can write one
-        import torch.distributed as dist
+    # -- setup ---------------------------------------------------------------------------
+    def setup(self) -> "Trainer":
+        """Check the output, build model, teacher, loss, data and optimiser; restore a state to resume."""
+        self._check_start()
+        self._load_model()
+        self._load_teacher_and_loss()
+        self._load_data()
+        self._make_optimizer_and_restore()
+        self._make_loader()
+        return self
 
-        dist.barrier()
+    def _check_start(self) -> None:
+        from ..io import check_output_path
+        from .state import check_start
 
-    # model, operator, teacher
-    loaded = load_model(pruned_path, arch=arch, device="cpu")
-    model, meta = loaded.model, dict(loaded.meta)
-    op = resolve_operator(operator, meta) if operator is not None else loaded.operator
-    if op is None:
-        raise ConfigError(f"{Path(pruned_path).name} stores no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
-    op = op.to(device)
-    settings: dict[str, Any] = {}
-    from ..models.protocol import is_deq
+        d, out_path = self.d, self.out_path
+        self.device = _resolve_device(self.cfg.device, d)
+        self.begin = "fresh"
+        if out_path is not None:
+            # --resume may replace the output: a run killed after writing it, before removing its state
+            inputs = [self.pruned_path, self.teacher, *([self.operator] if isinstance(self.operator, (str, Path)) else [])]
+            check_output_path(out_path, self.force or self.resume, inputs=inputs)
+            self.begin = check_start(out_path, resume=self.resume, force=self.force)
+            if self.resume and self.begin == "fresh":
+                self.warnings.append(f"no training state beside {out_path.name} (the run stopped before its first save): started from epoch 0")
+        elif self.resume:
+            raise MbdlError("--resume needs the output path of the interrupted run", "pass -o OUT.safetensors")
+        if d.active:  # every rank has looked for a state before rank 0 can write one
+            import torch.distributed as dist
 
-    if is_deq(model) and hasattr(model, "backward"):
-        if cfg.deq_backward is not None:
-            model.backward = cfg.deq_backward
-        settings["deq_backward"] = model.backward
-    elif cfg.deq_backward is not None:
-        warnings.append(f"--deq-backward {cfg.deq_backward} ignored: the model is not a DEQ")
-    if hasattr(model, "checkpointing"):
-        model.checkpointing = bool(cfg.checkpointing)
-        settings["checkpointing"] = bool(cfg.checkpointing)
-    elif cfg.checkpointing:
-        warnings.append("--checkpointing ignored: the model has no activation checkpointing switch")
-    model.to(device)
+            dist.barrier()
 
-    teacher_model, teacher_info = None, None
-    from .losses import mode_weights
+    def _load_model(self) -> None:
+        from ..api import resolve_operator
+        from ..io import load_model
+        from ..models.protocol import is_deq
 
-    weights = mode_weights(cfg.mode, cfg.weights)
-    if weights.get("distill", 0) > 0:
-        if teacher is None:
-            raise ConfigError(f"mode {cfg.mode!r} distils from the original model, and no teacher was given",
-                              "pass --teacher ORIGINAL_CHECKPOINT (the unpruned file given to prune)")
-        teacher_model, teacher_info = _load_teacher(teacher, meta, arch, unsafe_pickle, teacher_key_map)
-        teacher_model.to(device)
-        if not teacher_info["is_parent"]:
-            warnings.append(f"teacher {Path(teacher).name} is not the checkpoint this model was pruned from (sha256 differs)")
-    elif teacher is not None:
-        warnings.append(f"--teacher ignored: mode {cfg.mode!r} does not distil")
-    loss_fn = build_mode_loss(cfg.mode, cfg.weights, pixel=cfg.loss, teacher=teacher_model, norm=cfg.mc_norm, noise=cfg.eq_noise)
-    loss_fn.check_model(model)  # e.g. the jacobian term applies to DEQ models only
+        cfg = self.cfg
+        loaded = load_model(self.pruned_path, arch=self.arch, device="cpu")
+        model, self.meta = loaded.model, dict(loaded.meta)
+        op = resolve_operator(self.operator, self.meta) if self.operator is not None else loaded.operator
+        if op is None:
+            raise ConfigError(f"{Path(self.pruned_path).name} stores no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
+        self.op = op.to(self.device)
+        self.settings: dict[str, Any] = {}
+        if is_deq(model) and hasattr(model, "backward"):
+            if cfg.deq_backward is not None:
+                model.backward = cfg.deq_backward
+            self.settings["deq_backward"] = model.backward
+        elif cfg.deq_backward is not None:
+            self.warnings.append(f"--deq-backward {cfg.deq_backward} ignored: the model is not a DEQ")
+        if hasattr(model, "checkpointing"):
+            model.checkpointing = bool(cfg.checkpointing)
+            self.settings["checkpointing"] = bool(cfg.checkpointing)
+        elif cfg.checkpointing:
+            self.warnings.append("--checkpointing ignored: the model has no activation checkpointing switch")
+        self.model = model.to(self.device)
 
-    # data
-    train, val, eval_hashes = _prepare_data(cfg, op, data, val_data, eval_data, d)
-    warnings.extend(list(getattr(train, "notes", [])) + list(getattr(val, "notes", []) if val else []))
-    if loss_fn.needs_ground_truth and train.kind != "image":
-        raise DataError(f"mode {cfg.mode!r} needs ground-truth images, and the training data is k-space only",
-                        "use --mode self-supervised, or distill with --teacher")
-    if len(train.dataset) < d.world:
-        raise DataError(f"{len(train.dataset)} training slices for {d.world} processes", "use more data or fewer processes")
-    cached_teacher = False
-    if teacher_model is not None:
-        cached_teacher = _cache_teacher(teacher_model, train.dataset, op, device, cfg.batch_size)
+    def _load_teacher_and_loss(self) -> None:
+        from .losses import build_mode_loss, mode_weights
 
-    # optimiser (new: the pruned shapes differ from any earlier optimiser's)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
-    optimizer = opt_cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        cfg, teacher = self.cfg, self.teacher
+        self.teacher_model, self.teacher_info = None, None
+        if mode_weights(cfg.mode, cfg.weights).get("distill", 0) > 0:
+            if teacher is None:
+                raise ConfigError(f"mode {cfg.mode!r} distils from the original model, and no teacher was given",
+                                  "pass --teacher ORIGINAL_CHECKPOINT (the unpruned file given to prune)")
+            self.teacher_model, self.teacher_info = _load_teacher(teacher, self.meta, self.arch, self.unsafe_pickle,
+                                                                  self.teacher_key_map)
+            self.teacher_model.to(self.device)
+            if not self.teacher_info["is_parent"]:
+                self.warnings.append(f"teacher {Path(teacher).name} is not the checkpoint this model was pruned from (sha256 differs)")
+        elif teacher is not None:
+            self.warnings.append(f"--teacher ignored: mode {cfg.mode!r} does not distil")
+        self.loss_fn = build_mode_loss(cfg.mode, cfg.weights, pixel=cfg.loss, teacher=self.teacher_model, norm=cfg.mc_norm,
+                                       noise=cfg.eq_noise)
+        self.loss_fn.check_model(self.model)  # e.g. the jacobian term applies to DEQ models only
 
-    identity = {"pruned_sha256": sha256_file(pruned_path), "train_files": train.hashes,
-                "val_files": val.hashes if val else {}}
-    start_epoch, best_value, best_epoch, best_state = 0, None, None, None
-    history: list[dict[str, Any]] = []
-    before = None
-    resumed_from = None
-    if begin == "resume":
-        doc, tensors = load_state(out_path)
-        _check_resume(doc, cfg, identity)
-        best_state = restore(doc, tensors, model, optimizer, state_path(out_path))
-        start_epoch, best_value, best_epoch = doc["epoch"], doc["best_value"], doc["best_epoch"]
-        history, before = doc["history"], doc["before"]
-        resumed_from = start_epoch
-    else:
-        v0 = _validate(model, val.dataset if val else None, op, cfg, device, d)
-        before = None if v0 is None else {"metric": v0.metric, "value": v0.value, **v0.extra}
+    def _load_data(self) -> None:
+        cfg, d = self.cfg, self.d
+        train, val, self.eval_hashes = _prepare_data(cfg, self.op, self.data, self.val_data, self.eval_data, d)
+        self.warnings.extend(list(getattr(train, "notes", [])) + list(getattr(val, "notes", []) if val else []))
+        if self.loss_fn.needs_ground_truth and train.kind != "image":
+            raise DataError(f"mode {cfg.mode!r} needs ground-truth images, and the training data is k-space only",
+                            "use --mode self-supervised, or distill with --teacher")
+        if len(train.dataset) < d.world:
+            raise DataError(f"{len(train.dataset)} training slices for {d.world} processes", "use more data or fewer processes")
+        self.train, self.val = train, val
+        self.cached_teacher = False
+        if self.teacher_model is not None:
+            self.cached_teacher = _cache_teacher(self.teacher_model, train.dataset, self.op, self.device, cfg.batch_size)
 
-    # distributed wrapper
-    net = model
-    if d.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def _make_optimizer_and_restore(self) -> None:
+        import torch
 
-        net = DDP(model, device_ids=[d.local_rank] if device.startswith("cuda") else None)
+        from ..io import sha256_file
+        from .state import load_state, restore
 
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
+        cfg = self.cfg
+        # a new optimiser: the pruned shapes differ from any earlier optimiser's
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        opt_cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        self.optimizer = opt_cls(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.identity = {"pruned_sha256": sha256_file(self.pruned_path), "train_files": self.train.hashes,
+                         "val_files": self.val.hashes if self.val else {}}
+        self.start_epoch, self.best_value, self.best_epoch, self.best_state = 0, None, None, None
+        self.history: list[dict[str, Any]] = []
+        self.before = None
+        self.resumed_from = None
+        if self.begin == "resume":
+            doc, tensors = load_state(self.out_path)
+            _check_resume(doc, cfg, self.identity)
+            self.best_state = restore(doc, tensors, self.model, self.optimizer, state_path(self.out_path))
+            self.start_epoch, self.best_value, self.best_epoch = doc["epoch"], doc["best_value"], doc["best_epoch"]
+            self.history, self.before = doc["history"], doc["before"]
+            self.resumed_from = self.start_epoch
+        else:
+            v0 = self.validate()
+            self.before = None if v0 is None else {"metric": v0.metric, "value": v0.value, **v0.extra}
 
-    ds = train.dataset
-    sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed) if d.active else None
-    steps_per_epoch = math.ceil((len(sampler) if sampler is not None else len(ds)) / cfg.batch_size)
-    val_metric = "psnr" if (val and val.kind == "image") else ("measurement-consistency" if val else None)
-    bar = _Progress(bool(progress) and d.main, cfg.epochs, steps_per_epoch, val_metric or "-")
-    bar.skip(start_epoch * steps_per_epoch)
+    def _make_loader(self) -> None:
+        from torch.utils.data.distributed import DistributedSampler
 
-    def state_info(epoch: int) -> dict[str, Any]:
-        return {"epoch": epoch, "config": cfg.to_dict(), **identity, "best_value": best_value, "best_epoch": best_epoch,
-                "history": history, "before": before, "val_metric": val_metric}
+        cfg, d = self.cfg, self.d
+        self.net = self.model
+        if d.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-    try:
-        if out_path is not None and d.main and begin == "fresh":
-            save_state(out_path, model, optimizer, best_state, state_info(0))
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            lr = cfg.lr if cfg.lr_schedule == "none" else cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            from ..data import sample_seed
+            self.net = DDP(self.model, device_ids=[d.local_rank] if self.device.startswith("cuda") else None)
+        ds = self.train.dataset
+        self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed) if d.active else None
+        self.steps_per_epoch = math.ceil((len(self.sampler) if self.sampler is not None else len(ds)) / cfg.batch_size)
+        val = self.val
+        self.val_metric = "psnr" if (val and val.kind == "image") else ("measurement-consistency" if val else None)
 
-            torch.manual_seed(sample_seed(cfg.seed, epoch, 2000 + d.rank))
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-                order = None
-            else:
-                order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 3000))).tolist()
-            loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler if sampler is not None else order,
-                                collate_fn=_collate, num_workers=0)
-            net.train()
-            sums = {"loss": 0.0}
-            n_seen = 0
-            for step, batch in enumerate(loader):
-                y = batch["y"].to(device)
-                x = batch["x"].to(device) if (loss_fn.needs_ground_truth and "x" in batch) else None
-                extra = {"teacher": batch["teacher"].to(device)} if "teacher" in batch else None
-                gen = _step_generator(cfg.seed, epoch, step, d.rank)
-                optimizer.zero_grad(set_to_none=True)
-                with _autocast(device, cfg.bf16):
-                    x_net = net(y, op)
-                    loss = loss_fn(x_net, x, y, op, net, batch=extra, generator=gen)
-                finite = bool(torch.isfinite(loss.detach()).all())
-                if d.active:
-                    finite = _all_reduce_sum([0.0 if finite else 1.0], d, device)[0] == 0.0
-                if not finite:
-                    raise MbdlError(
-                        f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; nothing was written to the output",
-                        ("lower --lr, set --grad-clip or drop --bf16, then continue from the last good state with --resume"
-                         if out_path is not None else "lower --lr, set grad_clip or drop bf16"),
-                    )
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                optimizer.step()
-                n = y.shape[0]
-                sums["loss"] += float(loss.detach()) * n
-                for k, v in loss_fn.last.items():
-                    sums[k] = sums.get(k, 0.0) + v * n
-                n_seen += n
-                bar.step(epoch + 1, float(loss.detach()))
-            keys = sorted(sums)
-            totals = _all_reduce_sum([sums[k] for k in keys] + [float(n_seen)], d, device)
-            train_means = {k: totals[i] / max(totals[-1], 1.0) for i, k in enumerate(keys)}
-            v = _validate(model, val.dataset if val else None, op, cfg, device, d)
-            if v is not None and v.better_than(best_value):
-                best_value, best_epoch = v.value, epoch + 1
-                best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
-            elapsed = time.perf_counter() - t0
-            entry = {"epoch": epoch + 1, "lr": lr, "train": train_means, "time_s": elapsed}
-            if v is not None:
-                entry["val"] = {"metric": v.metric, "value": v.value, **v.extra}
-            history.append(entry)
-            bar.val(_fmt_val(v))
-            if out_path is not None and d.main:
-                save_state(out_path, model, optimizer, best_state, state_info(epoch + 1))
-            if callback is not None and d.main:
-                callback({"event": "epoch", **entry})
-    finally:
-        bar.close()
+    # -- one epoch -----------------------------------------------------------------------
+    def validate(self):
+        """Validation on the held-out files (PSNR with ground truth, else measurement consistency), or None."""
+        return _validate(self.model, self.val.dataset if self.val else None, self.op, self.cfg, self.device, self.d)
 
-    # best weights, record, output
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    model.eval()
-    record = {
-        "mode": cfg.mode,
-        "pruned": Path(pruned_path).name,
-        "pruned_sha256": identity["pruned_sha256"],
-        "losses": loss_fn.describe(),
-        "weights": loss_fn.weights(),
-        "epochs": cfg.epochs,
-        "lr": cfg.lr,
-        "lr_schedule": cfg.lr_schedule,
-        "optimizer": cfg.optimizer,
-        "weight_decay": cfg.weight_decay,
-        "grad_clip": cfg.grad_clip,
-        "batch_size": cfg.batch_size,
-        "seed": cfg.seed,
-        "config": cfg.to_dict(),
-        "normalization": {"images": cfg.normalize, "description": _norm_text(cfg.normalize, train.kind)},
-        "data": {"train": train.record(), "val": val.record() if val else None,
-                 "val_source": "val_data" if val_data is not None else (f"split by file, fraction {cfg.val_fraction}" if val else "none"),
-                 "eval_files": eval_hashes or None},
-        "validation": {
-            "metric": val_metric,
-            "definition": _val_definition(val_metric, cfg),
-            "before": None if before is None else before["value"],
-            "before_detail": before,
-            "best": best_value,
-            "best_epoch": best_epoch,
-            "kept": "best validation epoch" if best_state is not None else "last epoch (no validation data)",
-        },
-        "best_val_psnr": best_value if val_metric == "psnr" else None,
-        "val_psnr_before": (before or {}).get("value") if val_metric == "psnr" else None,
-        "history": history,
-        "epoch_time_s": [h["time_s"] for h in history],
-        "teacher": teacher_info,
-        "teacher_cached": cached_teacher,
-        "model_settings": settings,
-        "operator": getattr(op, "spec", None),
-        "device": device,
-        "bf16": cfg.bf16,
-        "world_size": d.world,
-        "resumed_from_epoch": resumed_from,
-        "wall_time_s": time.perf_counter() - t_start,
-        "versions": versions(),
-    }
-    record["previous"] = meta.get("finetune")  # a chain of earlier fine-tuning records, newest first
-    new_meta = {**meta, "finetune": record, "versions": versions()}
-    if getattr(op, "spec", None):
-        new_meta["operator"] = op.spec
-    written = None
-    if out_path is not None and d.main:
-        # the state goes only after the output is in place: a kill in between resumes to the same output
-        written = save_model(out_path, model, new_meta, force=force or resume, operator=op)
-        remove_state(out_path)
-    if d.active:
-        import torch.distributed as dist
+    def train_epoch(self, epoch: int, bar) -> tuple[float, dict[str, float]]:
+        """Train over every training sample once; returns the learning rate and the mean losses."""
+        import torch
+        from torch.utils.data import DataLoader
 
-        dist.barrier()
-    return FinetuneResult(written or out_path, model, op, new_meta, record, warnings)
+        from ..data import sample_seed
+
+        cfg, d, device, loss_fn, ds = self.cfg, self.d, self.device, self.loss_fn, self.train.dataset
+        lr = cfg.lr if cfg.lr_schedule == "none" else cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        torch.manual_seed(sample_seed(cfg.seed, epoch, 2000 + d.rank))
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+            order = None
+        else:
+            order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 3000))).tolist()
+        loader = DataLoader(ds, batch_size=cfg.batch_size, sampler=self.sampler if self.sampler is not None else order,
+                            collate_fn=_collate, num_workers=0)
+        self.net.train()
+        sums = {"loss": 0.0}
+        n_seen = 0
+        for step, batch in enumerate(loader):
+            y = batch["y"].to(device)
+            x = batch["x"].to(device) if (loss_fn.needs_ground_truth and "x" in batch) else None
+            extra = {"teacher": batch["teacher"].to(device)} if "teacher" in batch else None
+            gen = _step_generator(cfg.seed, epoch, step, d.rank)
+            self.optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, cfg.bf16):
+                x_net = self.net(y, self.op)
+                loss = loss_fn(x_net, x, y, self.op, self.net, batch=extra, generator=gen)
+            finite = bool(torch.isfinite(loss.detach()).all())
+            if d.active:
+                finite = _all_reduce_sum([0.0 if finite else 1.0], d, device)[0] == 0.0
+            if not finite:
+                raise MbdlError(
+                    f"the loss became {float(loss.detach())} at epoch {epoch + 1}, step {step + 1}; nothing was written to the output",
+                    ("lower --lr, set --grad-clip or drop --bf16, then continue from the last good state with --resume"
+                     if self.out_path is not None else "lower --lr, set grad_clip or drop bf16"),
+                )
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.optimizer.step()
+            n = y.shape[0]
+            sums["loss"] += float(loss.detach()) * n
+            for k, v in loss_fn.last.items():
+                sums[k] = sums.get(k, 0.0) + v * n
+            n_seen += n
+            bar.step(epoch + 1, float(loss.detach()))
+        keys = sorted(sums)
+        totals = _all_reduce_sum([sums[k] for k in keys] + [float(n_seen)], d, device)
+        return lr, {k: totals[i] / max(totals[-1], 1.0) for i, k in enumerate(keys)}
+
+    def _state_info(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "config": self.cfg.to_dict(), **self.identity, "best_value": self.best_value,
+                "best_epoch": self.best_epoch, "history": self.history, "before": self.before, "val_metric": self.val_metric}
+
+    # -- the run -------------------------------------------------------------------------
+    def fit(self) -> FinetuneResult:
+        """Train every remaining epoch (state saved after each), then write the best weights and the record."""
+        from .state import save_state
+
+        cfg, d, out_path = self.cfg, self.d, self.out_path
+        bar = _Progress(bool(self.progress) and d.main, cfg.epochs, self.steps_per_epoch, self.val_metric or "-")
+        bar.skip(self.start_epoch * self.steps_per_epoch)
+        try:
+            if out_path is not None and d.main and self.begin == "fresh":
+                save_state(out_path, self.model, self.optimizer, self.best_state, self._state_info(0))
+            for epoch in range(self.start_epoch, cfg.epochs):
+                t0 = time.perf_counter()
+                lr, train_means = self.train_epoch(epoch, bar)
+                v = self.validate()
+                if v is not None and v.better_than(self.best_value):
+                    self.best_value, self.best_epoch = v.value, epoch + 1
+                    self.best_state = {k: t.detach().cpu().clone() for k, t in self.model.state_dict().items()}
+                entry = {"epoch": epoch + 1, "lr": lr, "train": train_means, "time_s": time.perf_counter() - t0}
+                if v is not None:
+                    entry["val"] = {"metric": v.metric, "value": v.value, **v.extra}
+                self.history.append(entry)
+                bar.val(_fmt_val(v))
+                if out_path is not None and d.main:
+                    save_state(out_path, self.model, self.optimizer, self.best_state, self._state_info(epoch + 1))
+                if self.callback is not None and d.main:
+                    self.callback({"event": "epoch", **entry})
+        finally:
+            bar.close()
+        return self._finish()
+
+    def _finish(self) -> FinetuneResult:
+        from ..io import save_model, versions
+        from .state import remove_state
+
+        d, out_path, op = self.d, self.out_path, self.op
+        if self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        self.model.eval()
+        record = self.record()
+        meta = self.meta
+        record["previous"] = meta.get("finetune")  # a chain of earlier fine-tuning records, newest first
+        new_meta = {**meta, "finetune": record, "versions": versions()}
+        if getattr(op, "spec", None):
+            new_meta["operator"] = op.spec
+        written = None
+        if out_path is not None and d.main:
+            # the state goes only after the output is in place: a kill in between resumes to the same output
+            written = save_model(out_path, self.model, new_meta, force=self.force or self.resume, operator=op)
+            remove_state(out_path)
+        if d.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+        return FinetuneResult(written or out_path, self.model, op, new_meta, record, self.warnings)
+
+    def record(self) -> dict[str, Any]:
+        """The ``finetune`` record written into the output's metadata."""
+        from ..io import versions
+
+        cfg, train, val, before = self.cfg, self.train, self.val, self.before
+        val_metric, best_value = self.val_metric, self.best_value
+        return {
+            "mode": cfg.mode,
+            "pruned": Path(self.pruned_path).name,
+            "pruned_sha256": self.identity["pruned_sha256"],
+            "losses": self.loss_fn.describe(),
+            "weights": self.loss_fn.weights(),
+            "epochs": cfg.epochs,
+            "lr": cfg.lr,
+            "lr_schedule": cfg.lr_schedule,
+            "optimizer": cfg.optimizer,
+            "weight_decay": cfg.weight_decay,
+            "grad_clip": cfg.grad_clip,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "config": cfg.to_dict(),
+            "normalization": {"images": cfg.normalize, "description": _norm_text(cfg.normalize, train.kind)},
+            "data": {"train": train.record(), "val": val.record() if val else None,
+                     "val_source": "val_data" if self.val_data is not None else (f"split by file, fraction {cfg.val_fraction}" if val else "none"),
+                     "eval_files": self.eval_hashes or None},
+            "validation": {
+                "metric": val_metric,
+                "definition": _val_definition(val_metric, cfg),
+                "before": None if before is None else before["value"],
+                "before_detail": before,
+                "best": best_value,
+                "best_epoch": self.best_epoch,
+                "kept": "best validation epoch" if self.best_state is not None else "last epoch (no validation data)",
+            },
+            "best_val_psnr": best_value if val_metric == "psnr" else None,
+            "val_psnr_before": (before or {}).get("value") if val_metric == "psnr" else None,
+            "history": self.history,
+            "epoch_time_s": [h["time_s"] for h in self.history],
+            "teacher": self.teacher_info,
+            "teacher_cached": self.cached_teacher,
+            "model_settings": self.settings,
+            "operator": getattr(self.op, "spec", None),
+            "device": self.device,
+            "bf16": cfg.bf16,
+            "world_size": self.d.world,
+            "resumed_from_epoch": self.resumed_from,
+            "wall_time_s": time.perf_counter() - self.t_start,
+            "versions": versions(),
+        }
 
 
 def _norm_text(normalize: str, kind: str) -> str:
