@@ -1,48 +1,15 @@
-"""One TOML file -> prune -> fine-tune -> bench, with every output in one folder.
-
-Example (``examples/ci/pipeline.toml`` is a complete one)::
-
-    [model]
-    checkpoint = "original.pt"
-    arch = "deq-edsr"
-    operator = "operator.toml"
-
-    [prune]
-    ratio = 0.3
-
-    [finetune]                 # optional
-    mode = "supervised"
-    data = "data/train"
-    epochs = 2
-
-    [bench]
-    data = "data/eval"
-    repeats = 30
-
-    [gates]
-    min_speedup = 1.2
-    max_psnr_drop = 0.5
-
-    [output]
-    dir = "mbdlprune-out"
-
-Unknown keys anywhere are a :class:`ConfigError` naming the key. Relative paths are relative
-to the TOML file. :func:`run_pipeline` returns a :class:`PipelineResult` whose ``exit_code``
-is 1 when a gate fails.
-"""
+"""The pipeline file: strict sections ([model], [prune], [finetune], [bench], [gates], [output]) parsed into typed configs."""
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import check_keys, expect, read_config_file
-from .errors import ConfigError, MbdlError
+from ..config import check_keys, expect, read_config_file
+from ..errors import ConfigError, MbdlError
 
 SECTIONS = ("model", "operator", "prune", "finetune", "bench", "gates", "output")
 #: keys of [finetune] that are not FinetuneConfig fields
@@ -105,7 +72,7 @@ class ModelSection:
             raise ConfigError(f"{where}: unsafe_pickle is not taken from a file", "remove it; only a checkpoint you trust may be unpickled, with --unsafe-pickle")
         key_map = None
         if "key_map" in t:
-            from .keymap import list_key_maps
+            from ..keymap import list_key_maps
 
             name = expect(t["key_map"], str, "key_map", where)
             key_map = name if name in list_key_maps() else str(_path(name, "key_map", where, base))
@@ -113,7 +80,7 @@ class ModelSection:
 
 
 def _prune_keys() -> list[str]:
-    from .api import prune_model
+    from ..api import prune_model
 
     return [n for n, p in inspect.signature(prune_model).parameters.items()
             if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in _PRUNE_INTERNAL]
@@ -143,7 +110,7 @@ class FinetuneSection:
 
     @classmethod
     def parse(cls, t: Mapping[str, Any], base: Path) -> "FinetuneSection":
-        from .finetune.config import FinetuneConfig
+        from ..finetune.config import FinetuneConfig
 
         where = "[finetune]"
         fields = [f.name for f in dataclasses.fields(FinetuneConfig)]
@@ -283,14 +250,14 @@ class PipelineConfig:
     def operator_spec(self) -> Any:
         """The operator: an inline [operator] table (array paths relative to this file) or a spec file."""
         if self.operator is not None:
-            from .operators import load_operator
+            from ..operators import load_operator
 
             return load_operator({"operator": self.operator}, base_dir=self.path.parent if str(self.path.parent) else Path("."))
         return str(self.model.operator) if self.model.operator is not None else None
 
     def factory(self, allow_arch: str | None) -> str | None:
         """The user-code factory to run, only when the command line's ``--arch`` names the same one."""
-        from .models.user import is_factory_spec, same_factory
+        from ..models.user import is_factory_spec, same_factory
 
         arch = self.model.arch
         if not arch or not is_factory_spec(arch):
@@ -304,138 +271,3 @@ class PipelineConfig:
             raise MbdlError(f"--arch {allow_arch!r} is not the code {self.path.name} names ({self.model.arch_as_written!r})",
                             f"pass --arch {self.model.arch_as_written}")
         return arch
-
-
-#: every file a pipeline run may write into its output folder (checked before any work)
-OUTPUT_NAMES = ("pruned.safetensors", "finetuned.safetensors", "finetuned.state.safetensors", "control.safetensors",
-                "control.state.safetensors", "prune.json", "finetune.json", "report.json", "report.md", "figure.png",
-                "pipeline.toml")
-
-
-# ------------------------------------------------------------------------------ running
-@dataclass
-class PipelineResult:
-    """What a pipeline run produced: the bench report, the files written and the exit code."""
-
-    report: Any  # BenchReport
-    out_dir: Path
-    files: dict[str, str]
-    exit_code: int
-    seconds: float
-
-    def summary(self) -> dict[str, Any]:
-        return {"out_dir": str(self.out_dir), "files": self.files, "exit_code": self.exit_code,
-                "gates": self.report.gate_line(), "seconds": round(self.seconds, 2)}
-
-
-def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: str | None = None,
-                 force: bool | None = None, progress=None, allow_arch: str | None = None) -> PipelineResult:
-    """Run prune -> (fine-tune) -> bench as the file says; write models and reports into one folder.
-
-    Files in the folder: ``pruned.safetensors``, ``finetuned.safetensors`` (with [finetune]),
-    ``control.safetensors`` (with ``bench.control``), ``prune.json``, ``finetune.json``,
-    ``report.json``, ``report.md``, ``figure.png`` (with ``bench.figure``) and a copy of the
-    pipeline file. ``out_dir``/``device`` override the file; ``force`` lets outputs replace
-    files already in the folder; ``allow_arch`` must name the user-code factory the file names
-    (the command line's ``--arch``), if any.
-    """
-    from .io import prepare_output_dir, rollback_on_error
-    from .sweep import checkpoint_stem
-
-    t0 = time.perf_counter()
-    say = progress or (lambda msg: None)
-    cfg = PipelineConfig.load(path)
-    factory = cfg.factory(allow_arch)
-    out = Path(out_dir) if out_dir is not None else cfg.output.dir
-    force = bool(force)
-    bcfg = dataclasses.replace(cfg.bench, device=device) if device else cfg.bench
-    names = [*OUTPUT_NAMES, f"{checkpoint_stem(cfg.model.checkpoint)}.safetensors"]
-    if out.exists() and Path(path).resolve().parent == out.resolve():
-        names.remove("pipeline.toml")  # the pipeline file itself lives there and is not copied
-    prepare_output_dir(out, names, force, create=False)  # nothing is created before the checkpoint loads
-    with rollback_on_error(out, names):  # a run that fails leaves no partial folder behind
-        return _run_steps(path, cfg, factory, out, force, bcfg, say, progress, t0)
-
-
-def _run_steps(path, cfg: "PipelineConfig", factory, out: Path, force: bool, bcfg, say, progress, t0) -> "PipelineResult":
-    from .api import prune_model
-    from .bench import BenchModel, bench, load_eval_data, run_finetune
-    from .io import make_output_dir, save_model, sha256_file, write_file, write_json
-    from .sweep import load_original
-
-    files: dict[str, str] = {}
-    pruned_path = out / "pruned.safetensors"
-    ft_path = out / "finetuned.safetensors"
-
-    # prune
-    say(f"loading {cfg.model.checkpoint}")
-    original, spec, meta, op = load_original(cfg.model.checkpoint, factory or cfg.model.arch, cfg.model.arch_args,
-                                             cfg.operator_spec(), False, cfg.model.key_map)
-    import copy
-
-    # the evaluation data are read (and refused if bad) before anything is written
-    ev = load_eval_data([str(p) for p in bcfg.data], op, bcfg.max_images, bcfg.fit)
-
-    say(f"pruning at ratio {cfg.prune.options['ratio']}")
-    res = prune_model(copy.deepcopy(original.model), spec, op, parent_meta=meta,
-                      parent_sha256=sha256_file(cfg.model.checkpoint), **cfg.prune.options)
-    res.meta["parent"] = cfg.model.checkpoint.name
-    make_output_dir(out)
-    files["pruned"] = str(save_model(pruned_path, res.model, res.meta, force=force, operator=op))
-    write_json(out / "prune.json", res.report, force=force)
-    files["prune_report"] = str(out / "prune.json")
-    final = BenchModel("pruned", res.model, res.meta, op, files["pruned"], "pruned")
-
-    # fine-tune
-    ft_settings = None
-    original_file = None
-    if cfg.finetune:
-        from .bench import ensure_model_file
-
-        original_file = ensure_model_file(original, out, force=force) if (
-            str(cfg.finetune.settings.get("mode", "")).startswith("distill") or bcfg.control) else None
-        if original_file and original_file != str(original.path):
-            files["original"] = original_file
-        ft_settings = cfg.finetune.call_settings(original_file or str(cfg.model.checkpoint))
-        say(f"fine-tuning ({ft_settings.get('mode')}, {ft_settings.get('epochs')} epochs)")
-        result = run_finetune(files["pruned"], ft_settings, ft_path, arch=factory, force=force,
-                              eval_data=[str(p) for p in bcfg.data])
-        files["finetuned"] = str(result.out or ft_path)
-        summary = result.summary() if hasattr(result, "summary") else {}
-        write_json(out / "finetune.json", summary, force=force)
-        files["finetune_report"] = str(out / "finetune.json")
-        final = BenchModel("pruned+finetuned", result.model, dict(result.meta), op, files["finetuned"], "pruned")
-    elif bcfg.control:
-        raise ConfigError("[bench] control = true needs a [finetune] section", "add [finetune] or set control = false")
-
-    # bench
-    control: Any = False
-    if bcfg.control and ft_settings is not None:
-        control = {k: v for k, v in ft_settings.items()}
-        if original_file and "teacher" in control:
-            control["teacher"] = original_file
-    report = bench(
-        [original, final], ev, operator=op, device=bcfg.device, solver=bcfg.solver,
-        tol=bcfg.tol, max_iter=bcfg.max_iter, warmup=bcfg.warmup, repeats=bcfg.repeats, batch_size=bcfg.batch_size,
-        metric=bcfg.metric, seed=bcfg.seed, max_images=bcfg.max_images, fit=bcfg.fit, threads=bcfg.threads,
-        arch=factory,
-        min_speedup=cfg.gates.min_speedup, max_psnr_drop=cfg.gates.max_psnr_drop, control=control,
-        control_out=out / "control.safetensors" if control else None, progress=progress, force=force,
-    )
-    if control:
-        files["control"] = str(out / "control.safetensors")
-    files["report_json"] = str(report.write_json(out / "report.json", force=force))
-    files["report_md"] = str(report.write_markdown(out / "report.md", force=force))
-    if bcfg.figure:
-        try:
-            files["figure"] = str(report.figure(out / "figure.png", force=force))
-        except MbdlError as e:
-            report.notes.append(f"no figure: {e}")
-    copy_to = out / "pipeline.toml"
-    if Path(path).resolve() != copy_to.resolve():
-        write_file(copy_to, lambda tmp: shutil.copyfile(path, tmp), force=force)
-        files["pipeline"] = str(copy_to)
-    return PipelineResult(report, out, files, report.exit_code(), time.perf_counter() - t0)
-
-
-
