@@ -424,3 +424,22 @@ def test_cli_wiring(setup, tmp_path):
     res = runner.invoke(app, [*base, "--mode", "distill", "--teacher", str(setup / "orig.safetensors"), "--force"])
     assert res.exit_code == 0, res.output
     assert "Fine-tuned (distill)" in res.stdout and "wrote" in res.stdout
+
+
+def test_progress_goes_to_a_reporter_and_the_core_draws_nothing(setup, tmp_path):
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            if name in ("start", "step", "val", "skip", "close"):
+                return lambda *a: self.calls.append((name, a))
+            raise AttributeError(name)
+
+    rec = Recorder()
+    run(setup, tmp_path / "p.safetensors", progress=rec, mode="supervised", epochs=2, val_fraction=0.34)
+    names = [c[0] for c in rec.calls]
+    assert names[0] == "start" and rec.calls[0][1][0] == 2 and names[-1] == "close"
+    assert names.count("val") == 2 and names.count("step") >= 2
+    with pytest.raises(ConfigError, match="reporter"):
+        run(setup, tmp_path / "q.safetensors", progress=object(), mode="supervised", epochs=1, val_fraction=0.34)

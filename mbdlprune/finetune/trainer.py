@@ -10,7 +10,7 @@ including after its last epoch (then it only writes the output).
 
 Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the loop joins the process group (NCCL on
 CUDA, gloo on CPU), wraps the model in DistributedDataParallel, shards samples with a
-DistributedSampler, and only rank 0 writes files and draws progress bars.
+DistributedSampler, and only rank 0 writes files and reports progress (:mod:`.progress`).
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from .state import STATE_FORMAT, STATE_VERSION, state_path, state_paths  # noqa:
 from .config import BACKWARDS, OPTIMIZERS, SCHEDULES, FinetuneConfig, FinetuneResult  # noqa: F401  (public names)
 from .distributed import _Dist, _all_reduce_sum, _resolve_device, _setup_distributed
 from .inputs import TEACHER_CACHE_BYTES, _autocast, _cache_teacher, _collate, _load_teacher, _prepare_data, _step_generator  # noqa: F401
-from .validation import _fmt_val, _norm_text, _Progress, _val_definition, _validate, _ValResult  # noqa: F401
+from .progress import reporter_for
+from .validation import _fmt_val, _norm_text, _val_definition, _validate, _ValResult  # noqa: F401
 
 
 def _check_resume(doc: dict[str, Any], cfg: FinetuneConfig, identity: dict[str, Any]) -> None:
@@ -59,7 +60,7 @@ def finetune(
     eval_data: Any = None,
     force: bool = False,
     resume: bool = False,
-    progress: bool = False,
+    progress: Any = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
     unsafe_pickle: bool = False,
     config: FinetuneConfig | Mapping[str, Any] | None = None,
@@ -75,6 +76,7 @@ def finetune(
     ``teacher_key_map`` renames its tensors first (see :mod:`mbdlprune.keymap`).
     ``val_data``: separate validation files (else ``val_fraction`` of the files, split by file).
     ``eval_data``: files kept for evaluation; any overlap with training/validation is refused.
+    ``progress``: True for a Rich bar (:mod:`mbdlprune.render`), or a reporter (:mod:`.progress`).
     ``callback(event)`` receives ``{"event": "epoch", ...}`` dicts after each epoch's state is saved.
     ``out=None`` trains in memory and writes nothing (no resume).
     """
@@ -320,7 +322,8 @@ class Trainer:
         from .state import save_state
 
         cfg, d, out_path = self.cfg, self.d, self.out_path
-        bar = _Progress(bool(self.progress) and d.main, cfg.epochs, self.steps_per_epoch, self.val_metric or "-")
+        bar = reporter_for(self.progress, d.main)
+        bar.start(cfg.epochs, self.steps_per_epoch, self.val_metric or "-")
         bar.skip(self.start_epoch * self.steps_per_epoch)
         try:
             if out_path is not None and d.main and self.begin == "fresh":

@@ -1,4 +1,4 @@
-"""Validation during fine-tuning: PSNR on held-out images, or measurement consistency without ground truth; progress display."""
+"""Validation during fine-tuning: PSNR on held-out images, or measurement consistency without ground truth."""
 
 from __future__ import annotations
 
@@ -64,42 +64,6 @@ def _validate(model, ds, op, cfg: FinetuneConfig, device: str, d: _Dist) -> _Val
     if sums[2] > 0:
         res.extra["deq_iterations"] = sums[2] / count
     return res
-
-
-class _Progress:
-    """A Rich progress bar (epoch, step, loss, validation, ETA) on stderr, or nothing."""
-
-    def __init__(self, enabled: bool, epochs: int, steps: int, metric: str):
-        self.enabled = enabled
-        self.p = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                          TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                          console=Console(stderr=True), transient=False)
-        self.epochs = epochs
-        self.metric = metric
-        self.p.start()
-        self.task = self.p.add_task(f"epoch 0/{epochs}", total=epochs * steps, loss="-", val="-")
-
-    def step(self, epoch: int, loss: float) -> None:
-        if self.p:
-            self.p.update(self.task, advance=1, description=f"epoch {epoch}/{self.epochs}", loss=f"{loss:.4g}")
-
-    def val(self, text: str) -> None:
-        if self.p:
-            self.p.update(self.task, val=text)
-
-    def skip(self, steps: int) -> None:
-        if self.p:
-            self.p.update(self.task, advance=steps)
-
-    def close(self) -> None:
-        if self.p:
-            self.p.stop()
 
 
 def _fmt_val(v: _ValResult | None) -> str:
