@@ -166,7 +166,7 @@ def prune(
     from .io import check_output_path, save_model, sha256_file
 
     if out is not None:
-        check_output_path(out, force, inputs=(checkpoint, operator if isinstance(operator, (str, Path)) else None))
+        check_output_path(out, force, inputs=(checkpoint, operator))
     model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator, key_map)
     result = prune_model(model, spec, op, parent_meta=meta, parent_sha256=sha256_file(checkpoint), **options)
     result.meta["parent"] = Path(checkpoint).name
@@ -182,7 +182,7 @@ def convert(checkpoint: str | Path, *, arch: str | None = None, arch_args: dict 
     """Write any supported checkpoint as an mbdlprune safetensors file (architecture + operator recorded)."""
     from .io import check_output_path, save_model, sha256_file, versions
 
-    check_output_path(out, force, inputs=(checkpoint, operator if isinstance(operator, (str, Path)) else None))
+    check_output_path(out, force, inputs=(checkpoint, operator))
     model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator, key_map)
     new_meta = {
         **(meta or {}),

@@ -6,13 +6,14 @@ import contextlib
 import errno
 import functools
 import json
-import math
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import typer
+
+from .config import json_safe
 
 # Shared option definitions, so every command spells them the same way.
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of tables and progress bars.")
@@ -36,29 +37,6 @@ def print_json(obj: Any) -> None:
     """Write one strict JSON object to stdout: NaN and +-Inf (which JSON cannot hold) become null."""
     sys.stdout.write(json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
     sys.stdout.flush()
-
-
-def json_safe(obj: Any) -> Any:
-    """``obj`` with non-finite floats replaced by None, arrays/tensors as lists, paths as strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int)):  # bool is an int
-        return obj
-    if isinstance(obj, Mapping):
-        return {_json_key(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
-        return json_safe(obj.tolist())
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _json_key(k: Any) -> Any:
-    if isinstance(k, float) and not math.isfinite(k):
-        return str(k)
-    return k if k is None or isinstance(k, (str, int, float)) else str(k)
 
 
 #: errno values that mean a condition of the user's files or disk, not a bug

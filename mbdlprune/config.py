@@ -8,11 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
+from .errors import first_line as _first_line
 
 
 def _reject_constant(name: str):
@@ -146,3 +142,27 @@ def expect_number(value: Any, key: str, where: str, *, integer: bool = False, mi
         rule = " and ".join(r for r in (lo, hi) if r)
         raise ConfigError(f"{where}: {key} must be {rule}, got {value!r}", f"fix {key} in {where}")
     return value
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON holds: non-finite floats become None, arrays, tensors and
+    sets lists, paths strings; keys JSON cannot hold become strings. Other objects pass through."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int)):  # bool is an int
+        return obj
+    if isinstance(obj, Mapping):
+        return {_json_key(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors (0-d ones become numbers)
+        return json_safe(obj.tolist())
+    if hasattr(obj, "__fspath__"):
+        return str(obj)
+    return obj
+
+
+def _json_key(k: Any) -> Any:
+    if isinstance(k, float) and not math.isfinite(k):
+        return str(k)
+    return k if k is None or isinstance(k, (str, int, float)) else str(k)

@@ -1,5 +1,7 @@
 """User-facing errors: one line naming the problem and the fix."""
 
+from __future__ import annotations
+
 
 class MbdlError(Exception):
     """An error caused by user input; the CLI prints its message on one line and exits 2."""
@@ -8,6 +10,13 @@ class MbdlError(Exception):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} — {fix}" if fix else problem)
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (or its type's name), for one-line errors."""
+    text = str(e).strip()
+    line = text.splitlines()[0].strip() if text else type(e).__name__
+    return line[:limit] if limit else line
 
 
 class ConfigError(MbdlError):

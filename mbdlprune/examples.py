@@ -75,9 +75,11 @@ def example_path(name: str) -> Path:
     if entry.file not in _EXTRACTED:  # zip imports: copy out once
         import tempfile
 
+        from .io import write_file
+
         folder = Path(tempfile.mkdtemp(prefix="mbdlprune-examples-"))
-        target = folder / entry.file
-        target.write_bytes(res.read_bytes())
+        data = res.read_bytes()
+        target = write_file(folder / entry.file, lambda tmp: Path(tmp).write_bytes(data))
         _EXTRACTED[entry.file] = target
     return _EXTRACTED[entry.file]
 

@@ -68,7 +68,9 @@ def sweep_output_names(stem: str, ratios: Sequence[float], finetune: bool, best:
     names = ["sweep.json", "sweep.md"] + [f"{stem}-r{r:g}.safetensors" for r in ratios]
     if finetune:
         names += [f"{stem}-r{r:g}-ft.safetensors" for r in ratios]
-        names += [f"{stem}-r{r:g}-ft.state.safetensors" for r in ratios]
+        from .finetune.state import state_path
+
+        names += [state_path(f"{stem}-r{r:g}-ft.safetensors").name for r in ratios]
     if best:
         names.append("best.safetensors")
     return names

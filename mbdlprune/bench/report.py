@@ -6,8 +6,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
+from ..config import json_safe
 from ..errors import MbdlError
 from ..models.protocol import SOLVER_KEYS
 from .timing import TimingResult
@@ -108,19 +109,8 @@ def evaluate_gates(results: Sequence[ModelResult], min_speedup: float | None = N
 
 
 # ------------------------------------------------------------------------------ report
-def _clean(obj: Any) -> Any:
-    """JSON-safe: non-finite floats become null, tuples lists, paths strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return _clean(obj.item())
-    return obj
+#: the report's JSON-safe copy is the project's one helper
+_clean = json_safe
 
 
 def _fmt(v: Any, spec: str = ".2f", none: str = "—") -> str:

@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import DataError
+from ..errors import first_line as _first_line
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -89,11 +90,6 @@ def _suffix(p: Path) -> str:
 
 
 SUPPORTED = NIFTI_SUFFIXES + NUMPY_SUFFIXES + H5_SUFFIXES
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0].strip() if text else type(e).__name__
 
 
 def _os_problem(e: OSError) -> str:

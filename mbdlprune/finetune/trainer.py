@@ -138,8 +138,7 @@ class Trainer:
         self.begin = "fresh"
         if out_path is not None:
             # --resume may replace the output: a run killed after writing it, before removing its state
-            inputs = [self.pruned_path, self.teacher, *([self.operator] if isinstance(self.operator, (str, Path)) else [])]
-            check_output_path(out_path, self.force or self.resume, inputs=inputs)
+            check_output_path(out_path, self.force or self.resume, inputs=[self.pruned_path, self.teacher, self.operator])
             self.begin = check_start(out_path, resume=self.resume, force=self.force)
             if self.resume and self.begin == "fresh":
                 self.warnings.append(f"no training state beside {out_path.name} (the run stopped before its first save): started from epoch 0")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import CheckpointError
+from ..errors import first_line as _first_line
 
 FORMAT_NAME = "mbdlprune"
 FORMAT_VERSION = 1
@@ -184,11 +185,6 @@ def check_meta(meta: Any, name: str) -> None:
                 raise bad(f"{table.replace('_', ' ')[:-1]} of {key} is not a positive integer")
 
 
-def _first_line(e: BaseException, n: int = 120) -> str:
-    lines = str(e).splitlines()
-    return (lines[0] if lines else type(e).__name__)[:n]
-
-
 def _torch_load(p: Path, unsafe_pickle: bool):
     import pickle  # noqa: F401  (only for the exception type below)
 
@@ -201,11 +197,11 @@ def _torch_load(p: Path, unsafe_pickle: bool):
     except pickle.UnpicklingError as e:
         if not unsafe_pickle:
             raise CheckpointError(
-                f"{p.name} needs to unpickle code to load ({_first_line(e)})",
+                f"{p.name} needs to unpickle code to load ({_first_line(e, 120)})",
                 "re-save it as a plain state_dict, or pass --unsafe-pickle if you trust its source",
             ) from None
     except Exception as e:  # weights_only loading runs no code; anything it raises means a damaged file
-        raise CheckpointError(f"{p.name} is not a readable torch checkpoint ({_first_line(e)})", "the file is truncated or corrupt: copy or export it again") from None
+        raise CheckpointError(f"{p.name} is not a readable torch checkpoint ({_first_line(e, 120)})", "the file is truncated or corrupt: copy or export it again") from None
     try:
         return torch.load(str(p), map_location="cpu", weights_only=False)  # explicit --unsafe-pickle
     except Exception as e:

@@ -78,11 +78,6 @@ class LoadedModel:
     arch: Any = None  # models.user.ArchSpec
     file_meta: dict[str, Any] | None = None  # the metadata the file itself holds (None: a plain checkpoint)
 
-    @property
-    def label(self) -> str:
-        name = self.path.name
-        return name[: -len(".safetensors")] if name.endswith(".safetensors") else name
-
 
 def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", operator: Any = None, *,
                arch_args: Mapping[str, Any] | None = None, unsafe_pickle: bool = False,

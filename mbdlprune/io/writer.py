@@ -13,19 +13,23 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator
 
+from ..config import json_safe
 from ..errors import MbdlError
-from .checkpoint import _first_line
+from ..errors import first_line as _first_line
 
 def check_output_path(path: str | Path, force: bool, suffix: str | None = ".safetensors",
-                      inputs: Iterable[str | Path] = ()) -> Path:
-    """Check an output path before any long work: suffix, existence (--force), folder, writability, inputs."""
+                      inputs: Iterable[Any] = ()) -> Path:
+    """Check an output path before any long work: suffix, existence (--force), folder, writability, inputs.
+
+    ``inputs`` may hold anything a command was given (an operator object, None): only paths count.
+    """
     p = Path(path)
     if suffix and p.suffix != suffix:
         raise MbdlError(f"output {str(p)!r} must end in {suffix}", f"name the output e.g. {p.with_suffix(suffix).name}")
     for src in inputs:
-        if src is not None and _same_file(p, Path(src)):
+        if isinstance(src, (str, Path)) and _same_file(p, Path(src)):
             raise MbdlError(f"output {str(p)!r} is also an input", "write the output to a new path")
     if p.is_dir():
         raise MbdlError(f"output {str(p)!r} is a folder", "give a file path")
@@ -149,7 +153,7 @@ def write_file(path: str | Path, write: Callable[[str], Any], *, force: bool = F
         except Exception as e:  # a serialiser wrapping an I/O error (safetensors: "No space left on device")
             if type(e).__name__ != "SafetensorError" and "os error" not in str(e):
                 raise
-            raise MbdlError(f"writing {str(p)!r} failed ({_first_line(e)})", "check free disk space and permissions") from None
+            raise MbdlError(f"writing {str(p)!r} failed ({_first_line(e, 120)})", "check free disk space and permissions") from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
@@ -205,23 +209,6 @@ def _fsync_dir(folder: Path) -> None:
 def write_text(path: str | Path, text: str, *, force: bool = False) -> Path:
     """Write a text file through :func:`write_file`."""
     return write_file(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), force=force)
-
-
-def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON can hold: non-finite floats become None, tuples lists."""
-    import math
-
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return json_safe(obj.tolist())
-    if hasattr(obj, "__fspath__"):
-        return str(obj)
-    return obj
 
 
 def write_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:

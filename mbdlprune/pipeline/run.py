@@ -41,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MbdlError
+from ..finetune.state import state_path
 from .config import PipelineConfig
 
 
 #: every file a pipeline run may write into its output folder (checked before any work)
-OUTPUT_NAMES = ("pruned.safetensors", "finetuned.safetensors", "finetuned.state.safetensors", "control.safetensors",
-                "control.state.safetensors", "prune.json", "finetune.json", "report.json", "report.md", "figure.png",
-                "pipeline.toml")
+OUTPUT_NAMES = ("pruned.safetensors", "finetuned.safetensors", state_path("finetuned.safetensors").name,
+                "control.safetensors", state_path("control.safetensors").name, "prune.json", "finetune.json",
+                "report.json", "report.md", "figure.png", "pipeline.toml")
 
 
 # ------------------------------------------------------------------------------ running

@@ -92,8 +92,8 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig) -> dict[str,
     try:  # the priors' own shapes were checked on their real inputs: probe them here (no prior compute)
         with torch.no_grad(), cheap_solver(model), _probe_calls(model, [s.name for s in sites]):
             out = model(*inputs)
-    except Exception:
-        with torch.no_grad(), cheap_solver(model):
+    except Exception:  # a forward the meta probes cannot follow (e.g. shape-dependent code): run it for real,
+        with torch.no_grad(), cheap_solver(model):  # where a genuine error surfaces and is not hidden
             out = model(*inputs)
     if tuple(out.shape) != tuple(ref.shape):
         raise PruningError(f"the pruned model maps inputs to {tuple(out.shape)}, not {tuple(ref.shape)}", "report this model; add its output layers to --ignore")
