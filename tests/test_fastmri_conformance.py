@@ -23,8 +23,8 @@ from mbdlprune.io import load_model
 from mbdlprune.models import create_arch
 from mbdlprune.models.varnet import NormUnet, SensitivityModel
 from mbdlprune.operators import load_operator
-from mbdlprune.operators.masks import (center_run, equispaced_mask, fastmri_low_frequencies, fraction_center_lines,
-                                       make_mask, random_mask)
+from mbdlprune.operators.masks import (center_run, equispaced_fraction_mask, equispaced_mask, fastmri_low_frequencies,
+                                       fraction_center_lines, make_mask, random_mask)
 
 H, W, COILS = 32, 64, 4
 ARGS = {"num_cascades": 2, "chans": 4, "pools": 2, "sens_chans": 4, "sens_pools": 2}
@@ -121,7 +121,7 @@ def test_state_dict_keys_and_shapes_equal_fastmri(fm):
 
 
 # -- E2E-VarNet: API, Lightning checkpoint, CLI ------------------------------------------------
-@pytest.mark.parametrize("mask", ["equispaced", "random", "uniform"])
+@pytest.mark.parametrize("mask", ["equispaced", "equispaced_fraction", "random", "uniform"])
 def test_plain_state_dict_through_api_matches_fastmri(fm, files, mask):
     """Generated masks: fastMRI's training path passes the mask function's centre count, as mbdlprune does."""
     d, ref = files
@@ -272,38 +272,93 @@ def test_unet_prior_matches_fastmri(fm, tmp_path):
 
 
 # -- masks ---------------------------------------------------------------------------------------
-CASES = [(368, 4, 0.08), (368, 8, 0.04), (320, 4, 0.08), (64, 4, 0.08), (97, 3, 0.1)]
+#: widths (even and odd, fastMRI's 320/368/372/396/640 among them), integer accelerations, centre fractions
+MASK_WIDTHS = (33, 64, 96, 97, 128, 200, 232, 256, 320, 333, 368, 372, 396, 640)
+MASK_ACCELS = (2, 3, 4, 5, 6, 8, 10, 12, 16)
+MASK_FRACTIONS = (0.0, 0.02, 0.04, 0.08, 0.1, 0.16, 0.25)
 
 
-@pytest.mark.parametrize("width, accel, cf", CASES)
-def test_equispaced_is_fastmris_equispaced_fraction(fm, width, accel, cf):
-    """``equispaced`` is EquispacedMaskFractionFunc's rule: the same mask for the same offset, and a
-    seeded mbdlprune mask is one of fastMRI's masks (its offset comes from another random stream)."""
-    func = fm[1].EquispacedMaskFractionFunc([cf], [accel])
-    n = fraction_center_lines(width, cf)
-    family = []
-    spacing = accel * (n - width) / (n * accel - width)
-    for offset in range(round(spacing)):
-        want, n_fastmri = func((1, width, 2), offset=offset)
-        assert n_fastmri == n
-        want = want.reshape(-1).numpy()
-        assert np.array_equal(equispaced_mask(width, accel, n, offset=offset), want)
-        family.append(want)
-    for seed in range(4):
-        ours = make_mask("equispaced", width, accel, n, seed)
-        assert any(np.array_equal(ours, m) for m in family)
+def _grid(fraction_rule: bool):
+    """(W, R, cf, n) over the grid; the fraction and random rules need n < W / R (fastMRI's formulas
+    divide by n R - W and W - n otherwise)."""
+    for width in MASK_WIDTHS:
+        for accel in MASK_ACCELS:
+            for cf in MASK_FRACTIONS:
+                n = fraction_center_lines(width, cf)
+                if fraction_rule and not n * accel < width:
+                    continue
+                yield width, accel, cf, n
 
 
-@pytest.mark.parametrize("width, accel, cf", CASES)
-def test_random_is_fastmris_random(fm, width, accel, cf):
-    """``random`` is RandomMaskFunc's rule: with fastMRI's random stream (RandomState(seed)) the masks are equal."""
-    func = fm[1].RandomMaskFunc([cf], [accel])
-    n = fraction_center_lines(width, cf)
-    for seed in range(4):
-        want, n_fastmri = func((1, width, 2), seed=seed)
-        assert n_fastmri == n
-        got = random_mask(width, accel, n, rng=np.random.RandomState(seed))
-        assert np.array_equal(got, want.reshape(-1).numpy())
+def _fastmri_mask(func, width, **kwargs):
+    mask, n = func((1, width, 2), **kwargs)
+    return mask.reshape(-1).numpy(), n
+
+
+def test_equispaced_fraction_is_fastmris_equispaced_fraction(fm):
+    """``equispaced_fraction`` (and rule 1's ``equispaced``) is EquispacedMaskFractionFunc: the same
+    mask for every offset, and a seeded mbdlprune mask is one of fastMRI's masks (its offset comes
+    from another random stream)."""
+    combos = masks = 0
+    for width, accel, cf, n in _grid(fraction_rule=True):
+        func = fm[1].EquispacedMaskFractionFunc([cf], [accel])
+        spacing = accel * (n - width) / (n * accel - width)
+        family = []
+        for offset in range(round(spacing)):
+            want, n_fastmri = _fastmri_mask(func, width, offset=offset)
+            assert n_fastmri == n
+            assert np.array_equal(equispaced_fraction_mask(width, accel, n, offset=offset), want), (width, accel, cf, offset)
+            family.append(want)
+            masks += 1
+        for seed in range(3):
+            ours = make_mask("equispaced_fraction", width, accel, n, seed)
+            assert np.array_equal(ours, make_mask("equispaced", width, accel, n, seed, rule=1))
+            assert any(np.array_equal(ours, m) for m in family), (width, accel, cf, seed)
+        combos += 1
+    assert (combos, masks) == (678, 18572)
+
+
+def test_equispaced_is_fastmris_equispaced(fm):
+    """``equispaced`` (rule 2) is EquiSpacedMaskFunc (fastMRI's mask type ``equispaced``): the same mask
+    for every offset in [0, R), a seeded mask is one of them, and the operator passes on its centre count."""
+    combos = masks = 0
+    for width, accel, cf, n in _grid(fraction_rule=False):
+        func = fm[1].EquiSpacedMaskFunc([cf], [accel])
+        family = []
+        for offset in range(accel):
+            want, n_fastmri = _fastmri_mask(func, width, offset=offset)
+            assert n_fastmri == n
+            assert np.array_equal(equispaced_mask(width, accel, n, offset=offset), want), (width, accel, cf, offset)
+            family.append(want)
+            masks += 1
+        for seed in range(3):
+            assert any(np.array_equal(make_mask("equispaced", width, accel, n, seed), m) for m in family)
+        combos += 1
+    assert (combos, masks) == (882, 6468)
+    for width, accel, cf in [(368, 4, 0.08), (320, 8, 0.04), (97, 3, 0.1)]:
+        op = load_operator({"kind": "mri", "image_size": [4, width], "mask": "equispaced", "acceleration": accel,
+                            "center_fraction": cf, "seed": 5})
+        want, n = _fastmri_mask(fm[1].EquiSpacedMaskFunc([cf], [accel]), width, offset=int(np.argmax(mask_cols(op))))
+        assert np.array_equal(mask_cols(op), want) and op.num_low_frequencies == n
+
+
+def test_random_is_fastmris_random(fm):
+    """``random`` (both rules) is RandomMaskFunc's rule: with fastMRI's random stream (RandomState(seed))
+    the masks are equal."""
+    combos = 0
+    for width, accel, cf, n in _grid(fraction_rule=True):
+        func = fm[1].RandomMaskFunc([cf], [accel])
+        for seed in range(3):
+            want, n_fastmri = _fastmri_mask(func, width, seed=seed)
+            assert n_fastmri == n
+            got = random_mask(width, accel, n, rng=np.random.RandomState(seed))
+            assert np.array_equal(got, want), (width, accel, cf, seed)
+        combos += 1
+    assert combos == 678
+
+
+def mask_cols(op) -> np.ndarray:
+    return op.mask.reshape(-1).numpy()
 
 
 @pytest.mark.parametrize("width, accel, cf", [(368, 4, 0.08), (320, 8, 0.04), (64, 4, 0.08)])

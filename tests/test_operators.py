@@ -137,7 +137,10 @@ def test_errors_are_readable():
     ("mri", {"center_fraction": -0.1}, "center_fraction"),
     ("mri", {"mask": "zigzag"}, "zigzag"),
     ("mri", {"mask": "random", "center_fraction": 0.5}, "centre"),
-    ("mri", {"mask": "equispaced", "center_fraction": 0.5}, "centre"),
+    ("mri", {"mask": "equispaced_fraction", "center_fraction": 0.5}, "centre"),
+    ("mri", {"mask": "equispaced", "mask_rule": 1, "center_fraction": 0.5}, "centre"),  # the fraction rule
+    ("mri", {"mask_rule": 3}, "mask_rule"),
+    ("mri", {"mask": "equispaced_fraction", "mask_rule": 1}, "mask_rule"),
     ("mri", {"channels": 1}, "channels"),
     ("mri", {"coils": 0}, "coils"),
     ("mri", {"mask": "missing/mask.npy"}, "does not exist"),
@@ -175,9 +178,9 @@ def mask_cols(op):
 def test_uniform_mask_is_every_rth_column_plus_paper_centre():
     op = load_operator({"kind": "mri", "image_size": [16, 100], "acceleration": 4, "mask": "uniform"})
     cols = mask_cols(op)
-    assert op.mask.shape == (1, 1, 1, 100, 1)
+    assert op.mask.shape == (1, 1, 1, 100, 1) and op.spec["mask_rule"] == 2
     assert all(cols[j] == 1 for j in range(0, 100, 4))
-    n = int(100 * 0.2 * 2 / 4)
+    n = 2 * (int(100 * 0.2 * (2 / 4)) // 2) + 100 % 2  # the paper's centre (tests/test_masks.py checks it)
     assert op.num_low_frequencies == n == 10
     pad = (100 - n + 1) // 2
     assert cols[pad:pad + n].all() and center_run(cols) >= n
@@ -190,8 +193,8 @@ def test_explicit_center_fraction_overrides_paper_rule():
     assert op.num_low_frequencies == 20 and op.spec["center_fraction"] == 0.2
 
 
-@pytest.mark.parametrize("mask", ["random", "equispaced"])
-def test_random_and_equispaced_masks(mask):
+@pytest.mark.parametrize("mask", ["random", "equispaced_fraction"])
+def test_random_and_equispaced_fraction_masks(mask):
     spec = {"kind": "mri", "image_size": [8, 320], "acceleration": 4, "mask": mask}
     accels = []
     for seed in range(8):
@@ -207,6 +210,17 @@ def test_random_and_equispaced_masks(mask):
     same = load_operator({**spec, "seed": 3})
     assert torch.equal(same.mask, load_operator({**spec, "seed": 3}).mask)
     assert not all(torch.equal(same.mask, load_operator({**spec, "seed": s}).mask) for s in range(4))
+
+
+def test_equispaced_mask_is_not_adjusted_for_the_centre():
+    """fastMRI's EquiSpacedMaskFunc rule: every 4th column plus the centre, so above W / 4 columns."""
+    for seed in range(4):
+        op = load_operator({"kind": "mri", "image_size": [8, 320], "acceleration": 4, "mask": "equispaced", "seed": seed})
+        cols = mask_cols(op)
+        n = round(320 * 0.08)
+        assert op.num_low_frequencies == n and cols[(320 - n + 1) // 2:(320 - n + 1) // 2 + n].all()
+        assert 80 + n - 7 <= cols.sum() <= 80 + n - 6  # 80 lines, 6 or 7 of them inside the 26 centre columns
+        assert op.acceleration < 4
 
 
 def test_acceleration_one_samples_everything_and_is_unitary():

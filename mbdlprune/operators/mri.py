@@ -20,10 +20,11 @@ from .common import (COMMON_KEYS, get_float, get_image_size, get_int, get_noise_
                      reject_with, where_of)
 from .fft import chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, ifft2c
 from .files import SpecFiles, binary_mask, check_mask_coverage, is_embedded_ref, looks_like_path
-from .masks import MASK_TYPES, fastmri_low_frequencies, fraction_center_lines, make_mask, paper_center_lines
+from .masks import (LEGACY_MASK_RULE, MASK_RULE, MASK_RULES, MASK_TYPES, RULE_MASK_TYPES, fastmri_low_frequencies,
+                    fraction_center_lines, make_mask, uniform_center_lines, unknown_mask_error)
 
-MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "seed", "coils", "coil_maps",
-            "num_low_frequencies")
+MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "mask_rule", "seed", "coils",
+            "coil_maps", "num_low_frequencies")
 #: ``num_low_frequencies = "auto"``: fastMRI's detection from the mask (its VarNet with ``None``)
 AUTO = "auto"
 DEFAULT_CENTER_FRACTION = 0.08
@@ -150,11 +151,29 @@ def _num_low_frequencies(table: Mapping[str, Any], mask: np.ndarray, default: in
     return get_int({"num_low_frequencies": value}, "num_low_frequencies", None, where, minimum=1, maximum=width)
 
 
+def _mask_rule(table: Mapping[str, Any], files: SpecFiles, where: str) -> int:
+    """``mask_rule``: the version of the generated-mask rules (masks.py). Absent: the current rule
+    for a spec the caller gives, the legacy rule for a spec recorded in a model file (files
+    written before the key existed)."""
+    if "mask_rule" not in table:
+        return LEGACY_MASK_RULE if files.from_model_file else MASK_RULE
+    value = table["mask_rule"]
+    if isinstance(value, bool) or not isinstance(value, int) or value not in MASK_RULES:
+        raise ConfigError(f"{where}: mask_rule must be one of {', '.join(map(str, MASK_RULES))}, got {value!r}",
+                          f"write mask_rule = {MASK_RULE} (the current rules) or {LEGACY_MASK_RULE} "
+                          "(the rules of files written before mask_rule existed), or remove it")
+    return int(value)
+
+
 def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, int], where: str,
                     spec: dict[str, Any]) -> tuple[np.ndarray, int]:
     h, w = hw
     mask = get_str(table, "mask", "uniform", where)
-    if mask in MASK_TYPES:
+    rule = _mask_rule(table, files, where) if mask in MASK_TYPES else None
+    if rule is not None and mask not in RULE_MASK_TYPES[rule]:
+        e = unknown_mask_error(mask, rule)
+        raise ConfigError(f"{where}: {e.problem}", e.fix)
+    if rule is not None:
         accel = get_float(table, "acceleration", 4, where, minimum=1.0, maximum=float(w))
         seed = get_int(table, "seed", 0, where, minimum=0, maximum=2**63 - 1)
         if "center_fraction" in table:
@@ -162,21 +181,21 @@ def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, i
             n_center = fraction_center_lines(w, cf)
             spec["center_fraction"] = cf
         elif mask == "uniform":
-            n_center = paper_center_lines(w, accel)
+            n_center = uniform_center_lines(w, accel, rule)
         else:
             n_center = fraction_center_lines(w, DEFAULT_CENTER_FRACTION)
         try:
-            arr = make_mask(mask, w, accel, n_center, seed)
+            arr = make_mask(mask, w, accel, n_center, seed, rule=rule)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e.problem}", e.fix) from None
-        spec.update(mask=mask, acceleration=accel, seed=seed)
+        spec.update(mask=mask, mask_rule=rule, acceleration=accel, seed=seed)
         # a mask without a centre block: detect, as fastMRI does for num_low_frequencies = 0
         return arr, _num_low_frequencies(table, arr, n_center if n_center > 0 else AUTO, w, where)
     if not (looks_like_path(mask) or is_embedded_ref(mask) or files.from_model_file):
         raise ConfigError(f"{where}: unknown mask {mask!r}",
                           f"use one of {', '.join(MASK_TYPES)} or a path to a .npy/.nii/.nii.gz/.h5 mask")
     arr, ref = files.load(mask, "mask", where, datasets=("mask",))
-    reject_with(table, ("acceleration", "center_fraction"), "with a mask file", where)
+    reject_with(table, ("acceleration", "center_fraction", "mask_rule"), "with a mask file", where)
     arr = binary_mask(np.squeeze(arr) if arr.ndim > 1 else arr, "mask", where)
     if not (arr.shape == (w,) or arr.shape == (h, w)):
         raise ConfigError(f"{where}: mask file has shape {arr.shape}, expected ({w},) or ({h}, {w})",
