@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from mbdlprune.api import prune_model
-from mbdlprune.bench import BenchModel, bench, time_models
+from mbdlprune.benchmark import BenchModel, bench, time_models
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
 

@@ -1,13 +1,32 @@
-"""Importable entry points behind the CLI: :func:`prune`, :func:`prune_model`, :func:`inspect_checkpoint`."""
+"""The importable steps: :func:`prune`, :func:`convert`, :func:`inspect`, :func:`finetune`, :func:`bench`.
+
+Each step takes a typed config (:class:`~mbdlprune.pruning.PruneConfig`,
+:class:`~mbdlprune.finetuning.FinetuneConfig`, :class:`~mbdlprune.benchmark.BenchConfig`; or
+the same fields as keywords) and returns a result object with ``to_dict()`` for JSON and
+``render(console)`` for people. The CLI is a thin layer over these functions, and the
+workflows (:mod:`mbdlprune.workflows`: sweep, pipeline, demo, control run) are built from them.
+Models pass between steps as :class:`~mbdlprune.io.LoadedModel` objects (:func:`load_model`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import MbdlError
+
+#: the name --prior uses for an E2E-VarNet's sensitivity U-Net (``+`` adds it to the cascades)
+SENSITIVITY_PRIOR = "+sens_net.norm_unet.unet"
+
+
+def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", operator: Any = None, **kwargs: Any):
+    """Build a model from any checkpoint without running code the caller did not name; see :func:`mbdlprune.io.load_model`."""
+    from .io import load_model as _load
+
+    return _load(path, arch=arch, device=device, operator=operator, **kwargs)
 
 
 @dataclass
@@ -19,6 +38,74 @@ class PruneResult:
     meta: dict[str, Any]
     report: dict[str, Any]
     out: Path | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.out) if self.out else None, **self.report}
+
+    def render(self, console, layers: bool = False) -> None:
+        from .render import render_layers, render_prune
+
+        if layers:
+            render_layers(self.report, console)
+        render_prune(self.report, self.out, console)
+
+    def loaded(self, label: str = "", path: str | Path | None = None):
+        """This model as a :class:`~mbdlprune.io.LoadedModel` for the next step."""
+        from .io import LoadedModel
+
+        where = path or self.out
+        return LoadedModel(self.model, self.meta, self.operator, str(where) if where else None, label=label, role="pruned")
+
+
+@dataclass
+class ConvertResult:
+    """The file :func:`convert` wrote and what it records."""
+
+    out: Path
+    arch: dict[str, Any]
+    operator: dict[str, Any] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": str(self.out), "arch": self.arch, "operator": self.operator}
+
+    def render(self, console) -> None:
+        console.print(f"wrote {self.out}")
+
+
+@dataclass
+class InspectResult:
+    """What :func:`inspect` found: the file, the architecture, priors, widths, MACs and records."""
+
+    info: dict[str, Any]
+    path: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.info)
+
+    def render(self, console) -> None:
+        from .render import render_inspect
+
+        render_inspect(self.info, str(self.path), console)
+
+
+def _config(cls, config: Any, options: Mapping[str, Any], where: str):
+    """``config`` (an instance, a dict or None) with ``options`` (field names) applied, strictly."""
+    from .config import check_keys
+
+    names = [f.name for f in dataclasses.fields(cls)]
+    check_keys(options, names, where)
+    if isinstance(config, cls):
+        base = dataclasses.asdict(config)
+    elif config is None:
+        base = {}
+    elif isinstance(config, Mapping):
+        check_keys(config, names, where)
+        base = dict(config)
+    else:
+        raise MbdlError(f"{where}: expected a {cls.__name__}, got {type(config).__name__}", f"pass a {cls.__name__}")
+    cfg = cls(**{**base, **options})
+    cfg.validate()
+    return cfg
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -89,53 +176,38 @@ def _first_conv(model):
 
 
 # -- pruning ---------------------------------------------------------------------------------
-def prune_model(
-    model,
-    arch_spec,
-    op=None,
-    *,
-    ratio: float = 0.5,
-    importance: str = "l1",
-    global_pruning: bool = False,
-    iterative_steps: int = 1,
-    round_to: int | None = None,
-    layer_ratios: dict[str, float] | None = None,
-    ignore: list[str] | None = None,
-    priors: list[str] | None = None,
-    prune_sensitivity: bool = False,
-    image_size: tuple[int, int] | None = None,
-    parent_meta: Mapping[str, Any] | None = None,
-    parent_sha256: str | None = None,
-    seed: int = 0,
-    allow_partial: bool = False,
-) -> PruneResult:
-    """Prune ``model``'s prior(s) in place and return it with metadata ready for :func:`io.save_model`.
+def _prune_config(config: Any, options: Mapping[str, Any], prune_sensitivity: bool):
+    from .pruning import DEFAULT_ROUND_TO, PruneConfig
 
-    Each group of coupled channels keeps the multiple of ``round_to`` (default 16) and of its
-    channel groups nearest to ``ratio``. A layer held back beyond that rounding (channel groups,
+    options = dict(options)
+    if options.get("round_to", 0) is None:
+        options["round_to"] = DEFAULT_ROUND_TO
+    cfg = _config(PruneConfig, config, options, "prune")
+    if prune_sensitivity:  # the shorthand for naming the sensitivity U-Net with --prior
+        cfg.priors = [*(cfg.priors or []), SENSITIVITY_PRIOR]
+    return cfg
+
+
+def prune_model(model, arch_spec, op=None, config: Any = None, *, image_size: tuple[int, int] | None = None,
+                parent_meta: Mapping[str, Any] | None = None, parent_sha256: str | None = None,
+                prune_sensitivity: bool = False, **options: Any) -> PruneResult:
+    """Prune a built ``model``'s prior(s) in place and return it with metadata ready for :func:`io.save_model`.
+
+    ``config``: a :class:`~mbdlprune.pruning.PruneConfig` (or its fields as ``options``). Each
+    group of coupled channels keeps the multiple of ``round_to`` (default 16) and of its channel
+    groups nearest to ``ratio``. A layer held back beyond that rounding (channel groups,
     ``ignore``, the maximum ratio, a layer narrower than ``round_to``) raises a one-line
     :class:`~mbdlprune.errors.PruningError` naming it, unless ``allow_partial``; the report then
-    lists it under ``held_back``.
+    lists it under ``held_back``. ``prune_sensitivity``: shorthand for ``priors=["+sens_net.norm_unet.unet"]``.
     """
     from .io import versions
-    from .pruning import DEFAULT_ROUND_TO, PruneConfig, prune_priors
+    from .pruning import prune_priors
 
-    cfg = PruneConfig(
-        ratio=ratio, importance=importance, global_pruning=global_pruning, iterative_steps=iterative_steps,
-        round_to=DEFAULT_ROUND_TO if round_to is None else round_to, layer_ratios=dict(layer_ratios or {}),
-        ignore=list(ignore or []), priors=priors, seed=seed, allow_partial=allow_partial,
-    )
-    cfg.validate()
-    model_attrs = {}
-    if prune_sensitivity:
-        if not hasattr(model, "prune_sensitivity"):
-            raise MbdlError("--prune-sensitivity applies to e2e-varnet only", "drop the flag")
-        model.prune_sensitivity = True
-        model_attrs["prune_sensitivity"] = True
-    if arch_spec.kind == "prior" and priors is None:
+    cfg = _prune_config(config, options, prune_sensitivity)
+    if arch_spec.kind == "prior" and cfg.priors is None:
         cfg.priors = [""]  # a bare prior is its own (only) prior
     model.eval()
-    inputs = example_inputs(model, arch_spec.kind, op, image_size, seed)
+    inputs = example_inputs(model, arch_spec.kind, op, image_size, cfg.seed)
     record = prune_priors(model, inputs, cfg)
     record["previous"] = (parent_meta or {}).get("pruning")
     meta = {
@@ -143,32 +215,29 @@ def prune_model(
         "operator": getattr(op, "spec", None) if op is not None else None,
         "pruning": record,
         "parent_sha256": parent_sha256,
-        "model_attrs": {**((parent_meta or {}).get("model_attrs") or {}), **model_attrs},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
     return PruneResult(model, op, meta, summarize(model, record), None)
 
 
-def prune(
-    checkpoint: str | Path,
-    *,
-    arch: str | None = None,
-    arch_args: dict | None = None,
-    operator: Any = None,
-    out: str | Path | None = None,
-    force: bool = False,
-    unsafe_pickle: bool = False,
-    key_map: Any = None,
-    **options: Any,
-) -> PruneResult:
-    """Load a checkpoint, prune its prior(s), and (with ``out``) write a safetensors model."""
+def prune(checkpoint: str | Path, config: Any = None, *, arch: str | None = None, arch_args: dict | None = None,
+          operator: Any = None, out: str | Path | None = None, force: bool = False, unsafe_pickle: bool = False,
+          key_map: Any = None, image_size: tuple[int, int] | None = None, prune_sensitivity: bool = False,
+          **options: Any) -> PruneResult:
+    """Load a checkpoint, prune its prior(s), and (with ``out``) write a safetensors model.
+
+    ``config``/``options``: :class:`~mbdlprune.pruning.PruneConfig` (ratio, importance, round_to,
+    layer_ratios, ignore, priors, ...), checked before the checkpoint is read.
+    """
     from .io import check_output_path, save_model, sha256_file
 
+    cfg = _prune_config(config, options, prune_sensitivity)
     if out is not None:
         check_output_path(out, force, inputs=(checkpoint, operator))
     model, spec, meta, op = load_checkpoint_model(checkpoint, arch, arch_args, unsafe_pickle, operator, key_map)
-    result = prune_model(model, spec, op, parent_meta=meta, parent_sha256=sha256_file(checkpoint), **options)
+    result = prune_model(model, spec, op, cfg, image_size=image_size, parent_meta=meta,
+                         parent_sha256=sha256_file(checkpoint))
     result.meta["parent"] = Path(checkpoint).name
     if (meta or {}).get("key_map"):
         result.meta["key_map"] = meta["key_map"]
@@ -178,7 +247,7 @@ def prune(
 
 
 def convert(checkpoint: str | Path, *, arch: str | None = None, arch_args: dict | None = None, operator: Any = None,
-            out: str | Path, force: bool = False, unsafe_pickle: bool = False, key_map: Any = None) -> Path:
+            out: str | Path, force: bool = False, unsafe_pickle: bool = False, key_map: Any = None) -> ConvertResult:
     """Write any supported checkpoint as an mbdlprune safetensors file (architecture + operator recorded)."""
     from .io import check_output_path, save_model, sha256_file, versions
 
@@ -193,7 +262,48 @@ def convert(checkpoint: str | Path, *, arch: str | None = None, arch_args: dict 
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    return save_model(out, model, new_meta, force=force, operator=op)
+    path = save_model(out, model, new_meta, force=force, operator=op)
+    return ConvertResult(Path(path), new_meta["arch"], new_meta["operator"])
+
+
+# -- fine-tuning and benchmarking ------------------------------------------------------------
+def finetune(pruned: str | Path, config: Any = None, *, data: Any, out: str | Path | None, **kwargs: Any):
+    """Fine-tune a pruned model file; returns a :class:`~mbdlprune.finetuning.FinetuneResult`.
+
+    ``config``: a :class:`~mbdlprune.finetuning.FinetuneConfig` or its fields as keywords (mode,
+    epochs, lr, ...); the other keywords (``teacher``, ``val_data``, ``eval_data``, ``operator``,
+    ``arch``, ``resume``, ``force``, ``progress``, ``callback``, ...) are those of
+    :func:`mbdlprune.finetuning.finetune`. See docs/finetune.md.
+    """
+    from .finetuning.trainer import finetune as _finetune
+
+    return _finetune(pruned, data=data, out=out, config=config, **kwargs)
+
+
+def bench(models: Sequence[Any], data: Any, config: Any = None, *, operator: Any = None, arch: str | None = None,
+          key_map: Any = None, unsafe_pickle: bool = False, control: bool | Mapping[str, Any] = False,
+          control_data: Any = None, control_out: str | Path | None = None, force: bool = False, progress=None,
+          **options: Any):
+    """Load ``models`` (first = the original) and compare them side by side on ``data``.
+
+    ``models``: file paths or :class:`~mbdlprune.io.LoadedModel` objects; a plain checkpoint takes
+    the architecture recorded by the mbdlprune files among them (``arch`` only names user
+    code, ``key_map``/``unsafe_pickle`` apply to plain checkpoints). ``config``: a
+    :class:`~mbdlprune.benchmark.BenchConfig` or its fields as keywords (warmup, repeats,
+    metric, ...). ``control``: also fine-tune the original with the pruned model's budget (True:
+    its recorded settings, on ``control_data``; or a dict of settings) and compare it as role
+    "control" (:mod:`mbdlprune.workflows.control`). Returns a :class:`~mbdlprune.benchmark.BenchReport`.
+    """
+    from .benchmark import BenchConfig, compare, load_bench_models
+
+    cfg = _config(BenchConfig, config, options, "bench")
+    say = progress or (lambda msg: None)
+    entries = load_bench_models(models, arch=arch, unsafe_pickle=unsafe_pickle, key_map=key_map)
+    if control:
+        from .workflows.control import control_model
+
+        entries.append(control_model(entries, control, control_out, arch, say, control_data, force))
+    return compare(entries, data, cfg, operator=operator, progress=progress)
 
 
 def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -245,6 +355,12 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- inspecting ------------------------------------------------------------------------------
+def inspect(checkpoint: str | Path, *, arch: str | None = None, arch_args: dict | None = None, operator: Any = None,
+            unsafe_pickle: bool = False, key_map: Any = None) -> InspectResult:
+    """Architecture, priors, widths, params, MACs and records of any checkpoint, as an :class:`InspectResult`."""
+    return InspectResult(inspect_checkpoint(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map), Path(checkpoint))
+
+
 def inspect_checkpoint(checkpoint: str | Path, arch: str | None = None, arch_args: dict | None = None,
                        operator: Any = None, unsafe_pickle: bool = False, key_map: Any = None) -> dict[str, Any]:
     """Architecture, priors, widths, params, MACs and pruning record of any checkpoint."""

@@ -1,6 +1,19 @@
-"""Rendering for people: Rich progress bars that the core reports into (it never imports Rich itself)."""
+"""Rendering for people: tables of results and Rich progress bars (the core never imports Rich itself).
+
+Each result object's ``render(console)`` calls one function here; the CLI prints through them.
+"""
 
 from __future__ import annotations
+
+import json
+
+
+def _si(n) -> str:
+    from .benchmark.report import _si as si
+
+    return si(n)
+
+
 
 
 class FinetuneProgressBar:
@@ -36,3 +49,118 @@ class FinetuneProgressBar:
         if self.p:
             self.p.stop()
             self.p = None
+
+
+# -- results ----------------------------------------------------------------------------------
+def _pct(v) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def render_layers(report: dict, c) -> None:
+    """Per-layer widths, the removal asked and the removal achieved (rounding and channel groups can differ)."""
+    from rich.table import Table
+
+    t = Table(title="layers (output channels)")
+    for col in ("layer", "before", "after", "requested", "achieved", "note"):
+        t.add_column(col, justify="left" if col in ("layer", "note") else "right")
+    for prior, p in report["priors"].items():
+        for layer, w in p["layers"].items():
+            name = f"{prior}.{layer}" if prior and layer else prior or layer
+            note = w.get("note") or ""
+            if w.get("held_back"):
+                note = f"held back: {note}" if note else "held back"
+            t.add_row(name, str(w["before"]), str(w["after"]), _pct(w.get("requested")), _pct(w["removed"]), note)
+    c.print(t)
+
+
+def render_prune(report: dict, out, c) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"Pruned at ratio {report['ratio']} ({report['importance']}, round_to={report['round_to']}) in {report['seconds']:.2f} s")
+    for col in ("prior", "params", "MACs/call", "calls", "widths before → after", "requested", "achieved"):
+        t.add_column(col, justify="right" if col not in ("prior", "widths before → after") else "left")
+    for name, p in report["priors"].items():
+        t.add_row(
+            name,
+            f"{_si(p['params_before'])} → {_si(p['params_after'])}",
+            f"{_si(p['macs_before'])} → {_si(p['macs_after'])}",
+            str(p["calls_per_reconstruction"]),
+            f"{p['widths_before']} → {p['widths_after']}",
+            _pct(p.get("requested_channel_ratio")),
+            _pct(p["achieved_channel_ratio"]),
+        )
+    c.print(t)
+    b, a = report["macs_per_reconstruction_before"], report["macs_per_reconstruction_after"]
+    it = report.get("nominal_iterations")
+    nominal = f" (at max_iter = {it}, an upper bound; `bench` measures real iterations)" if it else ""
+    c.print(f"model params {_si(report['params_before'])} → {_si(report['params_after'])}; "
+            f"prior MACs per reconstruction {_si(b)} → {_si(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
+    held = report.get("held_back") or {}
+    if held:
+        names = ", ".join(list(held)[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+        c.print(f"--allow-partial: {len(held)} layer(s) removed less than asked ({names}); `--layers` shows why")
+    if out:
+        c.print(f"wrote {out}")
+
+
+def _fmt(v, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    return f"{v:.2f}{unit}" if isinstance(v, float) else str(v)
+
+
+def render_finetune(result, c) -> None:
+    from rich.table import Table
+
+    r = result.record
+    v = r["validation"]
+    unit = " dB" if v["metric"] == "psnr" else ""
+    t = Table(title=f"Fine-tuned ({r['mode']}) for {r['epochs']} epochs")
+    for col in ("epoch", "lr", "train loss", f"val {v['metric'] or '-'}", "time (s)"):
+        t.add_column(col, justify="right")
+    if v["before"] is not None:
+        t.add_row("before", "-", "-", _fmt(v["before"], unit), "-")
+    for h in r["history"]:
+        val = (h.get("val") or {}).get("value")
+        mark = " *" if h["epoch"] == v["best_epoch"] else ""
+        t.add_row(str(h["epoch"]), f"{h['lr']:.3g}", f"{h['train']['loss']:.4g}", _fmt(val, unit) + mark, f"{h['time_s']:.2f}")
+    c.print(t)
+    data = r["data"]
+    c.print(f"train: {data['train']['slices']} slices from {len(data['train']['files'])} file(s); "
+            f"validation: {(data['val'] or {}).get('slices', 0)} slices ({data['val_source']}); "
+            f"normalisation: {r['normalization']['description']}")
+    if v["metric"] == "measurement-consistency":
+        c.print("validation has no ground truth: the best epoch is chosen by measurement consistency (lower is better)")
+    c.print(f"kept: {v['kept']}" + (f" (epoch {v['best_epoch']})" if v["best_epoch"] else ""))
+    for w in result.warnings:
+        c.print(f"warning: {w}")
+    if result.out:
+        c.print(f"wrote {result.out}")
+
+
+def render_inspect(info: dict, title: str, c) -> None:
+    """The header table (architecture, operator, records) and the priors table of ``inspect``."""
+    from rich.table import Table
+
+    head = Table(show_header=False, title=title)
+    head.add_column("key")
+    head.add_column("value")
+    for key in ("arch", "params", "params_in_file", "operator", "key_map", "parent_sha256", "versions", "note"):
+        if key in info:
+            head.add_row(key, json.dumps(info[key]) if isinstance(info[key], (dict, list)) else str(info[key]))
+    if info.get("pruning"):
+        p = info["pruning"]
+        head.add_row("pruning", f"ratio {p['ratio']} ({p['importance']}, round_to={p['round_to']}), params {p['params_before']} → {p['params_after']}")
+    if info.get("finetune"):
+        f = info["finetune"]
+        head.add_row("finetune", f"mode {f.get('mode')}, epochs {f.get('epochs')}, best val PSNR {f.get('best_val_psnr')}")
+    c.print(head)
+    if info.get("priors"):
+        t = Table(title="priors")
+        for col in ("prior", "params", "MACs/call", "input", "widths"):
+            t.add_column(col)
+        for name, p in info["priors"].items():
+            widths = sorted(set((p.get("widths") or {}).values()))
+            t.add_row(name, _si(p["params"]), _si(p["macs_per_call"]) if "macs_per_call" in p else "-",
+                      "x".join(map(str, p.get("input_shape", []))) or "-", str(widths) if widths else "-")
+        c.print(t)

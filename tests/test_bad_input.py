@@ -324,7 +324,7 @@ def test_arch_args_file_nested_non_finite(tmp_path):
 def _app(fn):
     import typer
 
-    from mbdlprune.cli_common import handle_errors
+    from mbdlprune.cli.common import handle_errors
 
     app = typer.Typer(pretty_exceptions_enable=False)
     app.command()(handle_errors(fn))
@@ -377,7 +377,7 @@ def test_other_errors_stay_internal_and_mbdl_errors_stay_one_line():
 
 
 def test_signal_handler_is_restored_after_a_command():
-    from mbdlprune import cli_common
+    from mbdlprune.cli import common as cli_common
 
     before = signal.getsignal(signal.SIGTERM)
     seen = []
@@ -399,7 +399,7 @@ def test_signal_handler_is_restored_after_a_command():
 SIGTERM_SCRIPT = textwrap.dedent('''
     import sys, time
     import typer
-    from mbdlprune.cli_common import handle_errors
+    from mbdlprune.cli.common import handle_errors
 
     def run(marker: str, debug: bool = False):
         try:
@@ -438,7 +438,7 @@ def test_sigterm_runs_cleanup_and_exits_143_with_one_line(tmp_path):
 def test_print_json_is_strict():
     import io as _io
 
-    from mbdlprune.cli_common import json_safe, print_json
+    from mbdlprune.cli.common import json_safe, print_json
 
     obj = {"psnr": math.inf, "ssim": [1.0, math.nan, -math.inf], "nested": {"t": torch.tensor([1.0, float("inf")]),
            "a": np.array([np.nan, 2.0]), "s": np.float32(3.5)}, 1: "int key", math.inf: "inf key", "path": __import__("pathlib").Path("/x")}

@@ -9,7 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from mbdlprune import bench as B
+import mbdlprune
+import mbdlprune.config
+from mbdlprune import benchmark as B
 from mbdlprune.errors import ConfigError, DataError, MbdlError
 
 SIZE = 16
@@ -114,7 +116,7 @@ def test_bench_deq_identical_solver_settings(models, tmp_path):
     lm.model.tol, lm.model.max_iter = 4e-3, 3
     arch = {**lm.meta["arch"], "args": {**lm.meta["arch"]["args"], "tol": 4e-3, "max_iter": 3}}
     loose = save_model(tmp_path / "loose.safetensors", lm.model, {**lm.meta, "arch": arch}, operator=lm.operator)
-    rep = B.bench([orig, loose], _images(), **FAST)
+    rep = mbdlprune.bench([orig, loose], _images(), **FAST)
     assert rep.solver["tol"] == DEQ_ARGS["tol"] and rep.solver["max_iter"] == DEQ_ARGS["max_iter"]
     assert rep.solver["stored"]["loose"]["tol"] == 4e-3
     o, p = rep.models
@@ -129,20 +131,20 @@ def test_bench_deq_identical_solver_settings(models, tmp_path):
     assert p.psnr_drop == pytest.approx(o.psnr_mean - p.psnr_mean)
     assert len(p.psnr) == 3 and len(p.ssim) == 3
     # overrides apply to every model and are reported
-    rep2 = B.bench([orig, pruned], _images(), tol=1e-2, max_iter=2, **FAST)
+    rep2 = mbdlprune.bench([orig, pruned], _images(), tol=1e-2, max_iter=2, **FAST)
     assert rep2.solver["tol"] == 1e-2 and "overridden" in rep2.solver["source"]
     assert all(m.deq["iterations_max"] <= 2 for m in rep2.models)
 
 
 def test_bench_unrolled_costs_and_no_solver(models):
     orig, pruned, _ = models["unrolled"]
-    rep = B.bench([orig, pruned], _images(), batch_size=2, metric="paper", **FAST)
+    rep = mbdlprune.bench([orig, pruned], _images(), batch_size=2, metric="paper", **FAST)
     assert rep.solver is None and rep.models[0].deq is None
     assert rep.models[0].prior_calls_per_reconstruction == pytest.approx(UNROLLED_ARGS["steps"])
     assert rep.models[1].per_call_speedup == pytest.approx(rep.models[1].speedup)
     assert rep.metric["name"] == "paper" and rep.settings["batch_size"] == 2
     with pytest.raises(MbdlError, match="DEQ"):
-        B.bench([orig, pruned], _images(), tol=1e-3, **FAST)
+        mbdlprune.bench([orig, pruned], _images(), tol=1e-3, **FAST)
 
 
 def test_bench_operator_mismatch_is_one_error(models, tmp_path):
@@ -152,14 +154,14 @@ def test_bench_operator_mismatch_is_one_error(models, tmp_path):
     lm = load_model(pruned)
     other = save_model(tmp_path / "other.safetensors", lm.model, {**lm.meta, "operator": {**OP_SPEC, "noise_sigma": 0.1}})
     with pytest.raises(MbdlError, match="different operator.*noise_sigma"):
-        B.bench([orig, other], _images(), **FAST)
+        mbdlprune.bench([orig, other], _images(), **FAST)
     with pytest.raises(DataError, match="operator takes"):
-        B.bench([orig, pruned], torch.rand(2, 2, 8, 8), **FAST)
+        mbdlprune.bench([orig, pruned], torch.rand(2, 2, 8, 8), **FAST)
 
 
 def test_bench_reads_volume_files_and_device_auto(models):
     orig, pruned, _ = models["deq-edsr"]
-    rep = B.bench([str(orig), str(pruned)], str(models["dir"] / "eval.npy"), warmup=0, repeats=2, device="auto")
+    rep = mbdlprune.bench([str(orig), str(pruned)], str(models["dir"] / "eval.npy"), warmup=0, repeats=2, device="auto")
     assert rep.data["n_images"] == 3 and len(rep.data["sha256"]) == 1
     if not torch.cuda.is_available():
         assert "fell back to CPU" in rep.environment["note"]
@@ -168,7 +170,7 @@ def test_bench_reads_volume_files_and_device_auto(models):
 
 def test_report_json_markdown_schema(models, tmp_path):
     orig, pruned, _ = models["deq-edsr"]
-    rep = B.bench([orig, pruned], _images(), min_speedup=1e-6, max_psnr_drop=1e6, **FAST)
+    rep = mbdlprune.bench([orig, pruned], _images(), min_speedup=1e-6, max_psnr_drop=1e6, **FAST)
     d = json.loads(rep.to_json())  # allow_nan=False: no NaN/inf reach the file
     assert d["schema_version"] == B.SCHEMA_VERSION
     assert set(d) >= {"schema_version", "environment", "settings", "solver", "operator", "data", "metric", "models", "gates", "passed"}
@@ -188,7 +190,7 @@ def test_report_json_markdown_schema(models, tmp_path):
 
 
 def test_json_cleans_non_finite():
-    assert B._clean({"a": math.inf, "b": [math.nan, 1.0]}) == {"a": None, "b": [None, 1.0]}
+    assert mbdlprune.config.json_safe({"a": math.inf, "b": [math.nan, 1.0]}) == {"a": None, "b": [None, 1.0]}
 
 
 def test_gates_messages():
@@ -215,13 +217,13 @@ def test_finetune_overlap_refused_and_eval_files_ignored(models, tmp_path):
     lm = load_model(pruned)
     honest = {"mode": "supervised", "epochs": 2, "data": {"train": {"files": {"/x/train.npy": "a" * 64}}, "eval_files": {str(ev): h}}}
     ok = save_model(tmp_path / "ok.safetensors", lm.model, {**lm.meta, "finetune": honest})
-    rep = B.bench([orig, ok], str(ev), **FAST)
+    rep = mbdlprune.bench([orig, ok], str(ev), **FAST)
     assert rep.models[1].finetune["mode"] == "supervised" and rep.models[1].finetune["epochs"] == 2
     assert "(supervised, 2 ep)" in rep.markdown()
     leaky = {"mode": "supervised", "epochs": 1, "data": {"train": {"files": {str(ev): h}}}}
     bad = save_model(tmp_path / "bad.safetensors", lm.model, {**lm.meta, "finetune": leaky})
     with pytest.raises(DataError, match="fine-tuned on 1 of the evaluation files"):
-        B.bench([orig, bad], str(ev), **FAST)
+        mbdlprune.bench([orig, bad], str(ev), **FAST)
     val_leak = {"mode": "supervised", "epochs": 1, "data": {"train": {"files": {}}, "val": {"files": {str(ev): h}}}}
     assert B.training_hashes(val_leak) == {h}
 
@@ -229,7 +231,7 @@ def test_finetune_overlap_refused_and_eval_files_ignored(models, tmp_path):
 def test_control_needs_a_finetune_record(models):
     orig, pruned, _ = models["deq-edsr"]
     with pytest.raises(MbdlError, match="--control"):
-        B.bench([orig, pruned], _images(), control=True, **FAST)
+        mbdlprune.bench([orig, pruned], _images(), control=True, **FAST)
 
 
 # ------------------------------------------------------------------------------ CLI gates
@@ -261,7 +263,7 @@ def test_cli_bench_gate_exit_codes(models, tmp_path):
 
 # ------------------------------------------------------------------------------ sweep
 def test_sweep_tiny(models, tmp_path):
-    from mbdlprune.sweep import parse_ratios, sweep
+    from mbdlprune.workflows.sweep import parse_ratios, sweep
 
     _, _, raw = models["unrolled"]
     sr = sweep(raw, arch="unrolled", arch_args=UNROLLED_ARGS, operator=models["dir"] / "op.toml", ratios="0.5,0.25",
@@ -283,7 +285,7 @@ def test_sweep_tiny(models, tmp_path):
 
 
 def test_pareto_front():
-    from mbdlprune.sweep import SweepPoint, pareto_front
+    from mbdlprune.workflows.sweep import SweepPoint, pareto_front
 
     def pt(s, q):
         return SweepPoint(0.1, f"{s}-{q}", None, None, 0, s, None, None, q, None, 0.0, 1.0)
@@ -330,7 +332,7 @@ def _pipeline(models, tmp_path, drop="1000", bench_extra="", extra=""):
 
 
 def test_pipeline_strict_keys(models, tmp_path):
-    from mbdlprune.pipeline import PipelineConfig
+    from mbdlprune.workflows.pipeline import PipelineConfig
 
     p = _pipeline(models, tmp_path, bench_extra="repeets = 3")
     with pytest.raises(ConfigError, match="repeets"):
@@ -350,7 +352,7 @@ def test_pipeline_strict_keys(models, tmp_path):
 
 
 def test_pipeline_end_to_end_with_finetune_and_gate(models, tmp_path):
-    from mbdlprune.pipeline import run_pipeline
+    from mbdlprune.workflows.pipeline import run_pipeline
 
     ft = "\n[finetune]\nmode = \"supervised\"\ndata = \"train.npy\"\nepochs = 1\nval_fraction = 0.0\nbatch_size = 3\n"
     res = run_pipeline(_pipeline(models, tmp_path, extra=ft))
@@ -368,7 +370,7 @@ def test_pipeline_end_to_end_with_finetune_and_gate(models, tmp_path):
 
 def test_example_ci_pipeline_parses():
     from mbdlprune.operators import load_operator
-    from mbdlprune.pipeline import PipelineConfig
+    from mbdlprune.workflows.pipeline import PipelineConfig
 
     root = Path(__file__).resolve().parents[1] / "examples" / "ci"
     cfg = PipelineConfig.load(root / "pipeline.toml")
@@ -391,9 +393,9 @@ def test_bench_in_memory_user_models_without_prior_paths():
             return x + self.net(x)
 
     op = load_operator(OP_SPEC)
-    a = B.BenchModel("wide", Plain(16), {}, op, None, "original")
-    b = B.BenchModel("narrow", Plain(8), {}, op, None, "pruned")
-    rep = B.bench([a, b], _images(2), **FAST)
+    a = mbdlprune.LoadedModel(Plain(16), {}, op, None, label="wide", role="original")
+    b = mbdlprune.LoadedModel(Plain(8), {}, op, None, label="narrow", role="pruned")
+    rep = mbdlprune.bench([a, b], _images(2), **FAST)
     assert rep.models[0].priors["(whole model)"]["calls_per_reconstruction"] == 1
     assert rep.models[1].prior_macs_reduction == pytest.approx(2.0)
     assert "wide" in rep.operator["source"]
@@ -402,17 +404,17 @@ def test_bench_in_memory_user_models_without_prior_paths():
 def test_threads_option_and_busy_note(models):
     orig, pruned, _ = models["unrolled"]
     before = torch.get_num_threads()
-    rep = B.bench([orig, pruned], _images(2), threads=1, **FAST)
+    rep = mbdlprune.bench([orig, pruned], _images(2), threads=1, **FAST)
     assert rep.environment["torch_threads"] == 1 and torch.get_num_threads() == before
     assert "cpu_count" in rep.environment and "load_average" in rep.environment
     assert "busy" in B.busy_note({"load_average": 5.0, "cpu_count": 2})
     assert B.busy_note({"load_average": 1.0, "cpu_count": 2}) is None
     with pytest.raises(MbdlError):
-        B.bench([orig, pruned], _images(2), threads=0, **FAST)
+        mbdlprune.bench([orig, pruned], _images(2), threads=0, **FAST)
 
 
 def test_sweep_with_finetune_keeps_lineage(models, tmp_path):
-    from mbdlprune.sweep import sweep
+    from mbdlprune.workflows.sweep import sweep
 
     _, _, raw = models["deq-edsr"]
     sr = sweep(raw, arch="deq-edsr", arch_args=DEQ_ARGS, operator=models["dir"] / "op.toml", ratios=[0.5],
@@ -431,13 +433,13 @@ def test_sweep_with_finetune_keeps_lineage(models, tmp_path):
 def test_plain_original_checkpoint_benches_beside_pruned_file(models):
     """A raw .pt original is built with the architecture the pruned file records."""
     orig_sf, pruned, raw = models["deq-edsr"]
-    rep = B.bench([str(raw), str(pruned)], str(models["dir"] / "eval.npy"), **FAST)
-    ref = B.bench([str(orig_sf), str(pruned)], str(models["dir"] / "eval.npy"), **FAST)
+    rep = mbdlprune.bench([str(raw), str(pruned)], str(models["dir"] / "eval.npy"), **FAST)
+    ref = mbdlprune.bench([str(orig_sf), str(pruned)], str(models["dir"] / "eval.npy"), **FAST)
     d, e = rep.to_dict(), ref.to_dict()
     assert d["models"][0]["role"] == "original"
     assert d["models"][0]["psnr_mean"] == pytest.approx(e["models"][0]["psnr_mean"])
     with pytest.raises(MbdlError, match="convert"):
-        B.bench([str(raw), str(models["unrolled"][2])], str(models["dir"] / "eval.npy"), **FAST)
+        mbdlprune.bench([str(raw), str(models["unrolled"][2])], str(models["dir"] / "eval.npy"), **FAST)
 
 
 @pytest.mark.parametrize("option", [{"batch_size": 0}, {"repeats": 0}, {"warmup": -1}, {"tol": float("nan")},
@@ -445,7 +447,7 @@ def test_plain_original_checkpoint_benches_beside_pruned_file(models):
                                     {"max_psnr_drop": float("nan")}, {"seed": -1}])
 def test_bench_refuses_impossible_options_before_loading(option):
     with pytest.raises(MbdlError, match=next(iter(option)).replace("_", "-")):
-        B.bench(["not-loaded-a.safetensors", "not-loaded-b.safetensors"], _images(), **option)
+        mbdlprune.bench(["not-loaded-a.safetensors", "not-loaded-b.safetensors"], _images(), **option)
 
 
 def test_bench_gives_each_model_its_own_solver_settings_back(models):
@@ -454,6 +456,6 @@ def test_bench_gives_each_model_its_own_solver_settings_back(models):
     orig, pruned, _ = models["deq-edsr"]
     a, b = load_model(orig), load_model(pruned)
     b.model.tol, b.model.max_iter = 4e-3, 3
-    B.bench([B.BenchModel("a", a.model, a.meta, a.operator, str(orig), "original"),
-             B.BenchModel("b", b.model, b.meta, b.operator, str(pruned))], _images(), **FAST)
+    mbdlprune.bench([mbdlprune.LoadedModel(a.model, a.meta, a.operator, str(orig), label="a", role="original"),
+             mbdlprune.LoadedModel(b.model, b.meta, b.operator, str(pruned), label="b")], _images(), **FAST)
     assert (b.model.tol, b.model.max_iter) == (4e-3, 3)

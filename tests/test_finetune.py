@@ -13,9 +13,9 @@ import torch
 
 from mbdlprune import api, io
 from mbdlprune.errors import ConfigError, DataError, MbdlError
-from mbdlprune.finetune import FinetuneConfig, combine, finetune, state_paths
-from mbdlprune.finetune.state import state_path
-from mbdlprune.finetune import losses as L
+from mbdlprune.finetuning import FinetuneConfig, combine, finetune, state_paths
+from mbdlprune.finetuning.state import state_path
+from mbdlprune.finetuning import losses as L
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
 
@@ -271,7 +271,7 @@ def test_all_modes_run_and_record(setup, tmp_path):
 
 
 def test_ground_truth_is_not_used_by_unsupervised_modes(setup, tmp_path, monkeypatch):
-    from mbdlprune.finetune import trainer
+    from mbdlprune.finetuning import trainer
 
     real = trainer._prepare_data
 

@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from mbdlprune import io
 from mbdlprune.errors import MbdlError
-from mbdlprune.finetune import finetune
-from mbdlprune.finetune import state as S
+from mbdlprune.finetuning import finetune
+from mbdlprune.finetuning import state as S
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
 
@@ -381,8 +381,8 @@ def _forkserver():
         _FORK.set_forkserver_preload(["torch", "torch._dynamo", "torch.utils.data", "torch_pruning", "safetensors.torch", "numpy.random",
                                       "mbdlprune.cli", "mbdlprune.api", "mbdlprune.io", "mbdlprune.data", "mbdlprune.metrics",
                                       "mbdlprune.models.builtin", "mbdlprune.models.unrolled", "mbdlprune.operators.mri",
-                                      "pydantic", "typer._adapters", "mbdlprune.finetune.trainer",
-                                      "mbdlprune.finetune.losses", "mbdlprune.finetune.state", Path(__file__).stem])
+                                      "pydantic", "typer._adapters", "mbdlprune.finetuning.trainer",
+                                      "mbdlprune.finetuning.losses", "mbdlprune.finetuning.state", Path(__file__).stem])
         warm = _FORK.Process(target=os.getpid)  # the server preloads before its first child: not in a timed run
         warm.start()
         warm.join()

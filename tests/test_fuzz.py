@@ -274,7 +274,7 @@ PIPELINE_DIR = Path(tempfile.mkdtemp(prefix="mbdl-fuzz-pipeline-"))
 @settings(max_examples=600, **COMMON)
 @given(d=pipeline_dicts())
 def test_fuzz_pipeline_dict(d):
-    from mbdlprune.pipeline import PipelineConfig
+    from mbdlprune.workflows.pipeline import PipelineConfig
 
     cfg = either_valid_or_mbdl_error(PipelineConfig.from_dict, d, PIPELINE_DIR / "pipeline.toml")
     if cfg is not None:
@@ -285,7 +285,7 @@ def test_fuzz_pipeline_dict(d):
 @settings(max_examples=400, **COMMON)
 @given(d=pipeline_dicts(), cut=st.integers(0, 4000), junk=st.binary(max_size=8), damage=st.integers(0, 3))
 def test_fuzz_pipeline_file(d, cut, junk, damage):
-    from mbdlprune.pipeline import PipelineConfig
+    from mbdlprune.workflows.pipeline import PipelineConfig
 
     text = _toml_dumps(d)
     if text is None:
@@ -375,7 +375,7 @@ def test_fuzz_model_metadata(valid_model, data):
 def test_fuzz_finding_finetune_mode_not_a_string():
     """Found by the pipeline fuzzer: [finetune] mode = [1] raised TypeError (unhashable type: 'list') from
     Registry.get via FinetuneConfig.validate, so `run` exited 1 with an internal error."""
-    from mbdlprune.finetune.trainer import FinetuneConfig
+    from mbdlprune.finetuning.trainer import FinetuneConfig
 
     for mode in ([1], {"a": 1}):
         with pytest.raises(MbdlError, match="mode"):

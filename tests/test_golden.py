@@ -49,8 +49,7 @@ def test_pruning_the_shipped_examples_matches_the_recorded_output(name):
 
 def bench_observed(name: str, folder: Path) -> dict:
     """The schema and the machine-independent figures of ``bench --json`` on a shipped example."""
-    from mbdlprune.api import prune
-    from mbdlprune.bench import bench
+    from mbdlprune import bench, prune
     from mbdlprune.examples import example_path
 
     pruned = folder / f"{name}.safetensors"

@@ -279,7 +279,7 @@ def _bench_args(a: H.Assets) -> list:
 @pytest.fixture()
 def no_benchmark(monkeypatch):
     """The benchmark must not start: any model loading raises (so a late check shows as exit 1)."""
-    import mbdlprune.bench as B
+    import mbdlprune.benchmark as B
 
     def refuse(*args, **kwargs):
         raise RuntimeError("the benchmark started before the report paths were checked")

@@ -58,7 +58,7 @@ def test_shipped_mbdl_pruning_map_loads_the_papers_deq_layout(tmp_path, prefix):
     out = prune(path, arch_args=args, key_map="mbdl-pruning", operator=MRI, out=tmp_path / "p.safetensors",
                 ratio=0.5, round_to=1, image_size=SMALL_IMAGE_SIZE)
     assert read_checkpoint(out.out)[1]["key_map"]["name"] == "mbdl-pruning"
-    conv = convert(path, arch="deq-edsr", arch_args=args, key_map="mbdl-pruning", operator=MRI, out=tmp_path / "c.safetensors")
+    conv = convert(path, arch="deq-edsr", arch_args=args, key_map="mbdl-pruning", operator=MRI, out=tmp_path / "c.safetensors").out
     assert read_checkpoint(conv)[1]["key_map"]["renamed"] > 0
 
 
@@ -84,7 +84,7 @@ def test_a_key_map_is_refused_for_mbdlprune_files(tmp_path):
     args = small_args("deq-edsr")
     model, _ = build_arch("deq-edsr", args)
     torch.save(model.state_dict(), tmp_path / "o.pt")
-    out = convert(tmp_path / "o.pt", arch="deq-edsr", arch_args=args, operator=MRI, out=tmp_path / "o.safetensors")
+    out = convert(tmp_path / "o.pt", arch="deq-edsr", arch_args=args, operator=MRI, out=tmp_path / "o.safetensors").out
     with pytest.raises(Exception, match="drop --key-map"):
         load_model(out, key_map="mbdl-pruning")
 

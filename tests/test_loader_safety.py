@@ -203,7 +203,7 @@ def test_sigterm_during_a_write_leaves_no_temp_file(tmp_path):
     code = textwrap.dedent(f'''
         import sys, time
         from pathlib import Path
-        from mbdlprune.cli_common import handle_errors
+        from mbdlprune.cli.common import handle_errors
         from mbdlprune.io import write_file
 
         def slow(tmp):

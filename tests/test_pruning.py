@@ -110,6 +110,25 @@ def test_e2e_varnet_sensitivity_kept_unless_asked():
     res = prune_model(model, spec, op, ratio=0.5, round_to=1, prune_sensitivity=True)
     assert "sens_net.norm_unet.unet" in res.meta["pruning"]["priors"]
     assert count_params(model.sens_net) < sens_before
+    assert not hasattr(model, "prune_sensitivity")  # the model does not know it was pruned
+
+
+@pytest.mark.parametrize("priors, expected", [
+    (["+sens_net.norm_unet.unet"], [*(f"cascades.{i}.model.unet" for i in range(2)), "sens_net.norm_unet.unet"]),
+    (["cascades.*.model.unet"], [f"cascades.{i}.model.unet" for i in range(2)]),
+    (["cascades.1.model.unet"], ["cascades.1.model.unet"]),
+])
+def test_prior_option_names_globs_and_additions(priors, expected):
+    model, spec, op = small("e2e-varnet")
+    assert len(model.cascades) == 2
+    res = prune_model(model, spec, op, ratio=0.5, round_to=1, priors=priors)
+    assert sorted(res.meta["pruning"]["priors"]) == sorted(expected)
+
+
+def test_prior_glob_matching_nothing_is_refused():
+    model, spec, op = small("e2e-varnet")
+    with pytest.raises(MbdlError, match="matches no submodule"):
+        prune_model(model, spec, op, ratio=0.5, round_to=1, priors=["nothing*"])
 
 
 def test_frozen_checkpoint_still_prunes():

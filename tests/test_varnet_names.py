@@ -77,7 +77,10 @@ def test_zero_buffer_is_not_saved_but_old_files_with_it_load():
 def test_prior_paths_follow_fastmri_names():
     model = create_arch("e2e-varnet", num_cascades=3, chans=4, pools=2, sens_chans=2, sens_pools=2)
     assert model.prior_paths() == [f"cascades.{i}.model.unet" for i in range(3)]
-    model.prune_sensitivity = True
-    assert model.prior_paths()[-1] == "sens_net.norm_unet.unet"
-    for path in model.prior_paths():
+    from mbdlprune.pruning.discovery import resolve_prior_names
+
+    # the sensitivity U-Net is chosen with --prior (+NAME adds it to the cascades): the model has no switch
+    chosen = resolve_prior_names(model, ["+sens_net.norm_unet.unet"])
+    assert chosen[-1] == "sens_net.norm_unet.unet" and chosen[:-1] == model.prior_paths()
+    for path in chosen:
         assert type(model.get_submodule(path)).__name__ == "Unet"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -69,14 +69,28 @@ def _embedded_tensors(spec: Mapping[str, Any] | None, operator: Any) -> dict[str
 
 @dataclass
 class LoadedModel:
-    """A rebuilt model with its metadata, its operator (if known), the file and the architecture record."""
+    """A built model with its metadata, its operator (if known), its file and its architecture record.
+
+    The one model type every step passes on: :func:`load_model` returns it, pruning and
+    fine-tuning produce it, and a benchmark compares a list of them. ``label`` names it in
+    reports (default: the file name without suffix) and ``role`` is ``original``, ``pruned``
+    or ``control``. ``path`` is None for a model that exists only in memory.
+    """
 
     model: Any
-    meta: dict[str, Any]
-    operator: Any | None
-    path: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+    operator: Any | None = None
+    path: Path | str | None = None
     arch: Any = None  # models.user.ArchSpec
     file_meta: dict[str, Any] | None = None  # the metadata the file itself holds (None: a plain checkpoint)
+    label: str = ""
+    role: str = "pruned"
+    sha256: str | None = None  # of the file, where a caller needs it (lineage records)
+
+    def __post_init__(self) -> None:
+        if not self.label and self.path is not None:
+            name = Path(self.path).name
+            self.label = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
 
 
 def load_model(path: str | Path, arch: str | None = None, device: str = "cpu", operator: Any = None, *,

@@ -174,7 +174,8 @@ class VarNet(nn.Module):
     ``forward(y, op)`` needs an MRI operator (``mask``, ``coil_maps`` or
     ``num_low_frequencies``; ``0`` detects the centre from the mask as fastMRI does with
     ``num_low_frequencies=None``). ``mask_center`` is fastMRI's: ``False`` feeds all measured
-    k-space to ``sens_net``. ``prune_sensitivity`` adds ``sens_net``'s U-Net to ``prior_paths()``.
+    k-space to ``sens_net``. ``prune_sensitivity`` is accepted (files written before 0.2 record
+    it) and has no effect: the sensitivity U-Net is pruned when named, ``--prior +sens_net.norm_unet.unet``.
     """
 
     def __init__(self, num_cascades: int = 12, chans: int = 18, pools: int = 4, sensitivity: bool = True,
@@ -193,7 +194,6 @@ class VarNet(nn.Module):
             self.sens_net = None
         self.cascades = nn.ModuleList([VarNetBlock(NormUnet(chans, pools)) for _ in range(num_cascades)])
         self.output = output
-        self.prune_sensitivity = bool(prune_sensitivity)
         self.in_channels = 2
         self.out_channels = 2 if output == "complex" else 1
         self.last_info: dict[str, Any] = {"iterations": 0}
@@ -228,10 +228,7 @@ class VarNet(nn.Module):
                 if isinstance(m, VarNetBlock) for key in m.legacy_state_keys()]
 
     def prior_paths(self) -> list[str]:
-        paths = [f"cascades.{i}.model.unet" for i in range(len(self.cascades))]
-        if self.prune_sensitivity and self.sens_net is not None:
-            paths.append("sens_net.norm_unet.unet")
-        return paths
+        return [f"cascades.{i}.model.unet" for i in range(len(self.cascades))]
 
     def output_layers(self) -> list[nn.Module]:
         layers = [lay for c in self.cascades for lay in c.model.unet.output_layers()]
@@ -241,7 +238,7 @@ class VarNet(nn.Module):
 
     def extra_repr(self) -> str:
         extra = "" if self.sens_net is None or self.sens_net.mask_center else ", mask_center=False"
-        return f"output={self.output!r}, prune_sensitivity={self.prune_sensitivity}{extra}"
+        return f"output={self.output!r}{extra}"
 
 
 def _mask(op: nn.Module) -> torch.Tensor:

@@ -126,16 +126,41 @@ def _probe_calls(model: nn.Module, names: list[str]) -> Iterator[dict[str, list]
             del mod.forward
 
 
+def resolve_prior_names(model: nn.Module, names: list[str] | None) -> list[str] | None:
+    """The priors ``--prior`` names: dotted names or globs over submodule names; ``+NAME`` adds to
+    the model's own ``prior_paths()`` instead of replacing them (e.g. ``+sens_net.norm_unet.unet``
+    prunes an E2E-VarNet's sensitivity U-Net besides its cascades). None: the model's default.
+    """
+    import fnmatch
+
+    default = list(model.prior_paths()) if hasattr(model, "prior_paths") else None
+    if names is None:
+        return default
+    out: list[str] = [*default] if default and any(n.startswith("+") for n in names) else []
+    modules = [n for n, _ in model.named_modules() if n]
+    for raw in names:
+        n = raw[1:] if raw.startswith("+") else raw
+        if any(ch in n for ch in "*?["):
+            hits = [m for m in modules if fnmatch.fnmatchcase(m, n)]
+            if not hits:
+                raise MbdlError(f"--prior {raw!r} matches no submodule of the model",
+                                f"choose among: {', '.join(candidate_prior_names(model)[:8])}")
+        else:
+            hits = [n]
+        out += [h for h in hits if h not in out]
+    return out
+
+
 def find_priors(model: nn.Module, inputs: tuple, names: list[str] | None = None) -> tuple[list[PriorSite], Any]:
-    """Locate the prior(s): given names, the model's ``prior_paths()``, or auto-discovery.
+    """Locate the prior(s): given names (see :func:`resolve_prior_names`), the model's
+    ``prior_paths()``, or auto-discovery.
 
     Auto-discovery keeps the outermost conv-bearing submodules that the forward really calls.
     A module called several times (a prior shared across iterations) appears once. Returns
     the sites and the model's output on ``inputs`` (DEQ iterations capped; computed with the
     priors probed, so only its shape is meaningful).
     """
-    if names is None and hasattr(model, "prior_paths"):
-        names = list(model.prior_paths())
+    names = resolve_prior_names(model, names)
     explicit = names is not None
     cands = list(names) if explicit else candidate_prior_names(model)
     for n in cands:

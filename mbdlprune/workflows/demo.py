@@ -10,13 +10,12 @@ same measurements and identical DEQ solver settings. Every file goes into one ou
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import MbdlError
+from ..errors import MbdlError
 
 DEFAULT_OUT = "mbdlprune-demo"
 MODEL_CHOICES = ("deq", "unrolled", "all")
@@ -62,7 +61,7 @@ class DemoModelResult:
     finetuned: Path
     prune: dict[str, Any]
     finetune: dict[str, Any]
-    report: Any  # mbdlprune.bench.BenchReport
+    report: Any  # mbdlprune.benchmark.BenchReport
     files: dict[str, Path]
     seconds: dict[str, float]
 
@@ -157,7 +156,7 @@ def _subset_slices(src: Path, n: int, dest: Path, force: bool = False) -> Path:
 
     import gzip
 
-    from .io import write_file
+    from ..io import write_file
 
     img = nib.load(str(src))
     data = np.asanyarray(img.dataobj)[..., :n]
@@ -185,7 +184,7 @@ def run_demo(
     shows the fine-tuning progress bar; ``status(msg)`` may return a context manager that shows
     a spinner while a step runs (e.g. ``rich.console.Console.status``).
     """
-    from .examples import MODEL_EXAMPLES, example_path
+    from ..examples import MODEL_EXAMPLES, example_path
 
     t0 = time.perf_counter()
     names = _model_names(models)
@@ -209,7 +208,7 @@ def run_demo(
         results.append(_run_one(name, folder, data, cfg, device, say, progress, status, force))
     result = DemoResult(folder, results, cfg, time.perf_counter() - t0)
     summary = folder / "demo.json"
-    from .io import write_json
+    from ..io import write_json
 
     result.files["summary"] = summary
     write_json(summary, result.to_dict(), force=force)
@@ -232,36 +231,37 @@ def _spinner(status, msg: str):
 
 def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, device: str,
              say: Callable[[str], None], progress: bool, status, force: bool = False) -> DemoModelResult:
-    from .api import prune
-    from .bench import BenchModel, bench
-    from .examples import example_path
-    from .finetune import finetune
-    from .io import load_model
+    from ..benchmark import BenchConfig, compare
+    from ..examples import example_path
+    from .chain import load_original, prune_and_finetune
 
-    original = example_path(name)
+    original_path = example_path(name)
     sub = folder / name
     sub.mkdir(exist_ok=True)
     pruned_path, ft_path = sub / "pruned.safetensors", sub / "pruned_finetuned.safetensors"
-    seconds: dict[str, float] = {}
+    original = load_original(original_path)
+    original.label = "original"
 
-    t = time.perf_counter()
-    with _spinner(status, f"{name}: pruning the prior at ratio {cfg.ratio}"):
-        pr = prune(original, out=pruned_path, force=force, ratio=cfg.ratio, seed=cfg.seed)
-    seconds["prune"] = time.perf_counter() - t
-    rep = pr.report
-    say(f"  pruned at {cfg.ratio}: {rep['params_before']:,} -> {rep['params_after']:,} parameters "
-        f"({seconds['prune']:.1f} s) -> {pruned_path}")
+    def pruned(res) -> None:
+        rep = res.report
+        say(f"  pruned at {cfg.ratio}: {rep['params_before']:,} -> {rep['params_after']:,} parameters "
+            f"({time.perf_counter() - t:.1f} s) -> {pruned_path}")
+        say(f"  fine-tuning ({cfg.mode} from the original, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
+            f"{data['finetune'].name}" + (f", validating on {data['finetune-val'].name}" if cfg.validate else ""))
 
+    finetune = {
+        "data": str(data["finetune"]), "teacher": str(original_path),
+        "val_data": str(data["finetune-val"]) if cfg.validate else None, "progress": progress, "mode": cfg.mode,
+        "epochs": cfg.epochs, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "loss": cfg.loss,
+        "batch_size": cfg.batch_size, "seed": cfg.seed, "device": device, "val_fraction": 0.0,
+    }
     t = time.perf_counter()
-    say(f"  fine-tuning ({cfg.mode} from the original, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
-        f"{data['finetune'].name}" + (f", validating on {data['finetune-val'].name}" if cfg.validate else ""))
-    ft = finetune(
-        pruned_path, data=str(data["finetune"]), out=ft_path, force=force, teacher=str(original),
-        val_data=str(data["finetune-val"]) if cfg.validate else None, eval_data=str(data["eval"]),
-        progress=progress, mode=cfg.mode, epochs=cfg.epochs, lr=cfg.lr, lr_schedule=cfg.lr_schedule, loss=cfg.loss,
-        batch_size=cfg.batch_size, seed=cfg.seed, device=device, val_fraction=0.0,
-    )
-    seconds["finetune"] = time.perf_counter() - t
+    say(f"  pruning the prior at ratio {cfg.ratio}")  # no spinner: the fine-tuning bar follows in the same call
+    step = prune_and_finetune(original, {"ratio": cfg.ratio, "seed": cfg.seed}, label="pruned",
+                              finetuned_label="pruned+finetuned", pruned_out=pruned_path, finetune=finetune,
+                              finetuned_out=ft_path, eval_data=str(data["eval"]), force=force, on_pruned=pruned)
+    seconds = dict(step.seconds)
+    rep, ft = step.pruned.report, step.finetuned
     fts = ft.summary()
     best = fts.get("best")
     say(f"  fine-tuned in {seconds['finetune']:.1f} s" +
@@ -271,15 +271,11 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
         say(f"  warning: {w}")
 
     t = time.perf_counter()
-    entries = []
-    for label, path, role in (("original", original, "original"), ("pruned", pruned_path, "pruned"),
-                              ("pruned+finetuned", ft_path, "pruned")):
-        lm = load_model(path)
-        entries.append(BenchModel(label, lm.model, dict(lm.meta), lm.operator, str(path), role))
     say(f"  benchmarking on {data['eval'].name} ({cfg.warmup} warm-up + {cfg.repeats} timed runs per model)")
     with _spinner(status, f"{name}: benchmarking original vs pruned vs pruned+finetuned"):
-        report = bench(entries, str(data["eval"]), device=device, warmup=cfg.warmup, repeats=cfg.repeats,
-                       max_images=cfg.max_images, seed=cfg.seed, progress=None)
+        report = compare([original, step.pruned_model, step.model], str(data["eval"]),
+                         BenchConfig(device=device, warmup=cfg.warmup, repeats=cfg.repeats, max_images=cfg.max_images,
+                                     seed=cfg.seed))
     seconds["bench"] = time.perf_counter() - t
     files = {"pruned": pruned_path, "pruned_finetuned": ft_path}
     files["bench_json"] = report.write_json(sub / "bench.json", force=force)
@@ -289,4 +285,4 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
     except MbdlError:  # matplotlib is optional
         pass
     say(f"  benchmarked in {seconds['bench']:.1f} s -> {sub / 'bench.json'}")
-    return DemoModelResult(name, original, pruned_path, ft_path, rep, fts, report, files, seconds)
+    return DemoModelResult(name, original_path, pruned_path, ft_path, rep, fts, report, files, seconds)

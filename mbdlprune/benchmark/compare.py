@@ -18,101 +18,55 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import statistics
-from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from ..errors import MbdlError
-from .control import _control_model
 from .costs import reconstruct_and_score
 from .evaldata import load_eval_data, simulate_measurements
 from .fairness import common_operator, common_solver_settings, lineage_notes, solver_settings_applied
-from .models import load_bench_models
+from .config import BenchConfig
 from .records import check_finetune_overlap, finetune_summary
 from .report import BenchReport, ModelResult, _stats, _timed_calls, evaluate_gates
-from .timing import DEFAULT_REPEATS, DEFAULT_WARMUP, busy_note, device_info, time_models
+from .timing import busy_note, device_info, time_models
 
-def bench(
-    models: Sequence[Any],
-    data: Any,
-    operator: Any = None,
-    device: str = "auto",
-    solver: str | None = None,
-    tol: float | None = None,
-    max_iter: int | None = None,
-    warmup: int = DEFAULT_WARMUP,
-    repeats: int = DEFAULT_REPEATS,
-    batch_size: int = 1,
-    metric: str = "plain",
-    seed: int = 0,
-    max_images: int | None = None,
-    fit: str = "error",
-    arch: str | None = None,
-    min_speedup: float | None = None,
-    max_psnr_drop: float | None = None,
-    control: bool | Mapping[str, Any] = False,
-    control_out: str | Path | None = None,
-    interleave: bool = True,
-    threads: int | None = None,
-    progress=None,
-    control_data: Any = None,
-    force: bool = False,
-    key_map: Any = None,
-    unsafe_pickle: bool = False,
-) -> BenchReport:
-    """Benchmark ``models`` (first = original) side by side on ``data``; see the module docstring.
+def compare(models: Sequence[Any], data: Any, config: BenchConfig | None = None, operator: Any = None,
+            progress=None) -> BenchReport:
+    """Benchmark built ``models`` (first = the original) side by side on ``data``; see the module docstring.
 
-    ``models``: file paths, :class:`io.LoadedModel` or :class:`BenchModel` objects.
-    ``data``: evaluation volumes (file/folder, read with :mod:`mbdlprune.data`) or an image
-    tensor (N, C, H, W). ``threads``: torch intra-op threads for this run (restored afterwards).
-    ``control``: also fine-tune the original with the pruned model's
-    fine-tune settings (True) or with the given settings (a dict for
-    :func:`mbdlprune.finetune.finetune`), and bench it as role "control"; with True,
-    ``control_data`` gives the fine-tuning files (matched by sha256 to the record's).
-    ``force``: the control model may replace an existing ``control_out``. ``key_map`` and
-    ``unsafe_pickle`` apply to plain checkpoints among ``models`` (the original, typically).
+    ``models``: :class:`~mbdlprune.io.LoadedModel` objects (built already: this function neither
+    loads nor trains; :func:`mbdlprune.bench` does both). ``data``: evaluation volumes (files or
+    folders, read with :mod:`mbdlprune.data`), an :class:`EvalData` or an image tensor
+    (N, C, H, W). ``operator``: one operator for every model (default: the models' own, which
+    must agree). The models go back to their devices, and DEQs to their solver settings, afterwards.
     """
     import torch
 
-    check_bench_options(threads=threads, batch_size=batch_size, warmup=warmup, repeats=repeats, max_images=max_images,
-                        seed=seed, tol=tol, max_iter=max_iter, min_speedup=min_speedup, max_psnr_drop=max_psnr_drop)
-    before_threads = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
-    try:
-        return _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
-                      max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
-                      control_data, force, key_map, unsafe_pickle)
-    finally:
-        torch.set_num_threads(before_threads)
-
-
-def _bench(models, data, operator, device, solver, tol, max_iter, warmup, repeats, batch_size, metric, seed,
-           max_images, fit, arch, min_speedup, max_psnr_drop, control, control_out, interleave, progress,
-           control_data=None, force=False, key_map=None, unsafe_pickle=False) -> BenchReport:
     from ..metrics import get_definition
 
+    cfg = config or BenchConfig()
+    cfg.validate()
     say = progress or (lambda msg: None)
-    metric_def = get_definition(metric)
-    env = device_info(device)
+    entries = list(models)
+    if not entries:
+        raise MbdlError("no models to benchmark", "pass the original model and at least one pruned model")
+    before_threads = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    env = device_info(cfg.device)
     dev = env["device"]
-    entries = load_bench_models(models, arch=arch, unsafe_pickle=unsafe_pickle, key_map=key_map)
-    if control:
-        if control_out is not None:
-            from ..io import check_output_path
-
-            check_output_path(control_out, force, inputs=[e.path for e in entries if e.path])
-        entries.append(_control_model(entries, control, control_out, arch, say, control_data, force))
     op, op_source = common_operator(entries, operator)
     op = op.to(dev)
-    solver_settings = common_solver_settings(entries, solver, tol, max_iter)
+    solver_settings = common_solver_settings(entries, cfg.solver, cfg.tol, cfg.max_iter)
     devices = [_device_of(e.model) for e in entries]
     try:
         with solver_settings_applied(entries, solver_settings):
-            return _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, repeats, batch_size,
-                            metric_def, seed, max_images, fit, min_speedup, max_psnr_drop, interleave, say)
-    finally:  # the caller's models go back to their devices
+            return _measure(entries, data, op, op_source, dev, env, solver_settings, cfg.warmup, cfg.repeats,
+                            cfg.batch_size, get_definition(cfg.metric), cfg.seed, cfg.max_images, cfg.fit,
+                            cfg.min_speedup, cfg.max_psnr_drop, cfg.interleave, say)
+    finally:  # the caller's models go back to their devices, torch to its thread count
         for e, d in zip(entries, devices):
             e.model.to(d)
+        torch.set_num_threads(before_threads)
 
 
 def _device_of(model):
@@ -223,23 +177,3 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, re
     for e, sc in zip(entries, scored):
         report.examples[e.label] = sc["example"]
     return report
-
-
-def check_bench_options(**values: Any) -> None:
-    """Refuse, in one line and before any work, bench options no benchmark can run with."""
-    from ..config import expect_number
-
-    rules = {  # option: (integer, minimum, allow None)
-        "threads": (True, 1, True), "batch_size": (True, 1, False), "warmup": (True, 0, False),
-        "repeats": (True, 1, False), "max_images": (True, 1, True), "seed": (True, 0, False),
-        "max_iter": (True, 1, True), "tol": (False, None, True), "min_speedup": (False, None, True),
-        "max_psnr_drop": (False, None, True),
-    }
-    for key, value in values.items():
-        integer, minimum, optional = rules[key]
-        if value is None and optional:
-            continue
-        expect_number(value, f"--{key.replace('_', '-')}", "bench", integer=integer, minimum=minimum)
-    for key in ("tol", "min_speedup"):
-        if values.get(key) is not None and not values[key] > 0:
-            raise MbdlError(f"--{key.replace('_', '-')} must be positive, got {values[key]}", f"set --{key.replace('_', '-')} above 0")

@@ -9,14 +9,14 @@ PSNR drop, and whether the model is on the speed/PSNR (Pareto) front. With
 from __future__ import annotations
 
 import contextlib
-import copy
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .bench import BenchModel, BenchReport, _fmt, _si, bench, run_finetune
-from .errors import MbdlError
+from ..benchmark import BenchReport, _fmt, _si
+from .chain import checkpoint_stem, load_original, prune_and_finetune  # noqa: F401  (checkpoint_stem: re-exported)
+from ..errors import MbdlError
 
 
 def parse_ratios(text: str | Sequence[float]) -> list[float]:
@@ -37,38 +37,12 @@ def parse_ratios(text: str | Sequence[float]) -> list[float]:
     return sorted(set(values))
 
 
-def load_original(checkpoint: str | Path, arch: str | None = None, arch_args: Mapping[str, Any] | None = None,
-                  operator: Any = None, unsafe_pickle: bool = False, key_map: Any = None):
-    """The unpruned model as a :class:`BenchModel` (role "original") plus its spec, meta and operator."""
-    from .api import load_checkpoint_model
-
-    model, spec, meta, op = load_checkpoint_model(checkpoint, arch, dict(arch_args or {}) or None, unsafe_pickle, operator, key_map)
-    if op is None and spec.kind == "mbdl":
-        raise MbdlError(f"{Path(checkpoint).name} records no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
-    full_meta = dict(meta or {})
-    full_meta.setdefault("arch", spec.to_dict())
-    if op is not None and getattr(op, "spec", None):
-        full_meta["operator"] = op.spec
-    full_meta.setdefault("pruning", None)
-    bm = BenchModel(checkpoint_stem(checkpoint), model, full_meta, op, str(checkpoint), "original")
-    return bm, spec, full_meta, op
-
-
-def checkpoint_stem(checkpoint: str | Path) -> str:
-    """The checkpoint's file name without its checkpoint suffix (labels and output names)."""
-    label = Path(checkpoint).name
-    for suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".tar", ".bin"):
-        if label.endswith(suffix):
-            return label[: -len(suffix)]
-    return label
-
-
 def sweep_output_names(stem: str, ratios: Sequence[float], finetune: bool, best: bool) -> list[str]:
     """Every file a sweep writes into its output folder."""
     names = ["sweep.json", "sweep.md"] + [f"{stem}-r{r:g}.safetensors" for r in ratios]
     if finetune:
         names += [f"{stem}-r{r:g}-ft.safetensors" for r in ratios]
-        from .finetune.state import state_path
+        from ..finetuning.state import state_path
 
         names += [state_path(f"{stem}-r{r:g}-ft.safetensors").name for r in ratios]
     if best:
@@ -115,7 +89,7 @@ class SweepReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from .bench import SCHEMA_VERSION, _clean
+        from ..benchmark import SCHEMA_VERSION, _clean
 
         return _clean({
             "schema_version": SCHEMA_VERSION,
@@ -209,7 +183,7 @@ def pareto_front(points: Sequence[SweepPoint]) -> None:
 
 
 def _achieved(meta: Mapping[str, Any] | None) -> float | None:
-    from .pruning import removed_fraction
+    from ..pruning import removed_fraction
 
     rec = (meta or {}).get("pruning")
     if not rec:
@@ -250,16 +224,19 @@ def sweep(
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
-    ``finetune``: settings for :func:`mbdlprune.finetune.finetune` (``mode``, ``epochs``, ...;
+    ``finetune``: settings for :func:`mbdlprune.finetuning.finetune` (``mode``, ``epochs``, ...;
     training files under ``data`` or the ``data`` argument); fine-tuning works on files, so it
     needs ``out_dir``. ``eval_data`` (required): evaluation images, never used for training.
     ``max_psnr_drop``: copy the fastest model within that PSNR drop to ``out_dir/best.safetensors``.
     """
-    from .api import prune_model
-    from .io import prepare_output_dir, rollback_on_error, save_model, sha256_file, write_file, write_json, write_text
+    from ..benchmark import BenchConfig, compare
+    from ..io import prepare_output_dir, rollback_on_error, write_file, write_json, write_text
 
     say = progress or (lambda msg: None)
     ratio_list = parse_ratios(ratios)
+    bcfg = BenchConfig(device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
+                       batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads)
+    bcfg.validate()
     if eval_data is None:
         raise MbdlError("a sweep needs evaluation data", "pass --eval-data PATH (images the models never trained on)")
     ft = dict(finetune or {})
@@ -270,46 +247,31 @@ def sweep(
         if out_dir is None:
             raise MbdlError("fine-tuning in a sweep writes models", "pass --out-dir FOLDER")
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:  # every name the sweep will write, refused before any work unless --force
-        prepare_output_dir(out, sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None),
-                           force, create=False)
-
     names = sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None)
+    if out is not None:  # every name the sweep will write, refused before any work unless --force
+        prepare_output_dir(out, names, force, create=False)
+
     with (rollback_on_error(out, names) if out is not None else contextlib.nullcontext()):  # a failed sweep leaves nothing
-        original, spec, meta, op = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map)
+        original = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map)
+        op = original.operator
         if out is not None:
-            from .io import make_output_dir
+            from ..io import make_output_dir
 
             make_output_dir(out)
-        parent_sha = sha256_file(checkpoint)
-        entries: list[BenchModel] = [original]
+        entries = [original]
         stem = original.label
         opts = dict(prune_options or {})
+        user_arch = arch if arch and ":" in arch else None
         for r in ratio_list:
             say(f"pruning at ratio {r:g}")
-            model = copy.deepcopy(original.model)
-            res = prune_model(model, spec, op, ratio=r, importance=importance, round_to=round_to,
-                              parent_meta=meta,
-                              parent_sha256=parent_sha, **opts)
-            res.meta["parent"] = Path(checkpoint).name
             label = f"{stem}-r{r:g}"
-            path = None
-            if out is not None:
-                path = str(save_model(out / f"{label}.safetensors", res.model, res.meta, force=force, operator=op))
-            bm = BenchModel(label, res.model, res.meta, op, path, "pruned")
-            if ft:
-                say(f"fine-tuning ratio {r:g} ({ft.get('mode', 'supervised')}, {ft.get('epochs', 1)} epochs)")
-                settings = dict(ft)
-                if str(settings.get("mode", "")).startswith("distill"):
-                    settings.setdefault("teacher", original.path)
-                result = run_finetune(path, settings, out / f"{label}-ft.safetensors", arch=arch if arch and ":" in arch else None,
-                                      force=force, eval_data=eval_data)
-                label = f"{label}-ft"
-                bm = BenchModel(label, result.model, dict(result.meta), op, str(result.out) if result.out else None, "pruned")
-            entries.append(bm)
-        report = bench(entries, eval_data, operator=op, device=device, solver=solver, tol=tol, max_iter=max_iter,
-                       warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed,
-                       max_images=max_images, fit=fit, threads=threads, progress=progress)
+            step = prune_and_finetune(
+                original, {"ratio": r, "importance": importance, "round_to": round_to, **opts}, label=label,
+                pruned_out=out / f"{label}.safetensors" if out is not None else None, finetune=ft or None,
+                finetuned_out=out / f"{label}-ft.safetensors" if ft else None, arch=user_arch, eval_data=eval_data,
+                force=force, say=say)
+            entries.append(step.model)
+        report = compare(entries, eval_data, bcfg, operator=op, progress=progress)
 
         points = []
         for r, (e, m) in zip([0.0] + ratio_list, zip(entries, report.models)):
@@ -353,8 +315,8 @@ def sweep(
         return sr
 
 
-def _save(path: Path, bm: BenchModel, force: bool) -> str:
-    from .io import save_model
+def _save(path: Path, bm, force: bool) -> str:
+    from ..io import save_model
 
     meta = {k: v for k, v in (bm.meta or {}).items() if k != "format_version"}
     return str(save_model(path, bm.model, meta, force=force, operator=bm.operator))

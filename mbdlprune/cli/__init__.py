@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import typer
+
+from . import bench, demo, finetune, prune
 
 app = typer.Typer(
     name="mbdlprune",
@@ -15,24 +15,18 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-# Each module defines register(app) and keeps torch out of its top level.
-COMMAND_MODULES = ("cli_prune", "cli_finetune", "cli_bench", "cli_demo")
+# One module per command group, registered statically; each keeps torch out of its top level.
+COMMAND_GROUPS = (prune, finetune, bench, demo)
 
 
 def _register_commands() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"mbdlprune.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"mbdlprune.{name}":
-                raise
-            continue
-        module.register(app)
+    for group in COMMAND_GROUPS:
+        group.register(app)
 
 
 def _version(value: bool):
     if value:
-        from . import __version__
+        from .. import __version__
 
         typer.echo(f"mbdlprune {__version__}")
         raise typer.Exit()
@@ -49,6 +43,3 @@ _register_commands()
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .cli_common import DebugOpt, JsonOpt, console, handle_errors, print_json
+from .common import DebugOpt, JsonOpt, console, handle_errors, print_json
 
 
 def _wide(c):
@@ -26,13 +26,13 @@ def demo_cmd(
     debug: bool = DebugOpt,
 ):
     """Prune the shipped example models at 0.5, fine-tune them by distillation, and bench all three versions."""
-    from .cli_common import resolve_device
-    from .demo import run_demo
+    from .common import resolve_device
+    from ..workflows.demo import run_demo
 
     dev = resolve_device(device)
     if json_out:
         result = run_demo(out, models=model, force=force, quick=quick, device=dev)
-        from .io import json_safe as _json_safe
+        from ..io import json_safe as _json_safe
 
         summary = result.to_dict()
         for m in summary["models"]:
@@ -60,7 +60,7 @@ def demo_cmd(
 
 def examples_cmd(json_out: bool = JsonOpt, debug: bool = DebugOpt):
     """List the example models and data shipped inside the package."""
-    from .examples import list_examples
+    from ..examples import list_examples
 
     rows = list_examples()
     if json_out:

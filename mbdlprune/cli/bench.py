@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import (ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt, console,
+from .common import (ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt, console,
                          handle_errors)
 
 JsonPathOpt = typer.Option(None, "--json", help="Write the report as JSON to this file ('-' for stdout, then no table).")
@@ -49,8 +49,8 @@ def _progress(quiet: bool):
 def check_report_paths(json_out: Optional[str], markdown: Optional[Path], figure: Optional[Path], force: bool,
                        inputs=()) -> None:
     """Refuse report paths that exist (without --force), sit in a missing folder or are inputs, before any work."""
-    from .errors import MbdlError
-    from .io import check_output_path
+    from ..errors import MbdlError
+    from ..io import check_output_path
 
     paths = [Path(p) for p in (json_out if json_out != "-" else None, markdown, figure) if p is not None]
     if len({p.resolve() for p in paths}) < len(paths):
@@ -115,8 +115,8 @@ def bench_cmd(
     debug: bool = DebugOpt,
 ):
     """Time and score an original model and its pruned versions side by side, with identical solver settings."""
-    from .bench import bench
-    from .errors import MbdlError
+    from ..api import bench
+    from ..errors import MbdlError
 
     if len(models) < 2 and not control:
         raise MbdlError("bench needs the original model and at least one pruned model", "run: mbdlprune bench ORIGINAL PRUNED --data EVAL")
@@ -172,9 +172,9 @@ def sweep_cmd(
     """Prune at several ratios and bench all side by side: speedup, MACs reduction, PSNR, Pareto front."""
     import json
 
-    from .config import parse_json_or_file
-    from .errors import ConfigError
-    from .sweep import sweep
+    from ..config import parse_json_or_file
+    from ..errors import ConfigError
+    from ..workflows.sweep import sweep
 
     ft = None
     if finetune_mode:
@@ -199,7 +199,7 @@ def sweep_cmd(
         fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
         key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None,
     )
-    from .io import json_safe, write_text
+    from ..io import json_safe, write_text
 
     to_stdout = json_out == "-"
     text = json.dumps(json_safe(sr.to_dict()), indent=2, allow_nan=False)
@@ -227,7 +227,7 @@ def run_cmd(
     debug: bool = DebugOpt,
 ):
     """Run prune -> fine-tune -> bench from one TOML file; exit 1 when a gate fails."""
-    from .pipeline import run_pipeline
+    from ..workflows.pipeline import run_pipeline
 
     check_report_paths(json_out, None, None, force, inputs=[pipeline])
     result = run_pipeline(pipeline, out_dir=out_dir, device=device, force=force or None,

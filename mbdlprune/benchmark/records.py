@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import DataError
-from .models import BenchModel
+from ..io.model_file import LoadedModel
 
 _HEX = set("0123456789abcdef")
 
@@ -79,7 +79,7 @@ def finetune_summary(meta: Mapping[str, Any]) -> dict[str, Any] | None:
     return {k: v for k, v in out.items() if v is not None}
 
 
-def check_finetune_overlap(models: Sequence[BenchModel], eval_hashes: Iterable[str]) -> None:
+def check_finetune_overlap(models: Sequence[LoadedModel], eval_hashes: Iterable[str]) -> None:
     """Refuse a model fine-tuned (trained or validated) on any of the evaluation files."""
     ev = {h.lower() for h in eval_hashes}
     for m in models:

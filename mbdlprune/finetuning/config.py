@@ -114,6 +114,15 @@ class FinetuneResult:
     record: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """The summary and the full record, for JSON."""
+        return {**self.summary(), "record": self.record}
+
+    def render(self, console) -> None:
+        from ..render import render_finetune
+
+        render_finetune(self, console)
+
     def summary(self) -> dict[str, Any]:
         r = self.record
         v = r["validation"]

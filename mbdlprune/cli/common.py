@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 
 import typer
 
-from .config import json_safe
+from ..config import json_safe
 
 # Shared option definitions, so every command spells them the same way.
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object instead of tables and progress bars.")
@@ -116,7 +116,7 @@ def handle_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         debug = bool(kwargs.get("debug"))
-        from .errors import MbdlError
+        from ..errors import MbdlError
 
         try:
             with signal_handlers():
@@ -157,7 +157,7 @@ def resolve_device(device: str) -> str:
     """Map ``auto`` to CUDA when available; refuse CUDA where there is none."""
     import torch
 
-    from .errors import MbdlError
+    from ..errors import MbdlError
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

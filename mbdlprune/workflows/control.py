@@ -1,4 +1,7 @@
-"""The control run: fine-tune the original with the pruned model's budget, so extra training is not credited to pruning."""
+"""The control run: fine-tune the original with the pruned model's budget, so extra training is not credited to pruning.
+
+Built from :func:`mbdlprune.finetune`; :func:`mbdlprune.bench` adds the result as role "control".
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,14 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import DataError, MbdlError
-from .models import BenchModel, ensure_model_file
+from ..benchmark.models import ensure_model_file
+
 
 def run_finetune(path: str | Path, settings: Mapping[str, Any], out: str | Path | None, arch: str | None = None,
                  force: bool = False, eval_data: Any = None):
-    """Call :func:`mbdlprune.finetune.finetune` with ``settings`` (``data`` included); returns its result."""
-    try:
-        from ..finetune import finetune
-    except ImportError as e:  # pragma: no cover - ships with the package
-        raise MbdlError(f"fine-tuning needs mbdlprune.finetune ({e})", "install the full package") from None
+    """:func:`mbdlprune.finetune` with a workflow's ``settings`` (``data`` included); returns its result."""
+    from ..api import finetune
+
     kwargs = dict(settings)
     if "data" not in kwargs or kwargs["data"] is None:
         raise MbdlError("fine-tuning needs training data", "give data = PATH in the fine-tune settings")
@@ -34,7 +36,7 @@ def _is_tensor(x: Any) -> bool:
         return False
 
 
-def control_settings(entries: Sequence[BenchModel], data: Any = None) -> dict[str, Any]:
+def control_settings(entries: Sequence, data: Any = None) -> dict[str, Any]:
     """The fine-tune settings of the first fine-tuned model: same mode and budget, on the same data.
 
     The data files are the caller's (``data``, i.e. ``--control-data``); a path recorded in a
@@ -50,12 +52,16 @@ def control_settings(entries: Sequence[BenchModel], data: Any = None) -> dict[st
     return settings_from_record(rec, data)
 
 
-def _control_model(entries: list[BenchModel], control: bool | Mapping[str, Any], out: str | Path | None, arch, say,
-                   control_data: Any = None, force: bool = False) -> BenchModel:
-    """Fine-tune the original with the same data and budget as the fine-tuned pruned model."""
+def control_model(entries: list, control: bool | Mapping[str, Any], out: str | Path | None, arch, say,
+                  control_data: Any = None, force: bool = False):
+    """Fine-tune the original (``entries[0]``) with the same data and budget as the fine-tuned
+    pruned model; returns it as a :class:`~mbdlprune.io.LoadedModel` of role "control"."""
     import tempfile
 
-    from ..io import load_model
+    from ..io import check_output_path, load_model
+
+    if out is not None:
+        check_output_path(out, force, inputs=[e.path for e in entries if e.path])
 
     original = entries[0]
     settings = dict(control) if isinstance(control, Mapping) else control_settings(entries, control_data)
@@ -68,7 +74,8 @@ def _control_model(entries: list[BenchModel], control: bool | Mapping[str, Any],
     result = run_finetune(src, settings, out, arch=arch, force=force)
     path = getattr(result, "out", None) or out
     lm = load_model(path, arch=arch)
-    return BenchModel(f"{original.label}+finetune (control)", lm.model, dict(lm.meta), lm.operator, str(path), "control")
+    lm.meta, lm.path, lm.label, lm.role = dict(lm.meta), str(path), f"{original.label}+finetune (control)", "control"
+    return lm
 
 
 def settings_from_record(rec: Mapping[str, Any], data: Any) -> dict[str, Any]:

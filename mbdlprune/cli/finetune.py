@@ -1,58 +1,21 @@
-"""CLI wiring for ``finetune`` (thin: parse options, call :func:`mbdlprune.finetune.finetune`, print)."""
+"""CLI wiring for ``finetune`` (thin: parse options, call :func:`mbdlprune.finetuning.finetune`, print)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cli_common import DebugOpt, DeviceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors, print_json
+from .common import DebugOpt, DeviceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors, print_json
 
 MODE_HELP = "supervised | distill | self-supervised | distill+self-supervised"
 
 
 def _parse_weights(text: Optional[str]) -> dict:
-    from .config import parse_json_or_file
+    from ..config import parse_json_or_file
 
     return parse_json_or_file(text, "--weights", '{"mc": 1.0, "equivariance": 0.5}')
-
-
-def _fmt(v, unit: str = "") -> str:
-    if v is None:
-        return "-"
-    return f"{v:.2f}{unit}" if isinstance(v, float) else str(v)
-
-
-def render_finetune(result) -> None:
-    from rich.table import Table
-
-    r = result.record
-    v = r["validation"]
-    unit = " dB" if v["metric"] == "psnr" else ""
-    c = console()
-    t = Table(title=f"Fine-tuned ({r['mode']}) for {r['epochs']} epochs")
-    for col in ("epoch", "lr", "train loss", f"val {v['metric'] or '-'}", "time (s)"):
-        t.add_column(col, justify="right")
-    if v["before"] is not None:
-        t.add_row("before", "-", "-", _fmt(v["before"], unit), "-")
-    for h in r["history"]:
-        val = (h.get("val") or {}).get("value")
-        mark = " *" if h["epoch"] == v["best_epoch"] else ""
-        t.add_row(str(h["epoch"]), f"{h['lr']:.3g}", f"{h['train']['loss']:.4g}", _fmt(val, unit) + mark, f"{h['time_s']:.2f}")
-    c.print(t)
-    data = r["data"]
-    c.print(f"train: {data['train']['slices']} slices from {len(data['train']['files'])} file(s); "
-            f"validation: {(data['val'] or {}).get('slices', 0)} slices ({data['val_source']}); "
-            f"normalisation: {r['normalization']['description']}")
-    if v["metric"] == "measurement-consistency":
-        c.print("validation has no ground truth: the best epoch is chosen by measurement consistency (lower is better)")
-    c.print(f"kept: {v['kept']}" + (f" (epoch {v['best_epoch']})" if v["best_epoch"] else ""))
-    for w in result.warnings:
-        c.print(f"warning: {w}")
-    if result.out:
-        c.print(f"wrote {result.out}")
 
 
 def finetune_cmd(
@@ -90,7 +53,7 @@ def finetune_cmd(
     debug: bool = DebugOpt,
 ):
     """Fine-tune a pruned model on data (supervised, distillation or self-supervised) and keep the best weights."""
-    from .finetune import finetune
+    from ..api import finetune
 
     result = finetune(
         pruned, data=list(data), out=out, operator=operator, teacher=teacher, arch=arch,
@@ -106,9 +69,9 @@ def finetune_cmd(
     if int(os.environ.get("RANK", "0") or 0) != 0:
         return
     if json_out:
-        print_json({**result.summary(), "record": result.record})
+        print_json(result.to_dict())
     else:
-        render_finetune(result)
+        result.render(console())
 
 
 def register(app: typer.Typer) -> None:

@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, MbdlError
-from ..finetune.state import state_path
-from .config import PipelineConfig
+from ..finetuning.state import state_path
+from .pipeline_config import PipelineConfig
 
 
 #: every file a pipeline run may write into its output folder (checked before any work)
@@ -79,7 +79,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     (the command line's ``--arch``), if any.
     """
     from ..io import prepare_output_dir, rollback_on_error
-    from ..sweep import checkpoint_stem
+    from .chain import checkpoint_stem
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: None)
@@ -87,7 +87,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
     factory = cfg.factory(allow_arch)
     out = Path(out_dir) if out_dir is not None else cfg.output.dir
     force = bool(force)
-    bcfg = dataclasses.replace(cfg.bench, device=device) if device else cfg.bench
+    bcfg = dataclasses.replace(cfg.bench, config=cfg.bench.config.replace(device=device)) if device else cfg.bench
     names = [*OUTPUT_NAMES, f"{checkpoint_stem(cfg.model.checkpoint)}.safetensors"]
     if out.exists() and Path(path).resolve().parent == out.resolve():
         names.remove("pipeline.toml")  # the pipeline file itself lives there and is not copied
@@ -97,72 +97,54 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, device: st
 
 
 def _run_steps(path, cfg: "PipelineConfig", factory, out: Path, force: bool, bcfg, say, progress, t0) -> "PipelineResult":
-    from ..api import prune_model
-    from ..bench import BenchModel, bench, load_eval_data, run_finetune
-    from ..io import make_output_dir, save_model, sha256_file, write_file, write_json
-    from ..sweep import load_original
+    from ..benchmark import compare, ensure_model_file, load_eval_data
+    from ..io import make_output_dir, write_file, write_json
+    from .chain import load_original, prune_and_finetune
 
     files: dict[str, str] = {}
-    pruned_path = out / "pruned.safetensors"
-    ft_path = out / "finetuned.safetensors"
-
-    # prune
     say(f"loading {cfg.model.checkpoint}")
-    original, spec, meta, op = load_original(cfg.model.checkpoint, factory or cfg.model.arch, cfg.model.arch_args,
-                                             cfg.operator_spec(), False, cfg.model.key_map)
-    import copy
-
+    original = load_original(cfg.model.checkpoint, factory or cfg.model.arch, cfg.model.arch_args, cfg.operator_spec(),
+                             False, cfg.model.key_map)
+    op = original.operator
+    bench_cfg = bcfg.config.replace(min_speedup=cfg.gates.min_speedup, max_psnr_drop=cfg.gates.max_psnr_drop)
     # the evaluation data are read (and refused if bad) before anything is written
-    ev = load_eval_data([str(p) for p in bcfg.data], op, bcfg.max_images, bcfg.fit)
+    ev = load_eval_data([str(p) for p in bcfg.data], op, bench_cfg.max_images, bench_cfg.fit)
+    if bcfg.control and not cfg.finetune:
+        raise ConfigError("[bench] control = true needs a [finetune] section", "add [finetune] or set control = false")
 
     say(f"pruning at ratio {cfg.prune.options['ratio']}")
-    res = prune_model(copy.deepcopy(original.model), spec, op, parent_meta=meta,
-                      parent_sha256=sha256_file(cfg.model.checkpoint), **cfg.prune.options)
-    res.meta["parent"] = cfg.model.checkpoint.name
     make_output_dir(out)
-    files["pruned"] = str(save_model(pruned_path, res.model, res.meta, force=force, operator=op))
-    write_json(out / "prune.json", res.report, force=force)
-    files["prune_report"] = str(out / "prune.json")
-    final = BenchModel("pruned", res.model, res.meta, op, files["pruned"], "pruned")
-
-    # fine-tune
-    ft_settings = None
-    original_file = None
+    original_file = teacher = ft_settings = None
     if cfg.finetune:
-        from ..bench import ensure_model_file
-
-        original_file = ensure_model_file(original, out, force=force) if (
-            str(cfg.finetune.settings.get("mode", "")).startswith("distill") or bcfg.control) else None
+        distill = str(cfg.finetune.settings.get("mode", "")).startswith("distill")
+        original_file = ensure_model_file(original, out, force=force) if (distill or bcfg.control) else None
         if original_file and original_file != str(original.path):
             files["original"] = original_file
         ft_settings = cfg.finetune.call_settings(original_file or str(cfg.model.checkpoint))
-        say(f"fine-tuning ({ft_settings.get('mode')}, {ft_settings.get('epochs')} epochs)")
-        result = run_finetune(files["pruned"], ft_settings, ft_path, arch=factory, force=force,
-                              eval_data=[str(p) for p in bcfg.data])
-        files["finetuned"] = str(result.out or ft_path)
-        summary = result.summary() if hasattr(result, "summary") else {}
-        write_json(out / "finetune.json", summary, force=force)
+        teacher = ft_settings.get("teacher")
+    step = prune_and_finetune(original, cfg.prune.options, label="pruned", finetuned_label="pruned+finetuned",
+                              pruned_out=out / "pruned.safetensors", finetune=ft_settings,
+                              finetuned_out=out / "finetuned.safetensors", teacher=teacher, arch=factory,
+                              eval_data=[str(p) for p in bcfg.data], force=force, say=say)
+    files["pruned"] = str(step.pruned.out)
+    write_json(out / "prune.json", step.pruned.report, force=force)
+    files["prune_report"] = str(out / "prune.json")
+    entries = [original, step.model]
+    if step.finetuned is not None:
+        files["finetuned"] = str(step.finetuned.out or out / "finetuned.safetensors")
+        write_json(out / "finetune.json", step.finetuned.summary(), force=force)
         files["finetune_report"] = str(out / "finetune.json")
-        final = BenchModel("pruned+finetuned", result.model, dict(result.meta), op, files["finetuned"], "pruned")
-    elif bcfg.control:
-        raise ConfigError("[bench] control = true needs a [finetune] section", "add [finetune] or set control = false")
 
-    # bench
-    control: Any = False
-    if bcfg.control and ft_settings is not None:
-        control = {k: v for k, v in ft_settings.items()}
+    # bench (with the control run: the original fine-tuned with the same settings)
+    if bcfg.control:
+        from .control import control_model
+
+        control = dict(ft_settings)
         if original_file and "teacher" in control:
             control["teacher"] = original_file
-    report = bench(
-        [original, final], ev, operator=op, device=bcfg.device, solver=bcfg.solver,
-        tol=bcfg.tol, max_iter=bcfg.max_iter, warmup=bcfg.warmup, repeats=bcfg.repeats, batch_size=bcfg.batch_size,
-        metric=bcfg.metric, seed=bcfg.seed, max_images=bcfg.max_images, fit=bcfg.fit, threads=bcfg.threads,
-        arch=factory,
-        min_speedup=cfg.gates.min_speedup, max_psnr_drop=cfg.gates.max_psnr_drop, control=control,
-        control_out=out / "control.safetensors" if control else None, progress=progress, force=force,
-    )
-    if control:
+        entries.append(control_model(entries, control, out / "control.safetensors", factory, say, force=force))
         files["control"] = str(out / "control.safetensors")
+    report = compare(entries, ev, bench_cfg, operator=op, progress=progress)
     files["report_json"] = str(report.write_json(out / "report.json", force=force))
     files["report_md"] = str(report.write_markdown(out / "report.md", force=force))
     if bcfg.figure:

@@ -6,7 +6,7 @@ import math
 import statistics
 from typing import Any, Mapping
 
-from .models import BenchModel
+from ..io.model_file import LoadedModel
 
 class _CostCounter:
     """Counts prior calls and conv/linear MACs inside each prior during real reconstructions."""
@@ -54,7 +54,7 @@ class _CostCounter:
             h.remove()
 
 
-def reconstruct_and_score(bm: BenchModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
+def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
     """Reconstruct every measurement (batched), score against ``images``, count prior costs."""
     import torch
 

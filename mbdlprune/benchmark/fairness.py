@@ -14,10 +14,10 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..errors import MbdlError
 from ..models.protocol import SOLVER_KEYS, SolverSettings, is_deq, solver_settings
-from .models import BenchModel
+from ..io.model_file import LoadedModel
 
 
-def common_solver_settings(models: Sequence[BenchModel], solver: str | None = None, tol: float | None = None,
+def common_solver_settings(models: Sequence[LoadedModel], solver: str | None = None, tol: float | None = None,
                            max_iter: int | None = None) -> dict[str, Any] | None:
     """The solver settings every DEQ will run with: the first DEQ's, with overrides for all."""
     deqs = [m for m in models if is_deq(m.model)]
@@ -47,7 +47,7 @@ def common_solver_settings(models: Sequence[BenchModel], solver: str | None = No
 
 
 @contextmanager
-def solver_settings_applied(models: Sequence[BenchModel], settings: Mapping[str, Any] | None) -> Iterator[None]:
+def solver_settings_applied(models: Sequence[LoadedModel], settings: Mapping[str, Any] | None) -> Iterator[None]:
     """Run every DEQ with ``settings`` inside the block and give each model back its own afterwards."""
     if not settings:
         yield
@@ -57,7 +57,7 @@ def solver_settings_applied(models: Sequence[BenchModel], settings: Mapping[str,
         yield
 
 
-def apply_solver_settings(models: Sequence[BenchModel], settings: Mapping[str, Any] | None) -> None:
+def apply_solver_settings(models: Sequence[LoadedModel], settings: Mapping[str, Any] | None) -> None:
     if not settings:
         return
     for m in models:
@@ -71,7 +71,7 @@ def _canonical(spec: Any) -> str:
     return json.dumps(spec, sort_keys=True, default=str)
 
 
-def common_operator(models: Sequence[BenchModel], operator: Any = None):
+def common_operator(models: Sequence[LoadedModel], operator: Any = None):
     """The one operator all models run with; disagreeing recorded operators are an error."""
     from ..operators import load_operator
 
@@ -112,7 +112,7 @@ def _spec_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
     return "specs differ"
 
 
-def lineage_notes(entries: Sequence[BenchModel]) -> list[str]:
+def lineage_notes(entries: Sequence[LoadedModel]) -> list[str]:
     """Notes for models that do not descend from the first one (other architecture or parent)."""
     from ..io import sha256_file
 

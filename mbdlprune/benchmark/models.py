@@ -1,26 +1,13 @@
-"""The models a benchmark compares: :class:`BenchModel` and building them from files through the one loader."""
+"""The models a benchmark compares: :class:`~mbdlprune.io.LoadedModel` s built from files through the one loader."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import MbdlError
 
 ROLES = ("original", "pruned", "control")
-
-
-@dataclass
-class BenchModel:
-    """One model to benchmark: the module, its metadata and operator, and how to call it."""
-
-    label: str
-    model: Any
-    meta: dict[str, Any] = field(default_factory=dict)
-    operator: Any = None
-    path: str | None = None
-    role: str = "pruned"
 
 
 def _label_for(path: str | Path, taken: set[str]) -> str:
@@ -34,31 +21,32 @@ def _label_for(path: str | Path, taken: set[str]) -> str:
 
 
 def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pickle: bool = False,
-                      key_map: Any = None) -> list[BenchModel]:
-    """Paths, :class:`io.LoadedModel` objects or :class:`BenchModel` s -> a list of BenchModel.
+                      key_map: Any = None) -> list:
+    """Paths or :class:`io.LoadedModel` objects -> a list of LoadedModel with distinct labels.
 
-    The first model is the reference ("original"); the others are "pruned" unless their
-    role says otherwise. A plain checkpoint (a .pth of the original, say) is built with the
+    The first model is the reference ("original") unless it is a LoadedModel with another
+    role; the others keep their role ("pruned" by default). A plain checkpoint (a .pth of the original, say) is built with the
     architecture and operator recorded in the first mbdlprune file among ``models``. Every
     file goes through the one loader, :func:`mbdlprune.io.load_model`.
     """
     from ..io import LoadedModel, is_mbdlprune_file, load_model
 
-    out: list[BenchModel | None] = []
+    out: list = []
     plain: list[tuple[int, Path]] = []
     taken: set[str] = set()
+    given = [isinstance(m, LoadedModel) for m in models]
     for i, m in enumerate(models):
-        if isinstance(m, BenchModel):
+        if isinstance(m, LoadedModel):
             bm = m
-        elif isinstance(m, LoadedModel):
-            bm = BenchModel(_label_for(m.path, taken), m.model, dict(m.meta), m.operator, str(m.path))
+            if not bm.label or bm.label in taken:
+                bm.label = _label_for(bm.path or "model", taken)
         elif isinstance(m, (str, Path)) and not is_mbdlprune_file(m):
             plain.append((i, Path(m)))
             out.append(None)
             continue
         elif isinstance(m, (str, Path)):
-            lm = load_model(m, arch=arch, device="cpu", unsafe_pickle=unsafe_pickle)
-            bm = BenchModel(_label_for(m, taken), lm.model, dict(lm.meta), lm.operator, str(m))
+            bm = load_model(m, arch=arch, device="cpu", unsafe_pickle=unsafe_pickle)
+            bm.meta, bm.path, bm.label = dict(bm.meta), str(m), _label_for(m, taken)
         else:
             raise MbdlError(f"cannot benchmark a {type(m).__name__}", "pass model file paths")
         taken.add(bm.label)
@@ -66,16 +54,15 @@ def load_bench_models(models: Sequence[Any], arch: str | None = None, unsafe_pic
     for i, path in plain:
         out[i] = _plain_checkpoint_model(path, [b for b in out if b is not None], arch, unsafe_pickle, taken, key_map)
         taken.add(out[i].label)
-    for i, (m, bm) in enumerate(zip(models, out)):
-        if i == 0 and not isinstance(m, BenchModel):
-            bm.role = "original"
+    if out and not given[0]:
+        out[0].role = "original"
     if len(out) < 1:
         raise MbdlError("no models to benchmark", "pass the original model and at least one pruned model")
     return out
 
 
-def _plain_checkpoint_model(path: Path, described: Sequence[BenchModel], arch: str | None, unsafe_pickle: bool,
-                            taken: set[str], key_map: Any = None) -> BenchModel:
+def _plain_checkpoint_model(path: Path, described: Sequence, arch: str | None, unsafe_pickle: bool,
+                            taken: set[str], key_map: Any = None):
     """Build a plain checkpoint with the architecture an mbdlprune file among the models records."""
     from ..io import load_model
 
@@ -85,10 +72,12 @@ def _plain_checkpoint_model(path: Path, described: Sequence[BenchModel], arch: s
                         "pass a pruned .safetensors written by mbdlprune too, or run `mbdlprune convert` first")
     lm = load_model(path, arch=arch, unsafe_pickle=unsafe_pickle, like=ref.meta, key_map=key_map)
     meta = {"arch": lm.arch.to_dict(), "operator": (ref.meta or {}).get("operator")}
-    return BenchModel(_label_for(path, taken), lm.model.eval(), meta, ref.operator, str(path))
+    lm.model.eval()
+    lm.meta, lm.operator, lm.path, lm.label = meta, ref.operator, str(path), _label_for(path, taken)
+    return lm
 
 
-def ensure_model_file(bm: BenchModel, folder: str | Path, force: bool = False) -> str:
+def ensure_model_file(bm, folder: str | Path, force: bool = False) -> str:
     """A path to an mbdlprune file holding ``bm`` (writes one into ``folder`` when needed)."""
     from ..io import is_mbdlprune_file, save_model
 

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .cli_common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt,
+from .common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt,
                          console, handle_errors, print_json)
-from .bench.report import _si
 
 
 def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
-    from .errors import MbdlError
+    from ..errors import MbdlError
 
     out = {}
     for item in items:
@@ -30,58 +28,6 @@ def _parse_layer_ratios(items: list[str]) -> dict[str, float]:
             raise MbdlError(f"--layer-ratio gives {name!r} twice ({out[name]} and {r})", "give each pattern once")
         out[name] = r
     return out
-
-
-def _pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.1f}%"
-
-
-def render_layers(report: dict) -> None:
-    """Per-layer widths, the removal asked and the removal achieved (rounding and channel groups can differ)."""
-    from rich.table import Table
-
-    t = Table(title="layers (output channels)")
-    for col in ("layer", "before", "after", "requested", "achieved", "note"):
-        t.add_column(col, justify="left" if col in ("layer", "note") else "right")
-    for prior, p in report["priors"].items():
-        for layer, w in p["layers"].items():
-            name = f"{prior}.{layer}" if prior and layer else prior or layer
-            note = w.get("note") or ""
-            if w.get("held_back"):
-                note = f"held back: {note}" if note else "held back"
-            t.add_row(name, str(w["before"]), str(w["after"]), _pct(w.get("requested")), _pct(w["removed"]), note)
-    console().print(t)
-
-
-def render_prune(report: dict, out: Path | None) -> None:
-    from rich.table import Table
-
-    t = Table(title=f"Pruned at ratio {report['ratio']} ({report['importance']}, round_to={report['round_to']}) in {report['seconds']:.2f} s")
-    for col in ("prior", "params", "MACs/call", "calls", "widths before → after", "requested", "achieved"):
-        t.add_column(col, justify="right" if col not in ("prior", "widths before → after") else "left")
-    for name, p in report["priors"].items():
-        t.add_row(
-            name,
-            f"{_si(p['params_before'])} → {_si(p['params_after'])}",
-            f"{_si(p['macs_before'])} → {_si(p['macs_after'])}",
-            str(p["calls_per_reconstruction"]),
-            f"{p['widths_before']} → {p['widths_after']}",
-            _pct(p.get("requested_channel_ratio")),
-            _pct(p["achieved_channel_ratio"]),
-        )
-    c = console()
-    c.print(t)
-    b, a = report["macs_per_reconstruction_before"], report["macs_per_reconstruction_after"]
-    it = report.get("nominal_iterations")
-    nominal = f" (at max_iter = {it}, an upper bound; `bench` measures real iterations)" if it else ""
-    c.print(f"model params {_si(report['params_before'])} → {_si(report['params_after'])}; "
-            f"prior MACs per reconstruction {_si(b)} → {_si(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
-    held = report.get("held_back") or {}
-    if held:
-        names = ", ".join(list(held)[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-        c.print(f"--allow-partial: {len(held)} layer(s) removed less than asked ({names}); `--layers` shows why")
-    if out:
-        c.print(f"wrote {out}")
 
 
 def prune_cmd(
@@ -110,9 +56,9 @@ def prune_cmd(
     debug: bool = DebugOpt,
 ):
     """Remove channels from the prior CNN(s) of a checkpoint and write a slim safetensors model."""
-    from .api import prune
-    from .config import parse_json_or_file
-    from .errors import MbdlError
+    from ..api import prune
+    from ..config import parse_json_or_file
+    from ..errors import MbdlError
 
     size = None
     if image_size:
@@ -123,7 +69,7 @@ def prune_cmd(
             raise MbdlError(f"--image-size {image_size!r} is not HxW", "write e.g. --image-size 64x64") from None
         if h < 1 or w < 1:
             raise MbdlError(f"--image-size {image_size!r} must be positive", "write e.g. --image-size 64x64")
-    from .pruning import PruneConfig
+    from ..pruning import PruneConfig
 
     layer_ratios = _parse_layer_ratios(layer_ratio)
     # the options are checked before the checkpoint is read (patterns are checked against the model later)
@@ -140,9 +86,7 @@ def prune_cmd(
     if json_out:
         print_json({"output": str(result.out), **result.report})
     else:
-        if layers:
-            render_layers(result.report)
-        render_prune(result.report, result.out)
+        result.render(console(), layers=layers)
 
 
 def inspect_cmd(
@@ -156,38 +100,16 @@ def inspect_cmd(
     debug: bool = DebugOpt,
 ):
     """Show architecture, priors, widths, params, MACs and pruning record of a checkpoint."""
-    from .api import inspect_checkpoint
-    from .config import parse_json_or_file
+    from ..api import inspect_checkpoint
+    from ..config import parse_json_or_file
 
     info = inspect_checkpoint(checkpoint, arch, parse_json_or_file(arch_args), operator, unsafe_pickle, key_map)
     if json_out:
         print_json(info)
         return
-    from rich.table import Table
+    from ..api import InspectResult
 
-    c = console()
-    head = Table(show_header=False, title=str(checkpoint))
-    head.add_column("key")
-    head.add_column("value")
-    for key in ("arch", "params", "params_in_file", "operator", "key_map", "parent_sha256", "versions", "note"):
-        if key in info:
-            head.add_row(key, json.dumps(info[key]) if isinstance(info[key], (dict, list)) else str(info[key]))
-    if info.get("pruning"):
-        p = info["pruning"]
-        head.add_row("pruning", f"ratio {p['ratio']} ({p['importance']}, round_to={p['round_to']}), params {p['params_before']} → {p['params_after']}")
-    if info.get("finetune"):
-        f = info["finetune"]
-        head.add_row("finetune", f"mode {f.get('mode')}, epochs {f.get('epochs')}, best val PSNR {f.get('best_val_psnr')}")
-    c.print(head)
-    if info.get("priors"):
-        t = Table(title="priors")
-        for col in ("prior", "params", "MACs/call", "input", "widths"):
-            t.add_column(col)
-        for name, p in info["priors"].items():
-            widths = sorted(set((p.get("widths") or {}).values()))
-            t.add_row(name, _si(p["params"]), _si(p["macs_per_call"]) if "macs_per_call" in p else "-",
-                      "x".join(map(str, p.get("input_shape", []))) or "-", str(widths) if widths else "-")
-        c.print(t)
+    InspectResult(info, Path(checkpoint)).render(console())
 
 
 def convert_cmd(
@@ -203,24 +125,24 @@ def convert_cmd(
     debug: bool = DebugOpt,
 ):
     """Write a checkpoint as a self-describing mbdlprune file (for bench/finetune without --arch)."""
-    from .api import convert
-    from .config import parse_json_or_file
-    from .errors import MbdlError
+    from ..api import convert
+    from ..config import parse_json_or_file
+    from ..errors import MbdlError
 
     if not arch and not key_map:
         raise MbdlError("convert needs --arch", "pass --arch NAME (see `mbdlprune archs`) or file.py:factory")
-    path = convert(checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out,
-                   force=force, unsafe_pickle=unsafe_pickle, key_map=key_map)
+    result = convert(checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, out=out,
+                     force=force, unsafe_pickle=unsafe_pickle, key_map=key_map)
     if json_out:
-        print_json({"output": str(path)})
+        print_json({"output": str(result.out)})
     else:
-        console().print(f"wrote {path}")
+        result.render(console())
 
 
 def archs_cmd(json_out: bool = JsonOpt, debug: bool = DebugOpt):
     """List the built-in architectures and operator kinds."""
-    from .models import get_arch, list_archs
-    from .operators import list_operator_kinds
+    from ..models import get_arch, list_archs
+    from ..operators import list_operator_kinds
 
     rows = [{"name": n, "kind": get_arch(n).kind, "version": get_arch(n).version, "summary": get_arch(n).summary} for n in list_archs()]
     if json_out:

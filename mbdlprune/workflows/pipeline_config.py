@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,7 +14,8 @@ SECTIONS = ("model", "operator", "prune", "finetune", "bench", "gates", "output"
 #: keys of [finetune] that are not FinetuneConfig fields
 FINETUNE_EXTRA = ("data", "val_data", "teacher")
 #: prune_model arguments a pipeline may not set (they come from the model section)
-_PRUNE_INTERNAL = ("model", "arch_spec", "op", "parent_meta", "parent_sha256")
+#: [prune] keys besides the PruneConfig fields
+PRUNE_EXTRA = ("image_size", "prune_sensitivity")
 
 
 def _path(value: Any, key: str, where: str, base: Path) -> Path:
@@ -80,10 +80,9 @@ class ModelSection:
 
 
 def _prune_keys() -> list[str]:
-    from ..api import prune_model
+    from ..pruning import PruneConfig
 
-    return [n for n, p in inspect.signature(prune_model).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in _PRUNE_INTERNAL]
+    return [f.name for f in dataclasses.fields(PruneConfig)] + list(PRUNE_EXTRA)
 
 
 @dataclass
@@ -110,7 +109,7 @@ class FinetuneSection:
 
     @classmethod
     def parse(cls, t: Mapping[str, Any], base: Path) -> "FinetuneSection":
-        from ..finetune.config import FinetuneConfig
+        from ..finetuning.config import FinetuneConfig
 
         where = "[finetune]"
         fields = [f.name for f in dataclasses.fields(FinetuneConfig)]
@@ -123,7 +122,7 @@ class FinetuneSection:
         return cls(settings, data, val, teacher)
 
     def call_settings(self, original_path: str | None) -> dict[str, Any]:
-        """Keyword arguments for :func:`mbdlprune.finetune.finetune` (distill modes get the original as teacher)."""
+        """Keyword arguments for :func:`mbdlprune.finetuning.finetune` (distill modes get the original as teacher)."""
         out: dict[str, Any] = {**self.settings, "data": [str(p) for p in self.data]}
         if self.val_data:
             out["val_data"] = [str(p) for p in self.val_data]
@@ -135,47 +134,32 @@ class FinetuneSection:
 
 @dataclass
 class BenchSection:
+    """[bench]: the evaluation data, the :class:`~mbdlprune.benchmark.BenchConfig` fields, control and figure."""
+
     data: list[Path]
-    device: str = "auto"
-    batch_size: int = 1
-    warmup: int = 10
-    repeats: int = 30
-    metric: str = "plain"
-    seed: int = 0
-    solver: str | None = None
-    tol: float | None = None
-    max_iter: int | None = None
-    max_images: int | None = None
-    fit: str = "error"
-    threads: int | None = None
+    config: Any = None  # BenchConfig (gates come from [gates])
     control: bool = False
     figure: bool = False
 
+    EXTRA = ("data", "control", "figure")
+    GATES = ("min_speedup", "max_psnr_drop")
+
     @classmethod
     def parse(cls, t: Mapping[str, Any], base: Path) -> "BenchSection":
+        from ..benchmark import BenchConfig
+
         where = "[bench]"
-        names = [f.name for f in dataclasses.fields(cls)]
-        check_keys(t, names, where, required=("data",))
+        names = [f.name for f in dataclasses.fields(BenchConfig) if f.name not in cls.GATES]
+        check_keys(t, [*cls.EXTRA, *names], where, required=("data",))
         kw: dict[str, Any] = {"data": _paths(t["data"], "data", where, base)}
-        for key in ("device", "metric", "solver", "fit"):
-            if key in t:
-                kw[key] = expect(t[key], str, key, where)
         for key in ("control", "figure"):
             if key in t:
                 kw[key] = expect(t[key], bool, key, where)
-        for key in ("batch_size", "repeats", "max_iter", "max_images", "threads"):
-            if key in t:
-                kw[key] = _number(t, key, where, integer=True, positive=True)
-        for key in ("warmup", "seed"):
-            if key in t:
-                v = _number(t, key, where, integer=True)
-                if v is not None and v < 0:
-                    raise ConfigError(f"{where}: {key} must be >= 0, got {v}", f"set {key} to 0 or more")
-                kw[key] = v
-        if "tol" in t:
-            kw["tol"] = _number(t, "tol", where, positive=True)
-        if kw.get("metric", "plain") not in ("plain", "paper"):
-            raise ConfigError(f"{where}: metric must be 'plain' or 'paper', got {kw['metric']!r}", "set metric = \"plain\" or \"paper\"")
+        settings = {k: v for k, v in t.items() if k not in cls.EXTRA}
+        try:
+            kw["config"] = BenchConfig.from_dict(settings, where)
+        except MbdlError as e:
+            raise ConfigError(f"{where}: {e.problem}", e.fix) from None
         return cls(**kw)
 
 

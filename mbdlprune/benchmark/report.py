@@ -284,6 +284,10 @@ class BenchReport:
 
         (console or Console()).print(self.table())
 
+
+    def render(self, console=None) -> None:
+        """The report's tables and notes, for people (the same as :meth:`print`)."""
+        self.print(console)
     def markdown(self) -> str:
         """A Markdown summary (e.g. for a CI pull-request comment)."""
         out = ["## mbdlprune bench", ""]

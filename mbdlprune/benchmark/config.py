@@ -1,0 +1,100 @@
+"""Benchmark settings: :class:`BenchConfig`, one typed, strict place for every option of a comparison.
+
+The CLI, sweeps, pipelines and the demo all build a BenchConfig, so each setting is spelled,
+defaulted and checked once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..config import check_keys, expect_number
+from ..errors import MbdlError
+from .timing import DEFAULT_REPEATS, DEFAULT_WARMUP
+
+#: option: (integer, minimum, may be None)
+_NUMBERS = {
+    "threads": (True, 1, True), "batch_size": (True, 1, False), "warmup": (True, 0, False),
+    "repeats": (True, 1, False), "max_images": (True, 1, True), "seed": (True, 0, False),
+    "max_iter": (True, 1, True), "tol": (False, None, True), "min_speedup": (False, None, True),
+    "max_psnr_drop": (False, None, True),
+}
+
+
+@dataclass
+class BenchConfig:
+    """How models are compared: device, DEQ solver overrides, timing, metric, data and gates.
+
+    ``solver``/``tol``/``max_iter``: None keeps the first (original) model's settings, applied
+    to every DEQ alike. ``threads``: torch intra-op threads for the run (restored afterwards).
+    ``min_speedup``/``max_psnr_drop``: CI gates evaluated on every pruned model.
+    """
+
+    device: str = "auto"
+    solver: str | None = None
+    tol: float | None = None
+    max_iter: int | None = None
+    warmup: int = DEFAULT_WARMUP
+    repeats: int = DEFAULT_REPEATS
+    batch_size: int = 1
+    metric: str = "plain"
+    seed: int = 0
+    max_images: int | None = None
+    fit: str = "error"
+    interleave: bool = True
+    threads: int | None = None
+    min_speedup: float | None = None
+    max_psnr_drop: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "bench settings") -> "BenchConfig":
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], where)
+        cfg = cls(**dict(d))
+        cfg.validate(where)
+        return cfg
+
+    def replace(self, **changes: Any) -> "BenchConfig":
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, where: str | None = None) -> None:
+        """Refuse, in one line and before any work, settings no benchmark can run with.
+
+        Messages name command-line flags (``--warmup``), or with ``where`` (a file's section)
+        the keys as written there.
+        """
+        from ..data import FITS
+        from ..metrics import get_definition
+
+        def name(key: str) -> str:
+            return key if where else f"--{key.replace('_', '-')}"
+
+        ctx = where or "bench"
+        for key, (integer, minimum, optional) in _NUMBERS.items():
+            value = getattr(self, key)
+            if value is None and optional:
+                continue
+            expect_number(value, name(key), ctx, integer=integer, minimum=minimum)
+        for key in ("tol", "min_speedup"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise MbdlError(f"{ctx}: {name(key)} must be positive, got {value}", f"set {name(key)} above 0")
+        for key in ("device", "metric", "fit") + (("solver",) if self.solver is not None else ()):
+            if not isinstance(getattr(self, key), str):
+                raise MbdlError(f"{ctx}: {name(key)} must be a string, got {getattr(self, key)!r:.60}", f"fix {name(key)}")
+        if self.fit not in FITS:
+            raise MbdlError(f"{ctx}: unknown {name('fit')} {self.fit!r}", f"use one of: {', '.join(FITS)}")
+        get_definition(self.metric)
+        if not isinstance(self.interleave, bool):
+            raise MbdlError(f"{ctx}: interleave must be true or false, got {self.interleave!r}", "write interleave = true or false")
+
+
+def check_bench_options(**values: Any) -> None:
+    """Check some bench settings by name (those not given keep their defaults)."""
+    BenchConfig(**values).validate()
