@@ -134,7 +134,7 @@ def _read_capped(path: Path) -> bytes:
                 raise DataError(f"{path.name} is {size / 2**30:.1f} GiB, beyond the {MAX_RAW_FILE_BYTES / 2**30:.0f} GiB a raw file may have",
                                 "split the volume into smaller files")
             f.seek(0)
-            raw = f.read(MAX_RAW_FILE_BYTES + 1)
+            raw = f.read(size)  # the size found (a larger request would allocate that much up front)
     except OSError as e:
         raise DataError(f"cannot read data file {str(path)!r}: {_os_problem(e)}", "check the path and the file's permissions") from None
     if not raw:
@@ -543,7 +543,7 @@ def check_same_coils(volumes: Sequence[RawVolume]) -> int:
     first = volumes[0]
     for v in volumes[1:]:
         if v.coils != first.coils:
-            raise DataError(f"{v.name} has {v.coils} coils but {first.name} has {first.coils}",
+            raise DataError(f"the files' coil counts differ: {first.name} has {first.coils}, {v.name} has {v.coils}",
                             "use files of one coil count per run (split the data by coil count)")
     return first.coils
 
@@ -635,8 +635,16 @@ def volume_mask(name: str, kind: str, width: int, acceleration: float, center_fr
     rng.randint(1)  # MaskFunc.choose_acceleration with one (center_fraction, acceleration) pair
     n = fraction_center_lines(width, center_fraction)
     if kind == "random":
+        if n > width / acceleration:
+            raise DataError(f"the {n} centre columns of center_fraction {center_fraction} exceed W / acceleration = "
+                            f"{width / acceleration:.1f} columns", "lower center_fraction or acceleration")
         cols = random_mask(width, acceleration, n, rng=rng)
+    elif acceleration == 1:
+        cols = np.ones(width, np.float32)
     else:
+        if n * acceleration >= width:
+            raise DataError(f"the {n} centre columns of center_fraction {center_fraction} reach W / acceleration = "
+                            f"{width / acceleration:.1f} columns", "lower center_fraction or acceleration")
         spacing = acceleration * (n - width) / (n * acceleration - width)
         cols = _equispaced_fraction()(width, acceleration, n, offset=int(rng.randint(0, high=round(spacing))))
     cols = np.asarray(cols, dtype=np.float32).copy()
