@@ -103,7 +103,7 @@ def espirit_maps(kspace: np.ndarray, calib_width: int, kernel_width: int = 6, th
         if not np.any(np.abs(out[s]) > 0):
             raise DataError(f"ESPIRiT found no sensitivities above crop={crop} in slice {s} "
                             f"(calibration {calib_width}x{calib_width}, kernel {kernel_width})",
-                            f'use a larger center_fraction, a lower crop, or coil maps "acs"')
+                            'use a larger center_fraction, a lower crop, or coil maps "acs"')
     return out
 
 

@@ -304,7 +304,8 @@ def _no_kspace(name: str, keys: Sequence[str]) -> None:
 def _npz_header(z, key: str, where: str) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype of an .npz member from its .npy header, without reading the array."""
     fmt = np.lib.format
-    with z.zip.open(f"{key}.npy") as fp:
+    member = f"{key}.npy" if f"{key}.npy" in z.zip.namelist() else key
+    with z.zip.open(member) as fp:
         version = fmt.read_magic(fp)
         if version == (1, 0):
             shape, _, dtype = fmt.read_array_header_1_0(fp)
