@@ -74,7 +74,7 @@ def tiny_problem(noise=0.0):
     return op, model.train(), x, y
 
 
-@pytest.mark.parametrize("name", ["supervised", "l1", "l2", "smoothl1", "ssim", "distill", "mc", "equivariance", "jacobian"])
+@pytest.mark.parametrize("name", sorted({*L.LOSSES.names(), *L.PIXEL_LOSSES}))
 def test_each_loss_is_finite_and_has_gradients(name):
     op, model, x, y = tiny_problem()
     teacher, _ = build_arch("deq-edsr", DEQ_ARGS)
@@ -84,6 +84,16 @@ def test_each_loss_is_finite_and_has_gradients(name):
     assert v.dim() == 0 and torch.isfinite(v)
     v.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.prior.parameters())
+
+
+@pytest.mark.parametrize("name", __import__("mbdlprune.finetuning.schedules", fromlist=["SCHEDULES"]).SCHEDULES.names())
+def test_each_schedule_starts_at_the_base_rate_and_never_rises(name):
+    from mbdlprune.finetuning.schedules import SCHEDULES
+
+    fn = SCHEDULES.get(name)
+    rates = [fn(e, 10, 1e-3) for e in range(10)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert all(0 < b <= a for a, b in zip(rates, rates[1:]))
 
 
 def test_no_ground_truth_terms_never_read_x():

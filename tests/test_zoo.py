@@ -46,7 +46,7 @@ def zero_removed(prior: nn.Module, inputs: tuple, history) -> None:
     import torch_pruning as tp
     from torch.nn.utils import parametrize
 
-    from mbdlprune.pruning import _cut_broadcasts
+    from mbdlprune.pruning.groups import _cut_broadcasts
 
     for m in list(prior.modules()):  # plain weights, as pruning sees them
         if parametrize.is_parametrized(m):
@@ -252,8 +252,13 @@ def test_cli_table_and_json_show_requested_and_achieved(op, tmp_path):
     assert "requested" in r.stdout and "achieved" in r.stdout and "held back" in r.stdout and "--allow-partial" in r.stdout
 
 
-@pytest.mark.parametrize("options", [{"importance": "taylor"}, {"importance": "lamp"}, {"importance": "random"},
-                                     {"importance": "l2", "iterative_steps": 3}])
+def _importance_options():
+    from mbdlprune.pruning import IMPORTANCES
+
+    return [{"importance": name} for name in IMPORTANCES.names()] + [{"importance": "l2", "iterative_steps": 3}]
+
+
+@pytest.mark.parametrize("options", _importance_options())
 def test_every_importance_and_iterative_pruning_reach_the_ratio(options, op):
     model, spec = build("groupnorm-unet")
     res = prune_model(model, spec, op, ratio=0.5, **options)

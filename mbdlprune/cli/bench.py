@@ -12,6 +12,7 @@ from typing import List, Optional
 
 import typer
 
+from ..pruning.importances import importance_help
 from .common import (ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt, console,
                          handle_errors)
 
@@ -141,7 +142,7 @@ def sweep_cmd(
     arch_args: Optional[str] = ArchArgsOpt,
     key_map: Optional[str] = KeyMapOpt,
     operator: Optional[Path] = OperatorOpt,
-    importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
+    importance: str = typer.Option("l1", "--importance", help=importance_help()),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 16)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept ratios at which some layers are held back (rounding, channel groups) instead of stopping."),
     finetune_mode: Optional[str] = typer.Option(None, "--finetune", help="Fine-tune every pruned model with this mode (needs --data and --out-dir)."),

@@ -7,9 +7,11 @@ from typing import List, Optional
 
 import typer
 
+from ..finetuning.modes import mode_help
+from ..finetuning.schedules import schedule_help
 from .common import DebugOpt, DeviceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors, print_json
 
-MODE_HELP = "supervised | distill | self-supervised | distill+self-supervised"
+MODE_HELP = mode_help()
 
 
 def _parse_weights(text: Optional[str]) -> dict:
@@ -37,7 +39,7 @@ def finetune_cmd(
     weights: Optional[str] = typer.Option(None, "--weights", help='Loss weights as JSON, e.g. \'{"mc": 1, "equivariance": 0.5}\'; adds terms too, e.g. \'{"jacobian": 0.05}\' (DEQ only).'),
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
-    lr_schedule: str = typer.Option("none", "--lr-schedule", help="none or cosine."),
+    lr_schedule: str = typer.Option("none", "--lr-schedule", help=f"Learning-rate schedule: {schedule_help()}."),
     device: str = DeviceOpt,
     bf16: bool = typer.Option(False, "--bf16", help="bfloat16 autocast for the forward pass."),
     checkpointing: bool = typer.Option(False, "--checkpointing", help="Activation checkpointing (unrolled networks)."),

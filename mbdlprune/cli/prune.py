@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from ..pruning.importances import importance_help
 from .common import (ArchArgsOpt, ArchOpt, DebugOpt, ForceOpt, JsonOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt,
                          console, handle_errors, print_json)
 
@@ -37,14 +38,14 @@ def prune_cmd(
     operator: Optional[Path] = OperatorOpt,
     ratio: float = typer.Option(..., "--ratio", help="Fraction of channels to remove from each prunable layer, in (0, 1)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file."),
-    importance: str = typer.Option("l1", "--importance", help="l1 (the paper's), l2, taylor, lamp or random."),
+    importance: str = typer.Option("l1", "--importance", help=importance_help()),
     global_pruning: bool = typer.Option(False, "--global", help="Rank channels across layers instead of per layer."),
     iterative_steps: int = typer.Option(1, "--iterative-steps", help="Reach the ratio in this many steps."),
     round_to: int = typer.Option(16, "--round-to", help="Keep widths multiples of this (16: full-speed AVX-512/GPU kernels; 1: off)."),
     layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="Per-layer ratio NAME=RATIO (glob on module names); repeatable."),
     ignore: List[str] = typer.Option([], "--ignore", help="Module name or glob never pruned; repeatable."),
-    prior: List[str] = typer.Option([], "--prior", help="Dotted name of a prior to prune (default: found automatically); repeatable."),
-    prune_sensitivity: bool = typer.Option(False, "--prune-sensitivity", help="e2e-varnet: prune the sensitivity-map U-Net too."),
+    prior: List[str] = typer.Option([], "--prior", help="Prior to prune: a dotted module name or glob (default: the model's priors, or found automatically); +NAME adds to the default; repeatable."),
+    prune_sensitivity: bool = typer.Option(False, "--prune-sensitivity", help="e2e-varnet: prune the sensitivity-map U-Net too (short for --prior +sens_net.norm_unet.unet)."),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="HxW for tracing a bare prior without an operator, e.g. 64x64."),
     seed: int = typer.Option(0, "--seed"),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept layers that remove fewer channels than asked (rounding, channel groups, --ignore); they are reported."),

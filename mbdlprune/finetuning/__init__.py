@@ -12,7 +12,8 @@ _LAZY = {
     "combine": ("mbdlprune.finetuning.losses", "combine"),
     "build_mode_loss": ("mbdlprune.finetuning.losses", "build_mode_loss"),
     "LOSSES": ("mbdlprune.finetuning.losses", "LOSSES"),
-    "MODES": ("mbdlprune.finetuning.losses", "MODES"),
+    "MODES": ("mbdlprune.finetuning.modes", "MODES"),
+    "SCHEDULES": ("mbdlprune.finetuning.schedules", "SCHEDULES"),
 }
 
 __all__ = list(_LAZY)

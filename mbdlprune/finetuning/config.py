@@ -10,7 +10,6 @@ from typing import Any, Mapping
 from ..config import check_keys
 from ..errors import ConfigError
 
-SCHEDULES = ("none", "cosine")
 OPTIMIZERS = ("adam", "adamw")
 BACKWARDS = ("jfb", "implicit")
 
@@ -62,7 +61,9 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def validate(self) -> None:
-        from .losses import MODES, PIXEL_LOSSES, mode_weights
+        from .losses import PIXEL_LOSSES, mode_weights
+        from .modes import MODES
+        from .schedules import SCHEDULES
 
         def num(key, lo=None, integer=False, open_lo=False, allow_none=False):
             v = getattr(self, key)
@@ -88,7 +89,7 @@ class FinetuneConfig:
         num("weight_decay", 0)
         num("grad_clip", 0, open_lo=True, allow_none=True)
         num("axis", 0, integer=True)
-        for key, allowed in (("lr_schedule", SCHEDULES), ("optimizer", OPTIMIZERS), ("loss", PIXEL_LOSSES),
+        for key, allowed in (("lr_schedule", SCHEDULES.names()), ("optimizer", OPTIMIZERS), ("loss", PIXEL_LOSSES),
                              ("mc_norm", ("l1", "l2")), ("fit", ("error", "crop", "pad", "crop-pad")),
                              ("normalize", ("max", "volume", "none")), ("metric", ("plain", "paper"))):
             if getattr(self, key) not in allowed:

@@ -301,12 +301,7 @@ LOSSES.register("jacobian", JacobianLoss)
 #: names that stand for several terms
 SHORTHANDS = {"self-supervised": ("mc", "equivariance")}
 
-#: fine-tuning mode -> default term weights
-MODES: Registry[dict[str, float]] = Registry("fine-tuning mode")
-MODES.register("supervised", {"supervised": 1.0})
-MODES.register("distill", {"distill": 1.0})
-MODES.register("self-supervised", {"mc": 1.0, "equivariance": 1.0})
-MODES.register("distill+self-supervised", {"distill": 1.0, "mc": 1.0, "equivariance": 1.0})
+from .modes import MODES  # noqa: E402  (fine-tuning mode -> default term weights; torch-free)
 
 
 def loss_names() -> list[str]:

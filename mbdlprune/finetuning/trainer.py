@@ -23,7 +23,8 @@ from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError, DataError, MbdlError
 from .state import STATE_FORMAT, STATE_VERSION, state_path, state_paths  # noqa: F401  (public names)
-from .config import BACKWARDS, OPTIMIZERS, SCHEDULES, FinetuneConfig, FinetuneResult  # noqa: F401  (public names)
+from .config import BACKWARDS, OPTIMIZERS, FinetuneConfig, FinetuneResult  # noqa: F401  (public names)
+from .schedules import SCHEDULES
 from .distributed import _Dist, _all_reduce_sum, _resolve_device, _setup_distributed
 from .inputs import TEACHER_CACHE_BYTES, _autocast, _cache_teacher, _collate, _load_teacher, _prepare_data, _step_generator  # noqa: F401
 from .progress import reporter_for
@@ -265,7 +266,7 @@ class Trainer:
         from ..data import sample_seed
 
         cfg, d, device, loss_fn, ds = self.cfg, self.d, self.device, self.loss_fn, self.train.dataset
-        lr = cfg.lr if cfg.lr_schedule == "none" else cfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / cfg.epochs))
+        lr = SCHEDULES.get(cfg.lr_schedule)(epoch, cfg.epochs, cfg.lr)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         torch.manual_seed(sample_seed(cfg.seed, epoch, 2000 + d.rank))

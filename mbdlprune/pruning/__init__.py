@@ -15,10 +15,55 @@ the rounding fails the prune in one line naming it and the reason, unless ``allo
 (:func:`shortfall`).
 """
 
-from .config import (DEFAULT_ROUND_TO, FIXED, _fraction, IMPORTANCES, _is_int, LAYER_TYPES, PruneConfig, SHORTFALL_TOLERANCE, TRACE_SIDE)  # noqa: F401
-from .discovery import (candidate_prior_names, cheap_solver, find_priors, _has_conv, _identity, meta_copy, PriorSite, _probe_calls, _record_calls, SHAPE_KEEPING_NORMS, _zeros_like_meta)  # noqa: F401
-from .guards import (check_finite_weights, check_patterns, grads_enabled, join_name, _layer_matches, norm_parametrizations_removed, output_layers, _own_class, _suggest)  # noqa: F401
-from .costs import (count_macs, count_params, layer_widths, shape_and_macs, trace_inputs)  # noqa: F401
-from .groups import (_block_indices, _channel_groups, _cut_broadcasts, _global_targets, GroupPlan, kept_width, make_importance, prune_groups, _sync_parameterless_norms, _taylor_backward)  # noqa: F401
-from .achieved import (achieved_ratios, fixed_layers, held_back_error, HELD_FIXES, _reason, removed_fraction, _requested_and_held, requested_fraction, shortfall)  # noqa: F401
-from .core import (prune_priors, prune_site)  # noqa: F401
+# Names load lazily: the submodules import torch, and the command line needs only the
+# torch-free registries (:mod:`.importances`) to build its help.
+_LAZY = {
+    "HELD_FIXES": "achieved",
+    "achieved_ratios": "achieved",
+    "fixed_layers": "achieved",
+    "held_back_error": "achieved",
+    "removed_fraction": "achieved",
+    "requested_fraction": "achieved",
+    "shortfall": "achieved",
+    "DEFAULT_ROUND_TO": "config",
+    "FIXED": "config",
+    "LAYER_TYPES": "config",
+    "PruneConfig": "config",
+    "SHORTFALL_TOLERANCE": "config",
+    "TRACE_SIDE": "config",
+    "prune_priors": "core",
+    "prune_site": "core",
+    "count_macs": "costs",
+    "count_params": "costs",
+    "layer_widths": "costs",
+    "shape_and_macs": "costs",
+    "trace_inputs": "costs",
+    "PriorSite": "discovery",
+    "SHAPE_KEEPING_NORMS": "discovery",
+    "candidate_prior_names": "discovery",
+    "cheap_solver": "discovery",
+    "find_priors": "discovery",
+    "meta_copy": "discovery",
+    "resolve_prior_names": "discovery",
+    "GroupPlan": "groups",
+    "kept_width": "groups",
+    "make_importance": "groups",
+    "prune_groups": "groups",
+    "check_finite_weights": "guards",
+    "check_patterns": "guards",
+    "grads_enabled": "guards",
+    "join_name": "guards",
+    "norm_parametrizations_removed": "guards",
+    "output_layers": "guards",
+    "IMPORTANCES": "importances",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"mbdlprune.pruning.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mbdlprune.pruning' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from ..errors import ConfigError
 
 
 
-IMPORTANCES = ("l1", "l2", "taylor", "lamp", "random")
+from .importances import IMPORTANCES  # noqa: E402
 
 
 #: Default width multiple. oneDNN's AVX-512 convolution kernels (16 floats per vector) ran
@@ -55,7 +55,7 @@ class PruneConfig:
         _fraction(self.ratio, "--ratio", "(0, 1)", lambda r: 0.0 < r < 1.0,
                   "give the fraction of channels to remove, e.g. --ratio 0.5")
         if not isinstance(self.importance, str) or self.importance not in IMPORTANCES:
-            raise ConfigError(f"unknown --importance {self.importance!r}", f"use one of: {', '.join(IMPORTANCES)}")
+            raise ConfigError(f"unknown --importance {self.importance!r}", f"use one of: {', '.join(IMPORTANCES.names())}")
         if not _is_int(self.iterative_steps) or self.iterative_steps < 1:
             raise ConfigError(f"--iterative-steps must be an integer >= 1, got {self.iterative_steps!r}", "use e.g. --iterative-steps 1")
         if self.round_to is not None and (not _is_int(self.round_to) or self.round_to < 1):

@@ -11,26 +11,16 @@ import torch
 from torch import nn
 
 from ..errors import MbdlError
-from .config import FIXED, IMPORTANCES, LAYER_TYPES, PruneConfig
+from .config import FIXED, LAYER_TYPES, PruneConfig
+from .importances import IMPORTANCES
 from .guards import join_name, _layer_matches
 
 
 
 # -- pruning -----------------------------------------------------------------------------------
 def make_importance(name: str):
-    import torch_pruning as tp
-
-    if name == "l1":
-        return tp.importance.GroupMagnitudeImportance(p=1, group_reduction="mean")
-    if name == "l2":
-        return tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean")
-    if name == "lamp":
-        return tp.importance.LAMPImportance(p=2)
-    if name == "taylor":
-        return tp.importance.GroupTaylorImportance()
-    if name == "random":
-        return tp.importance.RandomImportance()
-    raise MbdlError(f"unknown importance {name!r}", f"use one of: {', '.join(IMPORTANCES)}")
+    """The torch-pruning importance object of a registered criterion (:data:`.importances.IMPORTANCES`)."""
+    return IMPORTANCES.get(name).build()
 
 
 def kept_width(target: float, width: int, multiple: int, floor: float = 0.0) -> int:
@@ -155,7 +145,7 @@ def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[
     plans: dict[nn.Module, GroupPlan] = {}
     roots = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
     for step in range(1, steps + 1):
-        if cfg.importance == "taylor":
+        if IMPORTANCES.get(cfg.importance).needs_gradients:
             _taylor_backward(prior, inputs)
         scored = []
         for group in dg.get_all_groups(ignored_layers=[], root_module_types=roots):
