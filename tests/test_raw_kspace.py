@@ -313,33 +313,45 @@ def test_undersample_is_a_column_or_image_mask(files):
         raw.undersample(k, np.ones(W + 1))
 
 
-@pytest.mark.parametrize("kind", ["random", "equispaced_fraction"])
+@pytest.mark.parametrize("kind", ["random", "equispaced", "equispaced_fraction"])
 @pytest.mark.parametrize("name, width, accel, cf", [("file_brain_AXT2_200_2000019.h5", 320, 4, 0.08),
                                                     ("file1000001.h5", 368, 8, 0.04), ("x.npz", 64, 4, 0.16)])
 def test_per_volume_masks_equal_fastmri_mask_functions(kind, name, width, accel, cf):
     subsample = pytest.importorskip("fastmri.data.subsample")
     assert raw.volume_seed("/some/where/" + name) == tuple(map(ord, name))
-    func = {"random": subsample.RandomMaskFunc, "equispaced_fraction": subsample.EquispacedMaskFractionFunc}[kind]([cf], [accel])
+    func = {"random": subsample.RandomMaskFunc, "equispaced": subsample.EquiSpacedMaskFunc,
+            "equispaced_fraction": subsample.EquispacedMaskFractionFunc}[kind]([cf], [accel])
     want, n = func((1, 640, width, 2), seed=tuple(map(ord, name)))
     got, ours = raw.volume_mask(name, kind, width, accel, cf)
     np.testing.assert_array_equal(got, want.reshape(-1).numpy())
     assert ours == n
     other, _ = raw.volume_mask("file1000002.h5", kind, width, accel, cf)
-    assert kind == "equispaced_fraction" or not np.array_equal(other, got)  # another file, another mask
+    assert kind != "random" or not np.array_equal(other, got)  # another file, another mask
+
+
+def test_too_many_centre_columns_is_a_data_error():
+    for kind in ("random", "equispaced_fraction"):
+        with pytest.raises(DataError) as e:
+            raw.volume_mask("f.h5", kind, 64, 4, 0.3)
+        assert message(e).startswith("f.h5: the 19 fully sampled centre columns ")
+    with pytest.raises(DataError) as e:
+        raw.volume_mask("f.h5", "poisson", 64, 4, 0.08)
+    assert message(e) == "unknown mask kind 'poisson' — use one of: random, equispaced, equispaced_fraction"
 
 
 def test_prepared_slices_equal_fastmri_varnet_data_transform(tmp_path, brain):
     """fastMRI's own SliceDataset + VarNetDataTransform on our file give the same k-space, mask,
     low frequencies, target, max and crop, including the ISMRMRD padding."""
     SliceDataset = pytest.importorskip("fastmri.data.mri_data").SliceDataset
-    from fastmri.data.subsample import EquispacedMaskFractionFunc, RandomMaskFunc
+    from fastmri.data.subsample import EquiSpacedMaskFunc, EquispacedMaskFractionFunc, RandomMaskFunc
     from fastmri.data.transforms import VarNetDataTransform
 
     name = "file_brain_AXT2_201_2010001.h5"
     write_fastmri_h5(tmp_path / name, brain[:2], 4, header=ismrmrd_header((2 * H, W), (H, W), center=28, maximum=55))
     v = raw.read_raw_file(tmp_path / name)
     assert (v.encoding["padding_left"], v.encoding["padding_right"]) == (4, 60)
-    for kind, func in (("random", RandomMaskFunc), ("equispaced_fraction", EquispacedMaskFractionFunc)):
+    for kind, func in (("random", RandomMaskFunc), ("equispaced", EquiSpacedMaskFunc),
+                       ("equispaced_fraction", EquispacedMaskFractionFunc)):
         ds = SliceDataset(tmp_path, "multicoil", transform=VarNetDataTransform(func([0.16], [4])),
                           dataset_cache_file=tmp_path / "cache.pkl")
         ev = raw.prepare_eval(v, kind, 4, 0.16)

@@ -12,7 +12,7 @@ Protocol (what fastMRI's ``SliceDataset`` + ``VarNetDataTransform`` + ``VarNetMo
 
 * the mask of a fully sampled file is drawn with a seed fixed per file, ``tuple(map(ord, name))``
   (:func:`volume_seed`, :func:`volume_mask`), so a file gets the same mask in every run and the
-  same mask as fastMRI's ``RandomMaskFunc`` / ``EquispacedMaskFractionFunc``; columns outside the
+  same mask as fastMRI's ``RandomMaskFunc`` / ``EquiSpacedMaskFunc`` / ``EquispacedMaskFractionFunc``; columns outside the
   ISMRMRD ``padding_left .. padding_right`` are zeroed as fastMRI does;
 * k-space is undersampled retrospectively without noise (:func:`undersample`);
 * outputs are compared with the target after a centre crop (:func:`center_crop`) to the target's
@@ -54,7 +54,7 @@ MAX_RAW_FILE_BYTES = 1 << 32
 MAX_HEADER_BYTES = 1 << 20
 MAX_XML_DEPTH = 32
 MAX_ATTR_CHARS = 256
-MASK_KINDS = ("random", "equispaced_fraction")
+MASK_KINDS = ("random", "equispaced", "equispaced_fraction")
 #: attribute names never kept (fastMRI's ``patient_id`` and anything naming a person or a date)
 _PRIVATE_ATTR = re.compile(r"patient|subject|name|birth|date|(^|_)id$|uid", re.IGNORECASE)
 _CHECK = "check that the file is a complete fastMRI-layout file"
@@ -611,48 +611,51 @@ def volume_seed(name: str) -> tuple[int, ...]:
     return tuple(map(ord, Path(name).name))
 
 
-def _equispaced_fraction():
-    """The masks.py rule for fastMRI's ``EquispacedMaskFractionFunc`` (named ``equispaced`` before
-    masks.py took fastMRI's names)."""
-    from ..operators import masks
-
-    return getattr(masks, "equispaced_fraction_mask", None) or masks.equispaced_mask
-
-
 def volume_mask(name: str, kind: str, width: int, acceleration: float, center_fraction: float,
                 padding: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
     """Mask columns (W,) float32 and the centre-block size for the file ``name``, equal to fastMRI's.
 
     fastMRI seeds its ``MaskFunc``'s ``RandomState`` with :func:`volume_seed`, draws the
-    (center_fraction, acceleration) choice, then the columns (``random``: W uniforms;
-    ``equispaced_fraction``: the offset). ``padding`` (fastMRI's ``padding_left``,
-    ``padding_right``) zeroes the columns outside it, as ``VarNetDataTransform`` does.
+    (center_fraction, acceleration) choice, then the columns: ``random`` (``RandomMaskFunc``) W
+    uniforms; ``equispaced`` (``EquiSpacedMaskFunc``) and ``equispaced_fraction``
+    (``EquispacedMaskFractionFunc``) an offset. The rules are those of
+    :mod:`mbdlprune.operators.masks`, driven by that ``RandomState``. ``padding`` (fastMRI's
+    ``padding_left``, ``padding_right``) zeroes the columns outside it, as ``VarNetDataTransform`` does.
     """
-    from ..operators.masks import fraction_center_lines, random_mask
+    from ..errors import ConfigError
+    from ..operators import masks
 
     if kind not in MASK_KINDS:
         raise DataError(f"unknown mask kind {kind!r}", f"use one of: {', '.join(MASK_KINDS)}")
     rng = np.random.RandomState(volume_seed(name))
     rng.randint(1)  # MaskFunc.choose_acceleration with one (center_fraction, acceleration) pair
-    n = fraction_center_lines(width, center_fraction)
-    if kind == "random":
-        if n > width / acceleration:
-            raise DataError(f"the {n} centre columns of center_fraction {center_fraction} exceed W / acceleration = "
-                            f"{width / acceleration:.1f} columns", "lower center_fraction or acceleration")
-        cols = random_mask(width, acceleration, n, rng=rng)
-    elif acceleration == 1:
-        cols = np.ones(width, np.float32)
-    else:
-        if n * acceleration >= width:
-            raise DataError(f"the {n} centre columns of center_fraction {center_fraction} reach W / acceleration = "
-                            f"{width / acceleration:.1f} columns", "lower center_fraction or acceleration")
-        spacing = acceleration * (n - width) / (n * acceleration - width)
-        cols = _equispaced_fraction()(width, acceleration, n, offset=int(rng.randint(0, high=round(spacing))))
+    n = masks.fraction_center_lines(width, center_fraction)
+    try:
+        cols = _seeded_columns(masks, kind, rng, width, float(acceleration), n)
+    except ConfigError as e:
+        raise DataError(f"{name}: {e.problem}", e.fix) from None
     cols = np.asarray(cols, dtype=np.float32).copy()
     if padding is not None:
         cols[:max(padding[0], 0)] = 0
         cols[max(padding[1], 0):] = 0
     return cols, n
+
+
+def _seeded_columns(masks, kind: str, rng: np.random.RandomState, width: int, acceleration: float, n: int) -> np.ndarray:
+    """The masks.py rule ``kind`` with fastMRI's draws from ``rng`` (after the acceleration choice)."""
+    if kind == "random":
+        return masks.random_mask(width, acceleration, n, rng=rng)
+    if acceleration == 1:
+        return np.ones(width, np.float32)
+    if kind == "equispaced":
+        return masks.equispaced_mask(width, acceleration, n, offset=int(rng.randint(0, high=round(acceleration))))
+    if n * acceleration >= width:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"the {n} fully sampled centre columns reach W / acceleration = {width / acceleration:.1f} columns",
+                          "lower center_fraction or acceleration")
+    spacing = acceleration * (n - width) / (n * acceleration - width)
+    return masks.equispaced_fraction_mask(width, acceleration, n, offset=int(rng.randint(0, high=round(spacing))))
 
 
 def undersample(kspace: np.ndarray, mask: np.ndarray) -> np.ndarray:
