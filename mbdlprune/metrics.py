@@ -16,6 +16,15 @@ re-derived here so scikit-image is not a dependency):
   range; the SSIM map is averaged over the positions where the window lies fully inside the
   image ("valid" filtering), then over channels.
 
+Metric definitions (:data:`METRICS`, :func:`get_definition`): ``plain`` and ``paper`` score each
+image on its own; ``fastmri`` is fastMRI's ``evaluate.py`` (``fastmri.evaluate``): per volume,
+PSNR = 10 log10(maxval^2 / MSE) with maxval = the ground-truth volume's maximum and the MSE over
+the whole volume, SSIM = the mean over slices of scikit-image's default ``structural_similarity``
+(7 x 7 uniform window, sample covariance, K1 = 0.01, K2 = 0.03) with data range maxval, NMSE =
+||gt - pred||^2 / ||gt||^2, after a centre crop to W x W. :func:`volume_metrics` gives those
+and the per-slice values; :func:`compute_metrics` scores a batch of slices (pass the volume's
+``maxval``).
+
 Degenerate images (defined values, never a silent division by zero):
 
 * a constant ground-truth image has data range 0: the ``plain`` definition then uses max |x|
@@ -24,6 +33,9 @@ Degenerate images (defined values, never a silent division by zero):
 * the ``paper`` definition min-max normalises each ground-truth image, which is undefined for
   a constant one: :func:`paper_normalize` and :func:`compute_metrics` raise a one-line
   :class:`~mbdlprune.errors.DataError` naming the image (an empty slice is not an image to score).
+* the ``fastmri`` definition needs a positive ground-truth maximum (maxval): an all-zero (or
+  all-negative) volume, or slice when no volume maximum is given, raises DataError; NMSE of an
+  all-zero ground-truth slice is ``inf`` (0 if the reconstruction is all zero too).
 * a ground-truth image with NaN/Inf values is refused by :func:`compute_metrics` (DataError).
 * a reconstruction with NaN/Inf values (a diverged model) scores NaN for PSNR and SSIM;
   :func:`nonfinite_note` gives the line a report must print next to such scores.
@@ -38,7 +50,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .registry import Registry
+
 __all__ = [
+    "FASTMRI",
+    "METRICS",
     "MetricDefinition",
     "PLAIN",
     "PAPER",
@@ -48,11 +64,15 @@ __all__ = [
     "gaussian_window",
     "get_definition",
     "magnitude",
+    "metric_names",
     "mse",
+    "nmse",
     "nonfinite_note",
     "paper_normalize",
     "psnr",
     "ssim",
+    "uniform_window",
+    "volume_metrics",
 ]
 
 K1 = 0.01
@@ -162,6 +182,14 @@ def gaussian_window(window: int = 11, sigma: float = 1.5, dtype: torch.dtype = t
     return g / g.sum()
 
 
+def uniform_window(window: int = 7, dtype: torch.dtype = torch.float64,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """1-D box of ``window`` taps (odd), each 1 / window (scikit-image's default SSIM window)."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the SSIM window must be an odd positive size, got {window}")
+    return torch.full((window,), 1.0 / window, dtype=dtype, device=device)
+
+
 def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """Separable 'valid' filtering of (N*C, 1, H, W) by the 1-D window ``g``."""
     k = g.numel()
@@ -171,21 +199,29 @@ def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 def ssim(x_hat: Any, x: Any, window: int = 11, sigma: float = 1.5,
          data_range: float | torch.Tensor | None = None, k1: float = K1, k2: float = K2,
-         sample_covariance: bool = False, return_map: bool = False) -> torch.Tensor:
-    """Mean SSIM per image (N,) with a Gaussian window; SSIM(x, x) = 1.
+         sample_covariance: bool = False, return_map: bool = False, weights: str = "gaussian") -> torch.Tensor:
+    """Mean SSIM per image (N,) with a Gaussian (or uniform) window; SSIM(x, x) = 1.
 
     ``data_range=None`` uses each ground-truth image's max - min. ``sample_covariance=True``
     multiplies variances by n/(n-1) with n = window^2 (scikit-image's default for uniform
-    windows); the default follows Wang et al. With ``return_map`` the (N, C, H', W') map of
-    the valid positions is returned instead of the means. Differentiable (use 1 - ssim as a
-    loss). Images smaller than the window are an error.
+    windows); the default follows Wang et al. ``weights="uniform"`` uses a window x window box
+    instead of the Gaussian (``sigma`` is then unused): with ``window=7`` and
+    ``sample_covariance=True`` this is scikit-image's default ``structural_similarity``, the
+    one fastMRI uses. With ``return_map`` the (N, C, H', W') map of the valid positions is
+    returned instead of the means. Differentiable (use 1 - ssim as a loss). Images smaller than
+    the window are an error.
     """
     a, b = _pair(x_hat, x)
     n, c, h, w = a.shape
     if h < window or w < window:
         raise ValueError(f"images of {h}x{w} are smaller than the {window}x{window} SSIM window")
     L = _peak(data_range, b).detach()
-    g = gaussian_window(window, sigma, a.dtype, a.device)
+    if weights == "gaussian":
+        g = gaussian_window(window, sigma, a.dtype, a.device)
+    elif weights == "uniform":
+        g = uniform_window(window, a.dtype, a.device)
+    else:
+        raise ValueError(f"SSIM weights must be 'gaussian' or 'uniform', got {weights!r}")
     a2, b2 = a.reshape(n * c, 1, h, w), b.reshape(n * c, 1, h, w)
     mu_a, mu_b = _filter(a2, g), _filter(b2, g)
     var_a = _filter(a2 * a2, g) - mu_a**2
@@ -283,28 +319,72 @@ def nonfinite_note(values: Any, label: str = "reconstructions") -> str | None:
             "their PSNR/SSIM are NaN, and so are the means")
 
 
+# ------------------------------------------------------------------------------ NMSE
+def nmse(x_hat: Any, x: Any) -> torch.Tensor:
+    """Normalised MSE per image (N,): ||x - x_hat||^2 / ||x||^2 (fastMRI's ``nmse``).
+
+    An all-zero ground truth gives ``inf`` (0 for an all-zero reconstruction); a reconstruction
+    with NaN/Inf values gives NaN.
+    """
+    a, b = _pair(x_hat, x)
+    return _nmse(((a - b) ** 2).reshape(a.shape[0], -1).sum(dim=1), (b**2).reshape(b.shape[0], -1).sum(dim=1),
+                 torch.isfinite(a.reshape(a.shape[0], -1)).all(dim=1))
+
+
+def _nmse(err: torch.Tensor, ref: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    safe = torch.where(ref > 0, ref, torch.ones_like(ref))
+    empty = torch.where(err > 0, torch.full_like(err, math.inf), torch.zeros_like(err))
+    out = torch.where(ref > 0, err / safe, empty)
+    return torch.where(finite, out, torch.full_like(out, math.nan))
+
+
 # ------------------------------------------------------------------------ definitions
+#: ``MetricDefinition.crop`` of the fastmri definition: centre crop to W x W (fastMRI's evaluate.py)
+WIDTH_CROP = "width"
+
+
+def width_crop(x: torch.Tensor) -> torch.Tensor:
+    """fastMRI's evaluation crop: the centre W x W of (N, C, H, W) images (H >= W needed)."""
+    h, w = x.shape[-2:]
+    if h < w:
+        from .errors import DataError
+
+        raise DataError(f"images of {h}x{w} are wider than tall: the fastmri metric crops them to W x W "
+                        "as fastMRI's evaluate.py does, which needs H >= W",
+                        "use --metric plain, or evaluate images with at least as many rows as columns")
+    return center_crop(x, (w, w))
+
+
 @dataclass(frozen=True)
 class MetricDefinition:
-    """How PSNR/SSIM are computed, in words and numbers, for reports.
+    """How PSNR/SSIM (and NMSE) are computed, in words and numbers, for reports.
 
     ``name`` is ``plain`` (magnitude images as they are; peak and SSIM range = data range of
-    each ground-truth image) or ``paper`` (:func:`paper_normalize`, then peak 1).
+    each ground-truth image), ``paper`` (:func:`paper_normalize`, then peak 1) or ``fastmri``
+    (fastMRI's evaluate.py: ``per_volume``, see :func:`volume_metrics`).
     """
 
     name: str = "plain"
     magnitude: bool = True
-    crop: int | None | bool = False
+    crop: int | None | bool | str = False
     zero_background: bool = False
     normalisation: str = "none"
     peak: str = "data range (max - min) of each ground-truth image"
     ssim_window: int = 11
-    ssim_sigma: float = 1.5
+    ssim_sigma: float | None = 1.5
     ssim_k1: float = K1
     ssim_k2: float = K2
+    #: ``"gaussian"`` (``ssim_sigma``) or ``"uniform"`` (a box, as scikit-image's default)
+    ssim_weights: str = "gaussian"
+    #: variances times n / (n - 1), n = window^2 (scikit-image's default)
+    ssim_sample_covariance: bool = False
+    #: peak = the ground-truth volume's maximum; PSNR and NMSE over the volume, SSIM the slice mean
+    per_volume: bool = False
 
     def describe(self) -> str:
         """One paragraph for reports."""
+        if self.per_volume:
+            return self._describe_volume()
         if self.crop is False:
             crop = "no crop"
         elif self.crop is None or self.crop is True:
@@ -328,6 +408,20 @@ class MetricDefinition:
         )
         return " ".join(parts)
 
+    def _describe_volume(self) -> str:
+        w = self.ssim_window
+        cov = f"sample covariance (n/(n-1), n = {w * w})" if self.ssim_sample_covariance else "population covariance"
+        return (
+            f"metric '{self.name}' (fastMRI's evaluate.py): "
+            + ("magnitude of complex (2-channel) images; " if self.magnitude else "images as stored; ")
+            + ("centre crop to W x W (the ground truth's width); " if self.crop == WIDTH_CROP else "")
+            + f"per volume: PSNR = 10 log10(maxval^2 / MSE), MSE over the whole volume, maxval = {self.peak}; "
+            f"SSIM = mean over the slices of the SSIM with a {w}x{w} {self.ssim_weights} window, {cov}, "
+            f"K1 = {self.ssim_k1}, K2 = {self.ssim_k2}, data range = maxval, averaged over valid positions; "
+            "NMSE = ||gt - pred||^2 / ||gt||^2. Per-slice scores use the volume's maxval "
+            "(each slice's own maximum where no volume is given)."
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["description"] = self.describe()
@@ -340,9 +434,12 @@ class MetricDefinition:
         a, b = _pair(x_hat, x)
         if self.magnitude:
             a, b = magnitude(a), magnitude(b)
+        if self.crop == WIDTH_CROP:
+            a, b = width_crop(a), width_crop(b)
         return a, b
 
     def peak_value(self) -> float | None:
+        """The fixed peak of per-image definitions (``paper``: 1; otherwise each image's own)."""
         return 1.0 if self.name == "paper" else None
 
 
@@ -354,41 +451,157 @@ PAPER = MetricDefinition(
     normalisation="per-image min-max to [0, 1] (reconstruction and ground truth separately)",
     peak="1",
 )
+FASTMRI = MetricDefinition(
+    name="fastmri",
+    crop=WIDTH_CROP,
+    peak="the maximum of the ground-truth volume",
+    ssim_window=7,
+    ssim_sigma=None,
+    ssim_weights="uniform",
+    ssim_sample_covariance=True,
+    per_volume=True,
+)
+
+#: name -> MetricDefinition; ``METRICS.names()`` are the choices of ``--metric``
+METRICS: Registry[MetricDefinition] = Registry("metric")
+for _definition in (PLAIN, PAPER, FASTMRI):
+    METRICS.register(_definition.name, _definition)
+
+
+def metric_names() -> list[str]:
+    """The metric definitions' names (the choices of ``--metric``)."""
+    return METRICS.names()
 
 
 def get_definition(name: str | MetricDefinition) -> MetricDefinition:
-    """``"plain"`` or ``"paper"`` (or a definition, returned as is)."""
+    """A definition by name (one of :func:`metric_names`), or a definition, returned as is."""
     if isinstance(name, MetricDefinition):
         return name
-    if name == "plain":
-        return PLAIN
-    if name == "paper":
-        return PAPER
-    from .errors import MbdlError
+    if not isinstance(name, str):
+        from .errors import MbdlError
 
-    raise MbdlError(f"unknown metric {name!r}", "use --metric plain or --metric paper")
+        raise MbdlError(f"a metric is named by a string, got {name!r}", f"choose one of: {', '.join(METRICS.names())}")
+    return METRICS.get(name)
 
 
-def compute_metrics(x_hat: Any, x: Any, definition: str | MetricDefinition = "plain") -> dict[str, torch.Tensor]:
-    """``{"psnr": (N,), "ssim": (N,)}`` under a metric definition (no gradients).
+def _fit_window(window: int, hw: tuple[int, int]) -> int:
+    """The SSIM window, shrunk for tiny images to the largest odd size that fits."""
+    h, w = hw
+    if min(h, w) < window:
+        window = max(1, min(h, w) - (1 - min(h, w) % 2))
+    return window
 
-    Ground truth with NaN/Inf values, and (``paper``) a constant ground-truth image, raise
+
+def _maxvals(maxval: float | torch.Tensor | None, b: torch.Tensor) -> torch.Tensor:
+    """Per-image maxval (N,) for the per-volume definition: given, or each ground-truth image's maximum."""
+    from .errors import DataError
+
+    n = b.shape[0]
+    if maxval is None:
+        mv = b.reshape(n, -1).max(dim=1).values
+        bad = ~(mv > 0)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise DataError(f"ground-truth image {i + 1} of {n} has maximum {float(mv[i]):g}: the fastmri metric's "
+                            "maxval (the ground truth's maximum) must be positive",
+                            "pass the volume's maximum as maxval, or drop empty slices from the evaluation data")
+        return mv
+    mv = torch.as_tensor(maxval, dtype=b.dtype, device=b.device).detach()
+    if mv.dim() == 0:
+        mv = mv.expand(n)
+    if mv.shape != (n,):
+        raise ValueError(f"maxval must be a number or one value per image, got shape {tuple(mv.shape)}")
+    if not bool((torch.isfinite(mv) & (mv > 0)).all()):
+        raise DataError(f"maxval must be positive and finite, got {maxval!r}",
+                        "pass the ground-truth volume's maximum (fastMRI's gt.max())")
+    return mv
+
+
+def _volume_scores(a: torch.Tensor, b: torch.Tensor, d: MetricDefinition, peak: torch.Tensor) -> dict[str, torch.Tensor]:
+    window = _fit_window(d.ssim_window, a.shape[-2:])
+    return {
+        "psnr": psnr(a, b, peak=peak),
+        "ssim": ssim(a, b, window=window, sigma=d.ssim_sigma or 1.5, data_range=peak, k1=d.ssim_k1, k2=d.ssim_k2,
+                     sample_covariance=d.ssim_sample_covariance, weights=d.ssim_weights),
+        "nmse": nmse(a, b),
+    }
+
+
+def compute_metrics(x_hat: Any, x: Any, definition: str | MetricDefinition = "plain",
+                    maxval: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """``{"psnr": (N,), "ssim": (N,)}`` per image under a metric definition (no gradients).
+
+    ``fastmri`` adds ``"nmse"`` and scores each image with ``maxval`` as PSNR peak and SSIM data
+    range: pass the ground-truth volume's maximum (a number, or one value per image) when the
+    batch holds slices of volumes; without it each image's own maximum is used (each image a
+    one-slice volume). ``maxval`` is for ``fastmri`` only. Ground truth with NaN/Inf values,
+    (``paper``) a constant ground-truth image and (``fastmri``) a non-positive maximum raise
     DataError; a NaN/Inf reconstruction scores NaN (see the module notes and :func:`nonfinite_note`).
     """
     d = get_definition(definition)
+    if maxval is not None and not d.per_volume:
+        raise ValueError(f"maxval applies to per-volume metrics (fastmri), not to {d.name!r}")
     with torch.no_grad():
         _refuse_nonfinite_truth(as_batch(x))
         a, b = d.prepare(x_hat, x)
+        if d.per_volume:
+            return _volume_scores(a, b, d, _maxvals(maxval, b))
         peak = d.peak_value()
-        window = d.ssim_window
-        h, w = a.shape[-2:]
-        if min(h, w) < window:  # tiny images: the largest odd window that fits
-            window = max(1, min(h, w) - (1 - min(h, w) % 2))
+        window = _fit_window(d.ssim_window, a.shape[-2:])
         out = {
             "psnr": psnr(a, b, peak=peak),
             "ssim": ssim(a, b, window=window, sigma=d.ssim_sigma, data_range=peak, k1=d.ssim_k1, k2=d.ssim_k2),
         }
     return out
+
+
+def volume_metrics(pred: Any, gt: Any, definition: str | MetricDefinition = "fastmri",
+                   maxval: float | None = None) -> dict[str, Any]:
+    """Scores of one volume: ``pred`` and ``gt`` are its slices, (S, H, W) or (S, C, H, W).
+
+    Returns ``{"metric", "slices", "maxval", "psnr", "ssim", "nmse", "per_slice"}``: the volume's
+    values (floats) and ``per_slice = {"psnr", "ssim", "nmse"}`` ((S,) tensors). For ``fastmri``
+    these are fastMRI's evaluate.py values: maxval = ``gt.max()`` over the (cropped) volume
+    unless given; PSNR = 10 log10(maxval^2 / MSE) with the MSE over the whole volume; SSIM = the
+    mean of the slices' SSIM (each with data range maxval); NMSE = ||gt - pred||^2 / ||gt||^2
+    over the volume; the per-slice values use the same maxval. For the per-image definitions
+    (``plain``, ``paper``) the volume's PSNR and SSIM are the means over its slices, maxval is
+    None, and NMSE is computed on the images those definitions compare.
+    """
+    d = get_definition(definition)
+    if maxval is not None and not d.per_volume:
+        raise ValueError(f"maxval applies to per-volume metrics (fastmri), not to {d.name!r}")
+    with torch.no_grad():
+        _refuse_nonfinite_truth(as_batch(gt))
+        a, b = d.prepare(pred, gt)
+        n = a.shape[0]
+        err = ((a - b) ** 2).sum()
+        finite = torch.isfinite(a).all().reshape(1)
+        vol_nmse = float(_nmse(err.reshape(1), (b**2).sum().reshape(1), finite)[0])
+        if d.per_volume:
+            if maxval is None:
+                mv = float(b.max())
+                if not mv > 0:
+                    from .errors import DataError
+
+                    raise DataError(f"the ground-truth volume's maximum is {mv:g}: the fastmri metric's maxval must be positive",
+                                    "drop empty volumes from the evaluation data")
+            else:
+                mv = float(_maxvals(maxval, b[:1])[0])
+            per = _volume_scores(a, b, d, torch.full((n,), mv, dtype=a.dtype, device=a.device))
+            if not bool(finite):
+                vol_psnr = math.nan  # as psnr(): a NaN/Inf reconstruction scores NaN
+            elif float(err) == 0:
+                vol_psnr = math.inf
+            else:
+                vol_psnr = 10.0 * math.log10(mv**2 / float(err / a.numel()))
+            vol_ssim = float(per["ssim"].mean())
+        else:
+            mv = None
+            per = {**compute_metrics(pred, gt, d), "nmse": nmse(a, b)}
+            vol_psnr, vol_ssim = float(per["psnr"].mean()), float(per["ssim"].mean())
+    return {"metric": d.name, "slices": n, "maxval": mv, "psnr": vol_psnr, "ssim": vol_ssim, "nmse": vol_nmse,
+            "per_slice": per}
 
 
 def finite_mean_std(values: torch.Tensor | list[float]) -> tuple[float, float]:

@@ -2,8 +2,11 @@
 
 fastMRI's own modules are built with random weights, saved as fastMRI saves them (a plain
 ``state_dict`` and a Lightning checkpoint of ``VarNetModule``), read back by mbdlprune through
-the API and the CLI, and run on the same masked k-space. A developer without fastMRI sees
-these tests skipped; CI installs it and fails if it cannot be imported.
+the API and the CLI, and run on the same masked k-space. The generated masks are compared with
+``fastmri.data.subsample``'s mask functions over a grid of widths, accelerations and centre
+fractions, and the ``fastmri`` metric with ``fastmri.evaluate`` on real brain volumes. A
+developer without fastMRI sees these tests skipped; CI installs it and fails if it cannot be
+imported.
 """
 
 from __future__ import annotations
@@ -412,3 +415,120 @@ def test_num_low_frequencies_key(tmp_path):
     for bad in ("centre", 0, W + 1, 2.5, True, [4]):
         with pytest.raises(ConfigError, match="num_low_frequencies"):
             load_operator({**spec, "num_low_frequencies": bad}, base_dir=tmp_path)
+
+
+# -- metrics: fastmri.evaluate -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fe():
+    """fastMRI's evaluate module (it needs scikit-image and runstats; skipped without them)."""
+    evaluate = pytest.importorskip("fastmri.evaluate")
+    transforms = pytest.importorskip("fastmri.data.transforms")
+    return evaluate, transforms
+
+
+def _brain_volumes() -> dict[str, np.ndarray]:
+    """Real brain MRI as (slices, H, W) magnitude volumes: nibabel's example4d (T2*-weighted EPI,
+    128 x 96: cropped to 96 x 96 as fastMRI's evaluation crops to W x W), its anatomical.nii (a T1
+    scan sliced to 41 x 25, cropped to 25 x 25, values from -610) and mbdlprune's held-out evaluation
+    slices (96 x 96)."""
+    import os
+
+    import nibabel as nib
+
+    from mbdlprune.examples import example_path
+
+    data = os.path.join(os.path.dirname(nib.__file__), "tests", "data")
+    epi = np.asarray(nib.load(os.path.join(data, "example4d.nii.gz")).dataobj)[..., 0].astype(np.float64)
+    anat = np.asarray(nib.load(os.path.join(data, "anatomical.nii")).dataobj).astype(np.float64)
+    ev = np.asarray(nib.load(str(example_path("eval"))).dataobj).astype(np.float64)
+    return {"epi": np.moveaxis(epi, -1, 0)[4:16], "anat": anat[6:26], "eval": np.moveaxis(ev, -1, 0)}
+
+
+def _distortions(gt: np.ndarray) -> dict[str, np.ndarray]:
+    """Realistic reconstructions: noise, blur, a scale/offset error, and zero-filled 4x undersampling
+    through mbdlprune's own MRI operator (and its shipped unrolled network where the size is the examples')."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(0)
+    sigma = 0.03 * gt.max()
+    noisy = np.abs(gt + sigma * rng.standard_normal(gt.shape) + 1j * sigma * rng.standard_normal(gt.shape))
+    out = {"noise": noisy, "blur": ndimage.gaussian_filter(gt, (0, 1.2, 1.2)), "scale": 0.93 * gt + 0.01 * gt.max()}
+    op = load_operator({"kind": "mri", "image_size": list(gt.shape[1:]), "acceleration": 4, "coils": 4}).double()
+    x = torch.from_numpy(np.stack((gt, np.zeros_like(gt)), 1))
+    zf = op.A_adjoint(op.A(x))
+    out["zero-filled"] = torch.sqrt(zf[:, 0] ** 2 + zf[:, 1] ** 2).numpy()
+    if gt.shape[1:] == (96, 96):
+        from mbdlprune.examples import example_path
+
+        loaded = load_model(example_path("unrolled"))
+        y = loaded.operator.A(x.float())
+        with torch.no_grad():
+            rec = loaded.model(y, loaded.operator).double()
+        out["unrolled"] = torch.sqrt(rec[:, 0] ** 2 + rec[:, 1] ** 2).numpy()
+    return out
+
+
+@pytest.fixture(scope="module")
+def brain_cases():
+    return [(f"{vol_name}/{dist_name}", gt, pred) for vol_name, gt in _brain_volumes().items()
+            for dist_name, pred in _distortions(gt).items()]
+
+
+def test_volume_metrics_equal_fastmri_evaluate_on_brain_volumes(fe, brain_cases):
+    """``volume_metrics(pred, gt, "fastmri")`` is fastMRI's evaluate.py on one volume: centre crop to
+    W x W, then ``psnr``, ``ssim`` and ``nmse`` of ``fastmri.evaluate`` (float64 volumes: equal to
+    rounding; float32 volumes, where scikit-image works in float32: within 1e-4 relative)."""
+    from mbdlprune.metrics import volume_metrics
+
+    evaluate, transforms = fe
+    worst64 = worst32 = 0.0
+    cases = 0
+    for name, gt, pred in brain_cases:
+        crop = (gt.shape[-1], gt.shape[-1])
+        for dtype in (np.float64, np.float32):
+            g, p = gt.astype(dtype), pred.astype(dtype)
+            gc, pc = transforms.center_crop(g, crop), transforms.center_crop(p, crop)
+            want = {"psnr": float(evaluate.psnr(gc, pc)), "ssim": float(evaluate.ssim(gc, pc)[0]),
+                    "nmse": float(evaluate.nmse(gc, pc))}
+            got = volume_metrics(torch.from_numpy(p), torch.from_numpy(g), "fastmri")
+            assert got["maxval"] == pytest.approx(float(gc.max()), rel=1e-7)
+            for k, w in want.items():
+                rel = abs(got[k] - w) / abs(w)
+                if dtype is np.float64:
+                    worst64 = max(worst64, rel)
+                    assert rel <= 1e-10, (name, k, got[k], w)
+                else:
+                    worst32 = max(worst32, rel)
+                    assert rel <= 1e-4, (name, k, got[k], w)
+        cases += 1
+    assert cases == 13  # epi and anat with 4 distortions each, eval with 5
+    print(f"max relative deviation from fastmri.evaluate: float64 {worst64:.1e}, float32 {worst32:.1e}")
+    assert worst64 < 1e-12 and worst32 < 1e-5
+
+
+def test_per_slice_metrics_equal_fastmri_with_the_volume_maxval(fe, brain_cases):
+    """Slice scores (``per_slice`` and ``compute_metrics(..., "fastmri", maxval=volume max)``) are
+    fastMRI's functions on one slice given the volume's maxval; the real 2-channel layout gives the
+    magnitude's scores."""
+    from mbdlprune.metrics import compute_metrics, volume_metrics
+
+    evaluate, transforms = fe
+    slices = 0
+    for name, gt, pred in brain_cases:
+        crop = (gt.shape[-1], gt.shape[-1])
+        gc, pc = transforms.center_crop(gt, crop), transforms.center_crop(pred, crop)
+        maxval = float(gc.max())
+        vol = volume_metrics(torch.from_numpy(pred), torch.from_numpy(gt))
+        batch = compute_metrics(torch.from_numpy(pred), torch.from_numpy(gt), "fastmri", maxval=maxval)
+        phase = np.exp(1j * np.linspace(0, 3, gt.size).reshape(gt.shape))
+        as_complex = lambda v: torch.from_numpy(np.stack(((v * phase).real, (v * phase).imag), 1))  # noqa: E731
+        cplx = compute_metrics(as_complex(pred), as_complex(gt), "fastmri", maxval=maxval)
+        for i in range(gt.shape[0]):
+            want = {"psnr": float(evaluate.psnr(gc[i], pc[i], maxval)), "ssim": float(evaluate.ssim(gc[i:i + 1], pc[i:i + 1], maxval)[0]),
+                    "nmse": float(evaluate.nmse(gc[i], pc[i]))}
+            for k, w in want.items():
+                for got in (vol["per_slice"][k][i], batch[k][i]):
+                    assert float(got) == pytest.approx(w, rel=1e-10), (name, i, k)
+                if gt.min() >= 0 and pred.min() >= 0:  # magnitudes (anat holds negative values)
+                    assert float(cplx[k][i]) == pytest.approx(w, rel=1e-6), (name, i, k)
+            slices += 1
+    assert slices == 12 * 4 + 20 * 4 + 8 * 5  # epi, anat, eval

@@ -157,3 +157,152 @@ def test_compute_metrics_small_images_shrink_window():
     x = _images(n=1, h=8, w=8)
     out = M.compute_metrics(x, x)
     assert float(out["ssim"]) == pytest.approx(1.0)
+
+
+# -- definitions: the registry, plain/paper unchanged, fastmri ------------------------------------
+def test_metric_registry():
+    from mbdlprune.errors import MbdlError
+
+    assert M.metric_names() == M.METRICS.names() == ["fastmri", "paper", "plain"]
+    for name in M.metric_names():
+        assert M.get_definition(name).name == name and name in M.METRICS
+    assert M.get_definition(M.FASTMRI) is M.FASTMRI
+    with pytest.raises(MbdlError, match="fastmri, paper, plain"):
+        M.get_definition("fastMRI")
+    with pytest.raises(MbdlError):
+        M.get_definition(3)
+
+
+def _pinned_pair():
+    g = torch.Generator().manual_seed(11)
+    x = torch.rand(3, 2, 40, 36, generator=g, dtype=torch.float64)
+    return x + 0.05 * torch.randn(x.shape, generator=g, dtype=torch.float64), x
+
+
+def test_plain_and_paper_values_are_unchanged():
+    """The values the code gave before the fastmri definition was added (recorded from that commit)."""
+    y, x = _pinned_pair()
+    want = {
+        "plain": ([28.627036394078583, 28.63341813032632, 28.788823847631324],
+                  [0.9832638554979218, 0.9831911252419072, 0.9834391470094893]),
+        "paper": ([27.98370199305163, 28.299315338475562, 26.135266455774477],
+                  [0.9830383884505902, 0.9829265326093861, 0.9810853394826778]),
+    }
+    for name, (p, s) in want.items():
+        m = M.compute_metrics(y, x, name)
+        assert set(m) == {"psnr", "ssim"}
+        assert m["psnr"].tolist() == pytest.approx(p, rel=1e-12, abs=0)
+        assert m["ssim"].tolist() == pytest.approx(s, rel=1e-12, abs=0)
+
+
+def _reference_uniform_ssim(a, b, L, win=7):
+    """scikit-image's default SSIM re-derived: reflect-mode box filter, sample covariance, crop (win - 1) / 2."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    filt = lambda z: ndimage.uniform_filter(z, size=win, mode="reflect")  # noqa: E731
+    ua, ub = filt(a), filt(b)
+    cov = win * win / (win * win - 1)
+    vaa, vbb, vab = cov * (filt(a * a) - ua * ua), cov * (filt(b * b) - ub * ub), cov * (filt(a * b) - ua * ub)
+    c1, c2 = (0.01 * L) ** 2, (0.03 * L) ** 2
+    s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua**2 + ub**2 + c1) * (vaa + vbb + c2))
+    pad = (win - 1) // 2
+    return s[pad:-pad, pad:-pad].mean()
+
+
+def test_uniform_window_ssim_matches_reference_formula():
+    rng = np.random.default_rng(1)
+    a = rng.random((37, 45)) * 3
+    b = np.abs(a + 0.3 * rng.standard_normal(a.shape))
+    want = _reference_uniform_ssim(b, a, L=3.5)
+    got = float(M.ssim(torch.from_numpy(b), torch.from_numpy(a), window=7, data_range=3.5, weights="uniform",
+                       sample_covariance=True))
+    assert got == pytest.approx(want, rel=1e-12)
+    assert got != pytest.approx(float(M.ssim(torch.from_numpy(b), torch.from_numpy(a), window=7, data_range=3.5)), rel=1e-3)
+    with pytest.raises(ValueError, match="weights"):
+        M.ssim(torch.from_numpy(b), torch.from_numpy(a), weights="box")
+
+
+def _volume(s=4, h=40, w=32, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    gt = torch.rand(s, h, w, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2.0, s, dtype=torch.float64)[:, None, None]
+    return gt
+
+
+def test_fastmri_volume_closed_forms():
+    gt = _volume()
+    c = 0.1
+    r = M.volume_metrics(gt + c, gt)  # H > W: cropped to 32 x 32, rows 4 .. 35
+    crop = gt[:, 4:36]
+    mv = float(crop.max())
+    assert r["metric"] == "fastmri" and r["slices"] == 4 and r["maxval"] == mv
+    assert r["psnr"] == pytest.approx(10 * math.log10(mv**2 / c**2), rel=1e-12)
+    assert r["nmse"] == pytest.approx(c**2 * crop.numel() / float((crop**2).sum()), rel=1e-12)
+    per = r["per_slice"]
+    assert per["psnr"].shape == (4,) and torch.allclose(per["psnr"], torch.full((4,), r["psnr"], dtype=torch.float64))
+    assert r["ssim"] == pytest.approx(float(per["ssim"].mean()), rel=1e-14)
+    # one volume maxval for all slices; compute_metrics gives the same per slice when passed it
+    m = M.compute_metrics(gt + c, gt, "fastmri", maxval=mv)
+    assert set(m) == {"psnr", "ssim", "nmse"}
+    for k in m:
+        assert torch.allclose(m[k], per[k], rtol=1e-13, atol=0)
+    m_each = M.compute_metrics(gt + c, gt, "fastmri", maxval=crop.reshape(4, -1).max(1).values)
+    assert torch.allclose(M.compute_metrics(gt + c, gt, "fastmri")["psnr"], m_each["psnr"])  # default: each image's max
+    assert not torch.allclose(m_each["psnr"], per["psnr"])
+    # SSIM with the volume's maxval is the uniform-window, sample-covariance SSIM of each slice
+    ref = [_reference_uniform_ssim((crop[i] + c).numpy(), crop[i].numpy(), L=mv) for i in range(4)]
+    assert per["ssim"].tolist() == pytest.approx(ref, rel=1e-12)
+    # NMSE per slice and per volume
+    assert per["nmse"].tolist() == pytest.approx([c**2 * crop[i].numel() / float((crop[i] ** 2).sum()) for i in range(4)])
+    assert M.volume_metrics(gt, gt)["psnr"] == math.inf and M.volume_metrics(gt, gt)["nmse"] == 0.0
+
+
+def test_fastmri_complex_channels_and_volume_vs_plain():
+    gt = _volume(s=3, h=32, w=32, seed=3)
+    cplx = torch.stack((gt * 0.6, gt * 0.8), 1)  # magnitude = gt
+    r = M.volume_metrics(cplx * 1.1, cplx)
+    assert r["psnr"] == pytest.approx(M.volume_metrics(gt * 1.1, gt)["psnr"], rel=1e-12)
+    plain = M.volume_metrics(gt * 1.1, gt, "plain")
+    assert plain["maxval"] is None
+    assert plain["psnr"] == pytest.approx(float(M.compute_metrics(gt * 1.1, gt)["psnr"].mean()), rel=1e-14)
+    assert plain["nmse"] == pytest.approx(0.01, rel=1e-12) == r["nmse"]
+
+
+def test_fastmri_degenerate_inputs():
+    from mbdlprune.errors import DataError
+
+    gt = _volume(s=3, h=32, w=32, seed=4)
+    with pytest.raises(DataError, match="maximum is 0"):
+        M.volume_metrics(gt * 0, gt * 0)
+    empty = gt.clone()
+    empty[1] = 0
+    with pytest.raises(DataError, match="image 2 of 3 has maximum 0"):
+        M.compute_metrics(empty + 0.1, empty, "fastmri")
+    m = M.compute_metrics(empty + 0.1, empty, "fastmri", maxval=float(empty.max()))
+    assert m["nmse"][1] == math.inf and math.isfinite(float(m["psnr"][1]))
+    assert float(M.compute_metrics(empty, empty, "fastmri", maxval=1.0)["nmse"][1]) == 0.0
+    bad = gt + 0.01
+    bad[0, 3, 3] = math.nan
+    r = M.volume_metrics(bad, gt)
+    assert math.isnan(r["psnr"]) and math.isnan(r["nmse"]) and math.isnan(float(r["per_slice"]["psnr"][0]))
+    assert math.isfinite(float(r["per_slice"]["psnr"][1]))
+    bad[0, 3, 3] = math.inf
+    assert math.isnan(M.volume_metrics(bad, gt)["psnr"])
+    for mv in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(DataError, match="maxval"):
+            M.compute_metrics(gt, gt, "fastmri", maxval=mv)
+    with pytest.raises(ValueError, match="one value per image"):
+        M.compute_metrics(gt, gt, "fastmri", maxval=torch.ones(2))
+    with pytest.raises(ValueError, match="fastmri"):
+        M.compute_metrics(gt, gt, "plain", maxval=1.0)
+    with pytest.raises(DataError, match="wider than tall"):
+        M.volume_metrics(torch.rand(2, 20, 30), torch.rand(2, 20, 30))
+    with pytest.raises(DataError, match="NaN/Inf"):
+        M.volume_metrics(gt, bad)
+
+
+def test_fastmri_definition_describes_itself():
+    text = M.FASTMRI.describe()
+    for words in ("evaluate.py", "7x7 uniform window", "n = 49", "maximum of the ground-truth volume", "NMSE", "W x W"):
+        assert words in text
+    d = M.FASTMRI.to_dict()
+    assert (d["ssim_window"], d["ssim_weights"], d["ssim_sample_covariance"], d["per_volume"]) == (7, "uniform", True, True)
+    assert M.PLAIN.describe().startswith("metric 'plain':") and "Gaussian window (sigma 1.5)" in M.PLAIN.describe()
