@@ -6,12 +6,27 @@ Each result object's ``render(console)`` calls one function here; the CLI prints
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 
-def _si(n) -> str:
-    from .benchmark.report import _si as si
+def fmt(v: Any, spec: str = ".2f", none: str = "—") -> str:
+    """A number for a table: ``spec``-formatted, "—" for None/NaN, "inf" for infinities."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return none
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, spec)
 
-    return si(n)
+
+def si(v: float | None) -> str:
+    """A count with an SI prefix (1.23M, 4.56G) for a table; "—" for None."""
+    if v is None:
+        return "—"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.2f}{unit}"
+    return f"{v:.0f}"
 
 
 
@@ -82,8 +97,8 @@ def render_prune(report: dict, out, c) -> None:
     for name, p in report["priors"].items():
         t.add_row(
             name,
-            f"{_si(p['params_before'])} → {_si(p['params_after'])}",
-            f"{_si(p['macs_before'])} → {_si(p['macs_after'])}",
+            f"{si(p['params_before'])} → {si(p['params_after'])}",
+            f"{si(p['macs_before'])} → {si(p['macs_after'])}",
             str(p["calls_per_reconstruction"]),
             f"{p['widths_before']} → {p['widths_after']}",
             _pct(p.get("requested_channel_ratio")),
@@ -93,8 +108,8 @@ def render_prune(report: dict, out, c) -> None:
     b, a = report["macs_per_reconstruction_before"], report["macs_per_reconstruction_after"]
     it = report.get("nominal_iterations")
     nominal = f" (at max_iter = {it}, an upper bound; `bench` measures real iterations)" if it else ""
-    c.print(f"model params {_si(report['params_before'])} → {_si(report['params_after'])}; "
-            f"prior MACs per reconstruction {_si(b)} → {_si(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
+    c.print(f"model params {si(report['params_before'])} → {si(report['params_after'])}; "
+            f"prior MACs per reconstruction {si(b)} → {si(a)} ({b / max(a, 1):.2f}x fewer){nominal}")
     held = report.get("held_back") or {}
     if held:
         names = ", ".join(list(held)[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
@@ -103,7 +118,7 @@ def render_prune(report: dict, out, c) -> None:
         c.print(f"wrote {out}")
 
 
-def _fmt(v, unit: str = "") -> str:
+def _with_unit(v, unit: str = "") -> str:
     if v is None:
         return "-"
     return f"{v:.2f}{unit}" if isinstance(v, float) else str(v)
@@ -119,11 +134,11 @@ def render_finetune(result, c) -> None:
     for col in ("epoch", "lr", "train loss", f"val {v['metric'] or '-'}", "time (s)"):
         t.add_column(col, justify="right")
     if v["before"] is not None:
-        t.add_row("before", "-", "-", _fmt(v["before"], unit), "-")
+        t.add_row("before", "-", "-", _with_unit(v["before"], unit), "-")
     for h in r["history"]:
         val = (h.get("val") or {}).get("value")
         mark = " *" if h["epoch"] == v["best_epoch"] else ""
-        t.add_row(str(h["epoch"]), f"{h['lr']:.3g}", f"{h['train']['loss']:.4g}", _fmt(val, unit) + mark, f"{h['time_s']:.2f}")
+        t.add_row(str(h["epoch"]), f"{h['lr']:.3g}", f"{h['train']['loss']:.4g}", _with_unit(val, unit) + mark, f"{h['time_s']:.2f}")
     c.print(t)
     data = r["data"]
     c.print(f"train: {data['train']['slices']} slices from {len(data['train']['files'])} file(s); "
@@ -161,6 +176,6 @@ def render_inspect(info: dict, title: str, c) -> None:
             t.add_column(col)
         for name, p in info["priors"].items():
             widths = sorted(set((p.get("widths") or {}).values()))
-            t.add_row(name, _si(p["params"]), _si(p["macs_per_call"]) if "macs_per_call" in p else "-",
+            t.add_row(name, si(p["params"]), si(p["macs_per_call"]) if "macs_per_call" in p else "-",
                       "x".join(map(str, p.get("input_shape", []))) or "-", str(widths) if widths else "-")
         c.print(t)

@@ -23,9 +23,7 @@ from .fairness import (apply_solver_settings, common_operator, common_solver_set
 from .models import ROLES, ensure_model_file, load_bench_models
 from .records import check_finetune_overlap, finetune_summary, training_hashes
 from .report import SCHEMA_VERSION, SOLVER_KEYS, BenchReport, GateResult, ModelResult, evaluate_gates
-from .report import _clean, _fmt, _si  # noqa: F401  (shared formatting helpers)
 from .timing import DEFAULT_REPEATS, DEFAULT_WARMUP, TimingResult, busy_note, device_info, time_model, time_models
-from .timing import _percentile  # noqa: F401
 
 __all__ = [
     "BenchConfig", "BenchReport", "DEFAULT_REPEATS", "DEFAULT_WARMUP", "EvalData", "GateResult", "ModelResult", "ROLES",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..config import json_safe
+from ..render import fmt, si
 from ..errors import MbdlError
 from ..models.protocol import SOLVER_KEYS
 from .timing import TimingResult
@@ -110,24 +111,6 @@ def evaluate_gates(results: Sequence[ModelResult], min_speedup: float | None = N
 
 # ------------------------------------------------------------------------------ report
 #: the report's JSON-safe copy is the project's one helper
-_clean = json_safe
-
-
-def _fmt(v: Any, spec: str = ".2f", none: str = "—") -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return none
-    if isinstance(v, float) and math.isinf(v):
-        return "inf"
-    return format(v, spec)
-
-
-def _si(v: float | None) -> str:
-    if v is None:
-        return "—"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.2f}{unit}"
-    return f"{v:.0f}"
 
 
 @dataclass
@@ -170,7 +153,7 @@ class BenchReport:
 
     # -- JSON
     def to_dict(self) -> dict[str, Any]:
-        return _clean({
+        return json_safe({
             "schema_version": SCHEMA_VERSION,
             "created": self.created,
             "environment": self.environment,
@@ -218,18 +201,18 @@ class BenchReport:
             rows.append([
                 m.label,
                 m.role + (f" ({ft.get('mode')}, {ft.get('epochs')} ep)" if ft else ""),
-                _si(m.params),
-                _si(m.prior_macs),
-                _fmt(m.prior_calls_per_reconstruction, ".1f"),
-                _si(m.macs_per_reconstruction),
-                f"{_fmt(t.median_ms, '.2f')} [{_fmt(t.p10_ms, '.2f')}–{_fmt(t.p90_ms, '.2f')}]",
-                _fmt(t.throughput, ".1f"),
-                _fmt(t.peak_extra_memory_mb, ".1f"),
-                _fmt(m.speedup, ".2f") + ("x" if m.speedup is not None else ""),
-                _fmt(m.prior_macs_reduction, ".2f") + ("x" if m.prior_macs_reduction is not None else ""),
-                _fmt(m.speedup_per_macs_reduction, ".2f"),
-                _fmt(m.per_call_speedup, ".2f") + ("x" if m.per_call_speedup is not None else ""),
-                _fmt(m.per_call_speedup_per_macs_reduction, ".2f"),
+                si(m.params),
+                si(m.prior_macs),
+                fmt(m.prior_calls_per_reconstruction, ".1f"),
+                si(m.macs_per_reconstruction),
+                f"{fmt(t.median_ms, '.2f')} [{fmt(t.p10_ms, '.2f')}–{fmt(t.p90_ms, '.2f')}]",
+                fmt(t.throughput, ".1f"),
+                fmt(t.peak_extra_memory_mb, ".1f"),
+                fmt(m.speedup, ".2f") + ("x" if m.speedup is not None else ""),
+                fmt(m.prior_macs_reduction, ".2f") + ("x" if m.prior_macs_reduction is not None else ""),
+                fmt(m.speedup_per_macs_reduction, ".2f"),
+                fmt(m.per_call_speedup, ".2f") + ("x" if m.per_call_speedup is not None else ""),
+                fmt(m.per_call_speedup_per_macs_reduction, ".2f"),
             ])
         return rows
 
@@ -239,12 +222,12 @@ class BenchReport:
             first = m.role == "original"
             rows.append([
                 m.label,
-                f"{_fmt(m.psnr_mean)} ± {_fmt(m.psnr_std)}",
-                "—" if first else _fmt(m.psnr_drop, "+.2f"),
-                f"{_fmt(m.ssim_mean, '.4f')} ± {_fmt(m.ssim_std, '.4f')}",
-                "—" if first else _fmt(m.ssim_drop, "+.4f"),
-                _fmt(m.deq.get("iterations_mean"), ".1f") if m.deq else "—",
-                _fmt(m.deq.get("residual_max"), ".1e") if m.deq else "—",
+                f"{fmt(m.psnr_mean)} ± {fmt(m.psnr_std)}",
+                "—" if first else fmt(m.psnr_drop, "+.2f"),
+                f"{fmt(m.ssim_mean, '.4f')} ± {fmt(m.ssim_std, '.4f')}",
+                "—" if first else fmt(m.ssim_drop, "+.4f"),
+                fmt(m.deq.get("iterations_mean"), ".1f") if m.deq else "—",
+                fmt(m.deq.get("residual_max"), ".1e") if m.deq else "—",
             ])
         return rows
 

@@ -193,7 +193,8 @@ class TimingResult:
         return d
 
 
-def _percentile(xs: Sequence[float], q: float) -> float:
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``xs`` with linear interpolation, as numpy's default."""
     s = sorted(xs)
     if not s:
         return math.nan
@@ -286,7 +287,7 @@ def time_models(models: Sequence[Any], y, op, device: str, warmup: int = DEFAULT
         med = statistics.median(s)
         its = [float(d.get("iterations", math.nan)) for d in infos[i]]
         results.append(TimingResult(
-            median_ms=med, p10_ms=_percentile(s, 0.1), p90_ms=_percentile(s, 0.9), mean_ms=statistics.fmean(s),
+            median_ms=med, p10_ms=percentile(s, 0.1), p90_ms=percentile(s, 0.9), mean_ms=statistics.fmean(s),
             min_ms=min(s), throughput=batch_size / (med / 1e3) if med > 0 else math.inf, batch_size=batch_size,
             warmup=warmup, repeats=repeats, peak_memory_mb=probes[i].peak / 2**20,
             peak_extra_memory_mb=probes[i].extra / 2**20, memory_kind=probes[i].kind, method=timer.method,

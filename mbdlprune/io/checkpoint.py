@@ -332,11 +332,24 @@ def sync_module_attributes(model) -> None:
 # caller passed force. Two writers racing for one new path: exactly one wins.
 
 
-def check_finite(state: Mapping[str, Any], name: str) -> None:
-    """Refuse weights holding NaN or infinite values, naming the first such tensor."""
+def first_nonfinite(named_tensors) -> tuple[str, int] | None:
+    """``(name, count)`` of the first floating tensor holding NaN/Inf among ``(name, tensor)`` pairs,
+    or None. Meta tensors and non-float tensors are skipped. The one check behind loading
+    (:func:`check_finite`) and pruning (``pruning.guards.check_finite_weights``)."""
     import torch
 
-    for key, t in state.items():
-        if torch.is_tensor(t) and (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{name}: tensor {key!r} holds NaN or infinite values",
-                                  "the checkpoint is damaged (or training diverged): use an earlier checkpoint")
+    for key, t in named_tensors:
+        if not torch.is_tensor(t) or t.device.type == "meta" or not (t.is_floating_point() or t.is_complex()) or not t.numel():
+            continue
+        ok = torch.isfinite(t.detach())
+        if not bool(ok.all()):
+            return key, int((~ok).sum())
+    return None
+
+
+def check_finite(state: Mapping[str, Any], name: str) -> None:
+    """Refuse weights holding NaN or infinite values, naming the first such tensor."""
+    bad = first_nonfinite(state.items())
+    if bad is not None:
+        raise CheckpointError(f"{name}: tensor {bad[0]!r} holds NaN or infinite values",
+                              "the checkpoint is damaged (or training diverged): use an earlier checkpoint")

@@ -123,11 +123,10 @@ def check_patterns(sites: list[PriorSite], cfg: PruneConfig) -> None:
 
 def check_finite_weights(model: nn.Module) -> None:
     """Refuse a model with NaN/Inf in a parameter or buffer: importances and pruning would be garbage."""
+    from ..io.checkpoint import first_nonfinite
+
     for kind, items in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
-        for name, t in items:
-            if t is None or not (t.is_floating_point() or t.is_complex()) or t.device.type == "meta":
-                continue
-            if not bool(torch.isfinite(t.detach()).all()):
-                bad = int((~torch.isfinite(t.detach())).sum())
-                raise PruningError(f"{kind} {name!r} of the model holds {bad} NaN/Inf value(s)",
-                                   "the checkpoint is damaged or its training diverged; prune a healthy checkpoint")
+        bad = first_nonfinite(items)
+        if bad is not None:
+            raise PruningError(f"{kind} {bad[0]!r} of the model holds {bad[1]} NaN/Inf value(s)",
+                               "the checkpoint is damaged or its training diverged; prune a healthy checkpoint")

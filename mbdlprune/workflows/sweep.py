@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..benchmark import BenchReport, _fmt, _si
+from ..benchmark import BenchReport
+from ..render import fmt, si
 from .chain import checkpoint_stem, load_original, prune_and_finetune  # noqa: F401  (checkpoint_stem: re-exported)
 from ..errors import MbdlError
 
@@ -89,9 +90,10 @@ class SweepReport:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        from ..benchmark import SCHEMA_VERSION, _clean
+        from ..benchmark import SCHEMA_VERSION
+        from ..config import json_safe
 
-        return _clean({
+        return json_safe({
             "schema_version": SCHEMA_VERSION,
             "kind": "sweep",
             "points": [p.to_dict() for p in self.points],
@@ -125,11 +127,11 @@ class SweepReport:
         rows = []
         for p in self.points:
             rows.append([
-                f"{p.ratio:g}", p.label, _fmt(p.achieved_channel_ratio, ".3f"), _si(p.params),
-                _fmt(p.prior_macs_reduction, ".2f") + "x", _fmt(p.prior_calls, ".1f"), _fmt(p.speedup, ".2f") + "x",
-                _fmt(p.speedup_per_macs_reduction, ".2f"), _fmt(p.per_call_speedup_per_macs_reduction, ".2f"),
-                _fmt(p.median_ms, ".2f"), _fmt(p.psnr_mean),
-                "—" if p.ratio == 0 else _fmt(p.psnr_drop, "+.2f"), _fmt(p.ssim_mean, ".4f"),
+                f"{p.ratio:g}", p.label, fmt(p.achieved_channel_ratio, ".3f"), si(p.params),
+                fmt(p.prior_macs_reduction, ".2f") + "x", fmt(p.prior_calls, ".1f"), fmt(p.speedup, ".2f") + "x",
+                fmt(p.speedup_per_macs_reduction, ".2f"), fmt(p.per_call_speedup_per_macs_reduction, ".2f"),
+                fmt(p.median_ms, ".2f"), fmt(p.psnr_mean),
+                "—" if p.ratio == 0 else fmt(p.psnr_drop, "+.2f"), fmt(p.ssim_mean, ".4f"),
                 "●" if p.on_front else "", {None: "", True: "yes", False: "no"}[p.within_budget],
             ])
         return rows
