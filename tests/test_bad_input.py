@@ -561,7 +561,7 @@ def test_nan_weights_are_refused_naming_the_tensor(where):
 
 @pytest.fixture(scope="module")
 def small_ckpt(tmp_path_factory):
-    from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+    from mbdlprune.models.small import SMALL_IMAGE_SIZE, small_args
     from mbdlprune.models.user import build_arch
 
     d = tmp_path_factory.mktemp("ckpt")

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from mbdlprune.cli import app
-from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+from mbdlprune.models.small import SMALL_IMAGE_SIZE, small_args
 from mbdlprune.models.user import build_arch
 
 runner = CliRunner()

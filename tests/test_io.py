@@ -12,7 +12,7 @@ from mbdlprune.api import example_inputs, load_checkpoint_model, prune, prune_mo
 from mbdlprune.errors import CheckpointError, MbdlError
 from mbdlprune.io import load_model, match_keys, read_checkpoint, save_model
 from mbdlprune.models import list_archs
-from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+from mbdlprune.models.small import SMALL_IMAGE_SIZE, small_args
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
 

@@ -11,7 +11,7 @@ from mbdlprune.api import convert, prune
 from mbdlprune.errors import CheckpointError, ConfigError
 from mbdlprune.io import load_model, read_checkpoint
 from mbdlprune.keymap import KeyMap, list_key_maps, load_key_map
-from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+from mbdlprune.models.small import SMALL_IMAGE_SIZE, small_args
 from mbdlprune.models.user import build_arch
 
 MRI = {"operator": {"kind": "mri", "image_size": list(SMALL_IMAGE_SIZE), "acceleration": 4, "coils": 2}}

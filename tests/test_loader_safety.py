@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from mbdlprune.api import prune
 from mbdlprune.errors import CheckpointError, ConfigError, MbdlError
 from mbdlprune.io import EMBED_PREFIX, load_model, read_checkpoint, save_model, write_file, write_json
-from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+from mbdlprune.models.small import SMALL_IMAGE_SIZE, small_args
 from mbdlprune.models.user import build_arch
 
 H, W = SMALL_IMAGE_SIZE

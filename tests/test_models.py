@@ -11,7 +11,7 @@ from torch import nn
 from mbdlprune.errors import ConfigError
 from mbdlprune.models import create_arch, default_args, get_arch, list_archs
 from mbdlprune.models.deq import DEQ
-from mbdlprune.models.examples import SMALL_ARGS, SMALL_IMAGE_SIZE, small_args
+from mbdlprune.models.small import SMALL_ARGS, SMALL_IMAGE_SIZE, small_args
 from mbdlprune.models.priors import EDSR, Unet
 from mbdlprune.models.solvers import SOLVERS
 from mbdlprune.models.unrolled import Unrolled

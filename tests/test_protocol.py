@@ -3,7 +3,7 @@
 import pytest
 
 from mbdlprune.models import create_arch, list_archs
-from mbdlprune.models.examples import small_args
+from mbdlprune.models.small import small_args
 from mbdlprune.models.protocol import SolverSettings, is_deq, solver_settings
 
 

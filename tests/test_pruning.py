@@ -11,7 +11,7 @@ from torch import nn
 from mbdlprune.api import example_inputs, prune_model
 from mbdlprune.errors import MbdlError, PruningError
 from mbdlprune.models import list_archs
-from mbdlprune.models.examples import SMALL_IMAGE_SIZE, small_args
+from mbdlprune.models.small import SMALL_IMAGE_SIZE, small_args
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
 from mbdlprune.pruning import PruneConfig, count_params, find_priors, prune_priors
