@@ -41,8 +41,6 @@ def compare(models: Sequence[Any], data: Any, config: BenchConfig | None = None,
     """
     import torch
 
-    from ..metrics import get_definition
-
     cfg = config or BenchConfig()
     cfg.validate()
     say = progress or (lambda msg: None)
@@ -60,9 +58,7 @@ def compare(models: Sequence[Any], data: Any, config: BenchConfig | None = None,
     devices = [_device_of(e.model) for e in entries]
     try:
         with solver_settings_applied(entries, solver_settings):
-            return _measure(entries, data, op, op_source, dev, env, solver_settings, cfg.warmup, cfg.repeats,
-                            cfg.batch_size, get_definition(cfg.metric), cfg.seed, cfg.max_images, cfg.fit,
-                            cfg.min_speedup, cfg.max_psnr_drop, cfg.interleave, say)
+            return _measure(entries, data, op, op_source, dev, env, solver_settings, cfg, say)
     finally:  # the caller's models go back to their devices, torch to its thread count
         for e, d in zip(entries, devices):
             e.model.to(d)
@@ -75,31 +71,54 @@ def _device_of(model):
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
-def _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, repeats, batch_size, metric_def, seed,
-             max_images, fit, min_speedup, max_psnr_drop, interleave, say) -> BenchReport:
+def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: BenchConfig, say) -> BenchReport:
     """Score, count and time the models (settings already applied) and build the report."""
     import torch
 
-    ev = load_eval_data(data, op, max_images, fit)
-    check_finetune_overlap(entries, ev.hashes)
+    from ..metrics import get_definition
+    from .costs import _CostCounter
+    from .rawdata import is_raw_data, load_raw_eval, score_raw
+
+    warmup, repeats, batch_size, seed = cfg.warmup, cfg.repeats, cfg.batch_size, cfg.seed
+    min_speedup, max_psnr_drop, interleave = cfg.min_speedup, cfg.max_psnr_drop, cfg.interleave
+    raw = is_raw_data(data)
+    metric_def = get_definition(cfg.metric_for(raw))
+    if raw:  # real measurements: the fastMRI protocol (mask per file, RSS target, crop)
+        rev = load_raw_eval(data, op, entries, scale=cfg.kspace_scale, coil_maps=cfg.coil_maps,
+                            max_images=cfg.max_images, say=say)
+        hashes, data_notes, data_record = rev.hashes, rev.notes, rev.record(seed)
+    else:
+        ev = load_eval_data(data, op, cfg.max_images, cfg.fit)
+        hashes, data_notes = ev.hashes, ev.notes
+        data_record = {"source": ev.source, "kind": "images", "n_images": int(ev.images.shape[0]), "seed": seed,
+                       "sha256": ev.hashes, "files": ev.files}
+    check_finetune_overlap(entries, hashes)
     notes: list[str] = []
     if env["note"]:
         notes.append(env["note"])
-    notes += list(ev.notes)
+    notes += list(data_notes)
     notes += lineage_notes(entries)
     if not dev.startswith("cuda") and busy_note(env):
         notes.append(busy_note(env))
     for e in entries:
         e.model.eval().to(device=dev, dtype=torch.float32)
-    say(f"simulating measurements for {ev.images.shape[0]} images (seed {seed})")
-    y = simulate_measurements(ev.images, op.to("cpu"), seed)
-    op = op.to(dev)
-
-    # quality and costs (also a first warm-up)
     scored = []
-    for e in entries:
-        say(f"reconstructing with {e.label}")
-        scored.append(reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def))
+    if raw:
+        for e in entries:
+            say(f"reconstructing {rev.n_images} slices of {len(rev.volumes)} volume(s) with {e.label}")
+            scored.append(score_raw(e, rev, dev, batch_size, metric_def, _CostCounter))
+        y, op = rev.timing_input(batch_size)
+        op = op.to(dev)
+        truth = scored[0]["truth"]
+    else:
+        say(f"simulating measurements for {ev.images.shape[0]} images (seed {seed})")
+        y = simulate_measurements(ev.images, op.to("cpu"), seed)
+        op = op.to(dev)
+        # quality and costs (also a first warm-up)
+        for e in entries:
+            say(f"reconstructing with {e.label}")
+            scored.append(reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def))
+        truth = ev.images[:1].clone()
     say(f"timing {len(entries)} models: {warmup} warm-up + {repeats} interleaved runs, batch {batch_size}")
     timings = time_models([e.model for e in entries], y, op, dev, warmup, repeats, batch_size, interleave)
 
@@ -109,8 +128,10 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, re
         prior_macs = float(sum(p["macs_per_call"] for p in priors.values()))
         calls = float(sum(p["calls_per_reconstruction"] for p in priors.values()))
         recon = float(sum(p["macs_per_reconstruction"] for p in priors.values()))
-        pm, ps = _stats(sc["psnr"])
-        sm, ss = _stats(sc["ssim"])
+        vols = sc.get("volumes")
+        per_volume = bool(vols) and metric_def.per_volume  # fastMRI reports the mean of the volumes' scores
+        pm, ps = _stats([v["psnr"] for v in vols] if per_volume else sc["psnr"])
+        sm, ss = _stats([v["ssim"] for v in vols] if per_volume else sc["ssim"])
         deq = sc["deq"]
         if deq is not None and tm.iterations_mean is not None:
             deq = {**deq, "timed_iterations_mean": tm.iterations_mean, "timed_residual_final": tm.residual_final}
@@ -122,6 +143,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, re
             prior_params=int(sum(p["params"] for p in priors.values())), prior_macs=prior_macs,
             prior_calls_per_reconstruction=calls, macs_per_reconstruction=recon, priors=priors, timing=tm,
             psnr=sc["psnr"], ssim=sc["ssim"], psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss, deq=deq,
+            volumes=vols,
         ))
     ref = results[0]
     for r in results:
@@ -167,13 +189,13 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, warmup, re
         solver=solver_settings,
         operator={"kind": getattr(op, "kind", type(op).__name__), "image_shape": list(op.image_shape),
                   "spec": getattr(op, "spec", None), "source": op_source},
-        data={"source": ev.source, "n_images": int(ev.images.shape[0]), "seed": seed, "sha256": ev.hashes, "files": ev.files},
+        data=data_record,
         metric=metric_def.to_dict(),
         gates=gates,
         notes=notes,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    report.examples["__truth__"] = ev.images[:1].clone()
+    report.examples["__truth__"] = truth
     for e, sc in zip(entries, scored):
         report.examples[e.label] = sc["example"]
     return report

@@ -30,6 +30,10 @@ class BenchConfig:
     ``solver``/``tol``/``max_iter``: None keeps the first (original) model's settings, applied
     to every DEQ alike. ``threads``: torch intra-op threads for the run (restored afterwards).
     ``min_speedup``/``max_psnr_drop``: CI gates evaluated on every pruned model.
+    ``metric``: a definition of :data:`mbdlprune.metrics.METRICS`, or ``auto`` (``fastmri`` on raw
+    k-space, ``plain`` on images). ``kspace_scale`` and ``coil_maps`` apply to raw k-space data
+    (:mod:`.rawdata`): how k-space is scaled for the models, and how coil maps are estimated for
+    models that take them from the operator.
     """
 
     device: str = "auto"
@@ -39,7 +43,7 @@ class BenchConfig:
     warmup: int = DEFAULT_WARMUP
     repeats: int = DEFAULT_REPEATS
     batch_size: int = 1
-    metric: str = "plain"
+    metric: str = "auto"
     seed: int = 0
     max_images: int | None = None
     fit: str = "error"
@@ -47,6 +51,8 @@ class BenchConfig:
     threads: int | None = None
     min_speedup: float | None = None
     max_psnr_drop: float | None = None
+    kspace_scale: str = "auto"
+    coil_maps: str = "acs"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "bench settings") -> "BenchConfig":
@@ -62,6 +68,10 @@ class BenchConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def metric_for(self, raw: bool) -> str:
+        """The metric definition's name: ``auto`` is ``fastmri`` on raw k-space, ``plain`` on images."""
+        return self.metric if self.metric != "auto" else ("fastmri" if raw else "plain")
 
     def validate(self, where: str | None = None) -> None:
         """Refuse, in one line and before any work, settings no benchmark can run with.
@@ -85,12 +95,18 @@ class BenchConfig:
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise MbdlError(f"{ctx}: {name(key)} must be positive, got {value}", f"set {name(key)} above 0")
-        for key in ("device", "metric", "fit") + (("solver",) if self.solver is not None else ()):
+        for key in ("device", "metric", "fit", "kspace_scale", "coil_maps") + (("solver",) if self.solver is not None else ()):
             if not isinstance(getattr(self, key), str):
                 raise MbdlError(f"{ctx}: {name(key)} must be a string, got {getattr(self, key)!r:.60}", f"fix {name(key)}")
         if self.fit not in FITS:
             raise MbdlError(f"{ctx}: unknown {name('fit')} {self.fit!r}", f"use one of: {', '.join(FITS)}")
-        get_definition(self.metric)
+        if self.metric != "auto":
+            get_definition(self.metric)
+        from .rawdata import COIL_MAP_METHODS, KSPACE_SCALES
+
+        for key, allowed in (("kspace_scale", KSPACE_SCALES), ("coil_maps", COIL_MAP_METHODS)):
+            if getattr(self, key) not in allowed:
+                raise MbdlError(f"{ctx}: unknown {name(key)} {getattr(self, key)!r}", f"use one of: {', '.join(allowed)}")
         if not isinstance(self.interleave, bool):
             raise MbdlError(f"{ctx}: interleave must be true or false, got {self.interleave!r}", "write interleave = true or false")
 

@@ -53,6 +53,20 @@ class _CostCounter:
         for h in self.handles:
             h.remove()
 
+    def summary(self, images: int, batches: int) -> dict[str, dict[str, Any]]:
+        """Per prior: params, calls per reconstruction (per batch), MACs per call and per reconstruction (per image)."""
+        priors = {}
+        for p in self.paths:
+            calls = self.calls[p] / batches if batches else 0.0
+            per_recon = self.macs[p] / images if images else 0.0
+            priors[p or "(whole model)"] = {
+                "params": self.params[p],
+                "calls_per_reconstruction": calls,
+                "macs_per_call": per_recon / calls if calls else 0.0,
+                "macs_per_reconstruction": per_recon,
+            }
+        return priors
+
 
 def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
     """Reconstruct every measurement (batched), score against ``images``, count prior costs."""
@@ -87,17 +101,7 @@ def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_siz
                 ssims += [float(v) for v in m["ssim"]]
     finally:
         counter.remove()
-    n = y.shape[0]
-    priors = {}
-    for p in counter.paths:
-        calls = counter.calls[p] / batches if batches else 0.0
-        per_recon = counter.macs[p] / n if n else 0.0
-        priors[p or "(whole model)"] = {
-            "params": counter.params[p],
-            "calls_per_reconstruction": calls,
-            "macs_per_call": per_recon / calls if calls else 0.0,
-            "macs_per_reconstruction": per_recon,
-        }
+    priors = counter.summary(y.shape[0], batches)
     deq = None
     if its:
         deq = {

@@ -52,6 +52,7 @@ class ModelResult:
     psnr_drop_paired_std: float | None = None
     ssim_drop: float | None = None
     psnr_drop_vs_control: float | None = None
+    volumes: list[dict[str, Any]] | None = None  # raw k-space: per-volume scores (fastMRI's)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "timing"}

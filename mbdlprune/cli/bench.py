@@ -25,7 +25,9 @@ RepeatsOpt = typer.Option(30, "--repeats", help="Timed runs per model (interleav
 TolOpt = typer.Option(None, "--tol", help="DEQ tolerance for EVERY model (default: the first model's).")
 MaxIterOpt = typer.Option(None, "--max-iter", help="DEQ iteration cap for EVERY model (default: the first model's).")
 SolverOpt = typer.Option(None, "--solver", help="DEQ solver for EVERY model (default: the first model's).")
-MetricOpt = typer.Option("plain", "--metric", help="plain (magnitudes, peak = data range) or paper (crop, background, min-max, peak 1).")
+MetricOpt = typer.Option("auto", "--metric", help="auto (fastmri on raw k-space, plain on images), plain (magnitudes, peak = data range), paper (crop, background, min-max, peak 1) or fastmri (fastMRI's evaluate.py: per volume, maxval = volume maximum, 7x7 SSIM, NMSE).")
+KspaceScaleOpt = typer.Option("auto", "--kspace-scale", help="Raw k-space: none (raw units, fastMRI's VarNet), max (each slice to 1), volume; auto: none for e2e-varnet, else max.")
+CoilMapsOpt = typer.Option("acs", "--coil-maps", help="Raw multi-coil k-space, models that take coil maps from the operator: acs (low-resolution estimate) or espirit (sigpy); E2E-VarNet estimates its own.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the simulated measurement noise.")
 MaxImagesOpt = typer.Option(None, "--max-images", help="Use only the first N evaluation images.")
 FitOpt = typer.Option("error", "--fit", help="Fit slices to the operator's image size: error, crop, pad, crop-pad.")
@@ -86,7 +88,7 @@ def _finish(code: int, line: str, json_to_stdout: bool) -> None:
 
 def bench_cmd(
     models: List[Path] = typer.Argument(..., help="ORIGINAL PRUNED [MORE...]: model files; the first is the reference."),
-    data: List[Path] = typer.Option(..., "--data", help="Evaluation images: NIfTI / .npy / .npz / fastMRI .h5 file or folder; repeatable."),
+    data: List[Path] = typer.Option(..., "--data", help="Evaluation data: images (NIfTI / .npy / .npz) or raw k-space (fastMRI .h5 / .npz with kspace, evaluated the fastMRI way); file or folder; repeatable."),
     operator: Optional[Path] = OperatorOpt,
     device: str = DeviceOpt,
     batch_size: int = BatchOpt,
@@ -96,6 +98,8 @@ def bench_cmd(
     max_iter: Optional[int] = MaxIterOpt,
     solver: Optional[str] = SolverOpt,
     metric: str = MetricOpt,
+    kspace_scale: str = KspaceScaleOpt,
+    coil_maps: str = CoilMapsOpt,
     seed: int = SeedOpt,
     max_images: Optional[int] = MaxImagesOpt,
     fit: str = FitOpt,
@@ -126,6 +130,7 @@ def bench_cmd(
         [str(m) for m in models], [str(d) for d in data] if len(data) > 1 else str(data[0]), operator=operator,
         device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
         batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads, arch=arch,
+        kspace_scale=kspace_scale, coil_maps=coil_maps,
         min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
         progress=_progress(quiet or json_out == "-"), control_data=[str(d) for d in control_data] or None, force=force,
         key_map=key_map, unsafe_pickle=unsafe_pickle,
@@ -159,6 +164,8 @@ def sweep_cmd(
     max_iter: Optional[int] = MaxIterOpt,
     solver: Optional[str] = SolverOpt,
     metric: str = MetricOpt,
+    kspace_scale: str = KspaceScaleOpt,
+    coil_maps: str = CoilMapsOpt,
     seed: int = SeedOpt,
     max_images: Optional[int] = MaxImagesOpt,
     fit: str = FitOpt,
@@ -197,7 +204,7 @@ def sweep_cmd(
         data=[str(d) for d in data] or None, eval_data=ev, max_psnr_drop=max_psnr_drop, out_dir=out_dir,
         importance=importance, round_to=round_to, device=device, solver=solver, tol=tol, max_iter=max_iter,
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
-        fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
+        kspace_scale=kspace_scale, coil_maps=coil_maps, fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
         key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None,
     )
     from ..io import json_safe, write_text

@@ -537,6 +537,27 @@ def _maxval(attrs: dict[str, Any], target: np.ndarray | None) -> float | None:
     return float(target.max()) if target is not None and target.size else None
 
 
+def holds_kspace(path: str | Path) -> bool:
+    """Whether a file is raw k-space: an .h5 with a ``kspace`` dataset or an .npz with a ``kspace``
+    array. Reads names only (nothing is loaded); unreadable files count as not raw."""
+    p = Path(path)
+    name = p.name.lower()
+    try:
+        if name.endswith((".h5", ".hdf5")):
+            import h5py
+
+            with h5py.File(p, "r") as f:
+                return "kspace" in f
+        if name.endswith(".npz"):
+            import zipfile
+
+            with zipfile.ZipFile(p) as z:
+                return "kspace.npy" in z.namelist()
+    except Exception:  # a corrupt file: the readers give the one-line error later
+        return False
+    return False
+
+
 def check_same_coils(volumes: Sequence[RawVolume]) -> int:
     """The coil count shared by all volumes of one run; files that differ are refused."""
     if not volumes:
@@ -723,15 +744,18 @@ class EvalSlices:
         a = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
         if a.ndim == 4 and a.shape[1] == 2:
             a = a[:, 0] + 1j * a[:, 1]
+        elif a.ndim == 4 and a.shape[1] == 1:  # a magnitude (one-channel) output
+            a = a[:, 0]
         mag = np.abs(a).astype(np.float32) * self.scale.reshape(-1, 1, 1)
         return np.ascontiguousarray(center_crop(mag, self.crop))
 
 
-def prepare_eval(volume: RawVolume, mask: str = "random", acceleration: float = 4, center_fraction: float = 0.08,
-                 scale: str = "none") -> EvalSlices:
+def prepare_eval(volume: RawVolume, mask: "str | np.ndarray" = "random", acceleration: float = 4,
+                 center_fraction: float = 0.08, scale: str = "none") -> EvalSlices:
     """The fastMRI protocol for one volume: the file's own mask if it stores one, else the
-    per-volume seeded mask of ``mask`` kind (with the ISMRMRD padding); undersampled k-space,
-    scaled; the target and crop. ``record`` says what was done, for reports."""
+    per-volume seeded mask of ``mask`` kind (with the ISMRMRD padding), or ``mask`` itself when
+    it is an array of columns (W,) or an (H, W) mask (a fixed rule: the same for every file);
+    undersampled k-space, scaled; the target and crop. ``record`` says what was done, for reports."""
     from ..operators.masks import fastmri_low_frequencies
 
     h, w = volume.image_shape
@@ -739,6 +763,13 @@ def prepare_eval(volume: RawVolume, mask: str = "random", acceleration: float = 
         cols = volume.mask
         n = fastmri_low_frequencies(cols if cols.ndim == 1 else cols[0])  # fastMRI reads the first row
         how: dict[str, Any] = {"mask": "stored in file"}
+    elif not isinstance(mask, str):
+        cols = (np.asarray(mask) > 0).astype(np.float32)
+        if cols.shape not in ((w,), (h, w)):
+            raise DataError(f"{volume.name}: the mask has shape {cols.shape}, the k-space {h}x{w}",
+                            f"use a mask over the {w} phase-encode columns")
+        n = fastmri_low_frequencies(cols if cols.ndim == 1 else cols[0])
+        how = {"mask": "fixed (the operator's)"}
     else:
         pad = _padding(volume)
         cols, n = volume_mask(volume.name, mask, w, acceleration, center_fraction, pad)

@@ -198,6 +198,11 @@ class VarNet(nn.Module):
         self.out_channels = 2 if output == "complex" else 1
         self.last_info: dict[str, Any] = {"iterations": 0}
 
+    @property
+    def estimates_coil_maps(self) -> bool:
+        """E2E: coil maps come from the network (``sens_net``), not from the operator."""
+        return self.sens_net is not None
+
     def sensitivity_maps(self, y: torch.Tensor, op: nn.Module) -> torch.Tensor:
         """Coil maps (N or 1, coils, H, W, 2): estimated (E2E) or the operator's."""
         if self.sens_net is not None:
@@ -205,7 +210,7 @@ class VarNet(nn.Module):
         maps = getattr(op, "coil_maps", None)
         if maps is None:
             raise MbdlError("this VarNet needs an operator with coil_maps", "use an MRI operator, or e2e-varnet")
-        return maps.unsqueeze(0).to(y.dtype)
+        return (maps if maps.dim() == 5 else maps.unsqueeze(0)).to(y.dtype)
 
     def forward(self, y: torch.Tensor, op: nn.Module) -> torch.Tensor:
         mask = _mask(op)

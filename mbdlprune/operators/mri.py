@@ -36,9 +36,11 @@ COIL_DATASETS = ("coil_maps", "sens_maps")
 class MRIOperator(Operator):
     """Undersampled Cartesian MRI with coil sensitivities normalised to sum_c |S_c|^2 = 1 when simulated.
 
-    Buffers: ``mask`` (1, 1, 1, W, 1) or (1, 1, H, W, 1), 1 = sampled; ``coil_maps`` (coils, H, W, 2).
-    Attributes used by unrolled networks: ``coils`` and ``num_low_frequencies`` (the centre
-    columns a VarNet estimates coil maps from; the spec key of that name).
+    Buffers: ``mask`` (1, 1, 1, W, 1) or (1, 1, H, W, 1), 1 = sampled; ``coil_maps`` (coils, H, W, 2),
+    or (N, coils, H, W, 2) with one set per image of a batch (maps estimated per slice from raw
+    k-space: :meth:`with_sampling`, :meth:`batch`). Attributes used by unrolled networks: ``coils``
+    and ``num_low_frequencies`` (the centre columns a VarNet estimates coil maps from; the spec
+    key of that name).
     """
 
     kind = "mri"
@@ -51,12 +53,37 @@ class MRIOperator(Operator):
         mask = torch.as_tensor(np.asarray(mask), dtype=torch.float32)
         shape = (1, 1, 1, w, 1) if mask.dim() == 1 else (1, 1, h, w, 1)
         maps = torch.as_tensor(np.asarray(coil_maps), dtype=torch.float32)
-        if tuple(maps.shape[1:]) != (h, w, 2):
-            raise ValueError(f"coil_maps must be (coils, {h}, {w}, 2), got {tuple(maps.shape)}")
+        if maps.dim() not in (4, 5) or tuple(maps.shape[-3:]) != (h, w, 2):
+            raise ValueError(f"coil_maps must be ([N,] coils, {h}, {w}, 2), got {tuple(maps.shape)}")
         self.register_buffer("mask", mask.reshape(shape))
         self.register_buffer("coil_maps", maps)
-        self.coils = int(maps.shape[0])
+        self.coils = int(maps.shape[-4])
         self.num_low_frequencies = int(num_low_frequencies)
+
+    @property
+    def per_image_maps(self) -> bool:
+        """True when ``coil_maps`` holds one set per image of a batch (N, coils, H, W, 2)."""
+        return self.coil_maps.dim() == 5
+
+    def with_sampling(self, mask: np.ndarray | torch.Tensor | None = None, coil_maps: np.ndarray | torch.Tensor | None = None,
+                      num_low_frequencies: int | None = None) -> "MRIOperator":
+        """A copy with another mask (W,) / (H, W) and/or coil maps ([N,] coils, H, W, 2): the
+        operator of one raw volume under the fastMRI protocol (its own mask, its own maps).
+        The spec is the original's; what differs is recorded by the caller."""
+        m = self.mask.reshape(-1) if self.mask.shape[2] == 1 else self.mask[0, 0, :, :, 0]
+        op = MRIOperator(self.image_size, (m if mask is None else torch.as_tensor(np.asarray(mask))).cpu(),
+                         (self.coil_maps if coil_maps is None else torch.as_tensor(np.asarray(coil_maps))).cpu(),
+                         self.num_low_frequencies if num_low_frequencies is None else num_low_frequencies,
+                         self.noise_sigma, dict(self.spec))
+        return op.to(self.mask.device)
+
+    def batch(self, start: int, stop: int) -> "MRIOperator":
+        """The operator for images ``start:stop`` of a batch (itself unless maps are per image)."""
+        if not self.per_image_maps:
+            return self
+        op = MRIOperator(self.image_size, self.mask.reshape(-1) if self.mask.shape[2] == 1 else self.mask[0, 0, :, :, 0],
+                         self.coil_maps[start:stop], self.num_low_frequencies, self.noise_sigma, dict(self.spec))
+        return op.to(self.mask.device)
 
     @property
     def measurement_shape(self) -> tuple[int, int, int, int]:

@@ -214,7 +214,7 @@ def sweep(
     warmup: int = 10,
     repeats: int = 30,
     batch_size: int = 1,
-    metric: str = "plain",
+    metric: str = "auto",
     seed: int = 0,
     max_images: int | None = None,
     fit: str = "error",
@@ -223,6 +223,8 @@ def sweep(
     unsafe_pickle: bool = False,
     progress=None,
     key_map: Any = None,
+    kspace_scale: str = "auto",
+    coil_maps: str = "acs",
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
@@ -237,7 +239,8 @@ def sweep(
     say = progress or (lambda msg: None)
     ratio_list = parse_ratios(ratios)
     bcfg = BenchConfig(device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
-                       batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads)
+                       batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads,
+                       kspace_scale=kspace_scale, coil_maps=coil_maps)
     bcfg.validate()
     if eval_data is None:
         raise MbdlError("a sweep needs evaluation data", "pass --eval-data PATH (images the models never trained on)")
