@@ -51,6 +51,21 @@ EXAMPLES: dict[str, Example] = {e.name: e for e in (
 #: the model examples and the demo's short names for them
 MODEL_EXAMPLES = ("deq", "unrolled")
 
+#: model examples that take raw multi-coil k-space (fastMRI layout), with data from :func:`raw_example_data`
+RAW_MODEL_EXAMPLES = ("varnet",)
+#: how :func:`raw_example_data` (and examples/train_varnet_example.py) make raw k-space from the
+#: shipped slices: coils, readout oversampling, and per file (short name -> file name, source
+#: slices, coil-array seed, acquisition attribute)
+RAW_COILS = 4
+RAW_OVERSAMPLE = 2
+RAW_FILES: dict[str, tuple[str, str, int, str]] = {
+    "eval": ("eval.h5", "eval", 101, "AXT2"),
+    "finetune": ("finetune.h5", "finetune", 102, "AXT1"),
+    "finetune-val": ("finetune_val.h5", "finetune-val", 103, "AXT1"),
+}
+#: the fastMRI protocol the raw examples were trained and scored with (mbdlprune.data.raw.prepare_eval)
+RAW_PROTOCOL = {"mask": "equispaced_fraction", "acceleration": 4, "center_fraction": 0.08, "scale": "none"}
+
 _EXTRACTED: dict[str, Path] = {}
 
 
@@ -134,3 +149,25 @@ def list_examples() -> list[dict[str, Any]]:
                         row["eval"]["deq_iterations_mean"] = ev["deq"].get("iterations_mean")
         out.append(row)
     return out
+
+
+def raw_example_data(folder: str | Path, force: bool = False) -> dict[str, Path]:
+    """Write the raw multi-coil k-space of the shipped slices into ``folder``: ``eval.h5`` (from
+    ``eval_slices.nii.gz``), ``finetune.h5`` and ``finetune_val.h5``, fastMRI-layout files made by
+    :func:`mbdlprune.data.fastmri_files.write_fastmri_file` with :data:`RAW_COILS` coils, readout
+    oversampled :data:`RAW_OVERSAMPLE` x and the seeds of :data:`RAW_FILES` (as the ``varnet``
+    example was trained and scored). Returns the paths by the names ``eval``, ``finetune``,
+    ``finetune-val``. Existing files are replaced only with ``force``.
+
+    The slices keep their stored scale (largest magnitude 1 each): the ``varnet`` example takes
+    this k-space unscaled (:data:`RAW_PROTOCOL` ``scale = "none"``), as fastMRI's VarNet does.
+    """
+    from .data.fastmri_files import images_from_nifti, write_fastmri_file
+
+    out = Path(folder)
+    paths: dict[str, Path] = {}
+    for name, (file, source, seed, acquisition) in RAW_FILES.items():
+        images = images_from_nifti(example_path(source))
+        paths[name] = write_fastmri_file(out / file, images, coils=RAW_COILS, oversample=RAW_OVERSAMPLE, seed=seed,
+                                         acquisition=acquisition, force=force)
+    return paths
