@@ -166,6 +166,29 @@ def test_spec_without_the_marker_is_legacy_only_in_model_files():
     assert load_operator({**spec, "mask_rule": 2}, embedded={}).spec["mask_rule"] == 2
 
 
+@pytest.mark.parametrize("keys, recorded", [
+    ({"mask": "random", "seed": 3}, {"mask": "random", "mask_rule": 2}),
+    ({"mask": "equispaced", "seed": 3}, {"mask": "equispaced_fraction", "mask_rule": 2}),
+    ({"mask": "uniform", "acceleration": 5}, {"mask": "uniform", "mask_rule": 2}),      # W = 256: the same mask and centre
+    ({"mask": "uniform", "acceleration": 4}, {"mask": "uniform", "mask_rule": 1}),      # the same mask, centre 25 vs 24
+    ({"mask": "uniform", "acceleration": 6}, {"mask": "uniform", "mask_rule": 1}),      # 57 vs 56 columns
+    ({"mask": "uniform", "acceleration": 4, "center_fraction": 0.1}, {"mask": "uniform", "mask_rule": 2}),
+])
+def test_legacy_specs_are_recorded_under_the_current_rule_where_it_rebuilds_them(keys, recorded):
+    """A legacy spec is recorded as mask_rule 2 (and its current name) when rule 2 gives the same mask
+    and centre count, so an old model file and one written now describe it alike (bench compares the
+    recorded specs); otherwise it keeps mask_rule 1. Either way the mask is the legacy one."""
+    spec = {"kind": "mri", "image_size": [8, 256], "acceleration": 4, **keys}
+    old = load_operator(spec, embedded={})
+    assert {k: old.spec[k] for k in recorded} == recorded
+    legacy = load_operator({**spec, "mask_rule": 1})
+    assert torch.equal(old.mask, legacy.mask) and old.num_low_frequencies == legacy.num_low_frequencies
+    again = load_operator(old.spec)
+    assert torch.equal(again.mask, old.mask) and again.num_low_frequencies == old.num_low_frequencies
+    if recorded["mask_rule"] == 2:
+        assert load_operator({**spec, "mask": recorded["mask"]}).spec == old.spec
+
+
 def test_new_equispaced_is_every_rth_column_from_an_offset():
     offsets = set()
     for seed in range(8):
@@ -221,12 +244,13 @@ def _write_old_file(path, meta, tensors):
 @pytest.mark.parametrize("name", ["deq", "unrolled"])
 def test_shipped_example_models_reload_with_their_recorded_mask(name):
     """The shipped files record mask = "equispaced" without mask_rule: they rebuild the fraction rule
-    they were trained with (23 of 96 columns, seed 0), not rule 2's equispaced (30 columns)."""
+    they were trained with (23 of 96 columns, seed 0), not rule 2's equispaced (30 columns), and
+    record it under its current name."""
     meta, _ = _header(example_path(name))
     recorded = meta["operator"]
     assert "mask_rule" not in recorded and recorded["mask"] == "equispaced"
     op = load_model(example_path(name)).operator
-    assert op.spec["mask_rule"] == 1
+    assert (op.spec["mask"], op.spec["mask_rule"]) == ("equispaced_fraction", 2)
     legacy = load_operator({**recorded, "mask_rule": 1})
     fraction = load_operator({**recorded, "mask": "equispaced_fraction"})
     assert torch.equal(op.mask, legacy.mask) and torch.equal(op.mask, fraction.mask)
@@ -242,7 +266,8 @@ def test_shipped_example_models_reload_with_their_recorded_mask(name):
     table = read_config_file(example_path("operator"))["operator"]
     assert {k: table[k] for k in ("image_size", "acceleration", "center_fraction", "seed")} == \
         {k: recorded[k] for k in ("image_size", "acceleration", "center_fraction", "seed")}
-    assert torch.equal(load_operator({**table, "mask": "equispaced_fraction"}).mask, op.mask)
+    fixed = load_operator({**table, "mask": "equispaced_fraction"})
+    assert torch.equal(fixed.mask, op.mask) and fixed.spec == op.spec
 
 
 def test_old_model_file_with_uniform_mask_reloads_and_resaves_unchanged(tmp_path):

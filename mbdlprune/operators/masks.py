@@ -203,6 +203,28 @@ def make_mask(kind: str, width: int, acceleration: float, num_center: int, seed:
     return func(width, acceleration, num_center, seed)
 
 
+#: rule-1 names whose rule has another name under the current rule
+LEGACY_RENAMES = {"equispaced": "equispaced_fraction"}
+
+
+def current_equivalent(kind: str, rule: int, width: int, acceleration: float, num_center: int, seed: int,
+                       mask: np.ndarray, center_fraction_given: bool) -> str | None:
+    """The current-rule name that rebuilds ``mask`` (built by ``kind`` under ``rule``) with the same
+    centre count, or None. A legacy spec is recorded under it, so an old model file and one written
+    now compare equal when they describe the same operator; otherwise it keeps its rule."""
+    if rule == MASK_RULE:
+        return kind
+    name = LEGACY_RENAMES.get(kind, kind) if rule == LEGACY_MASK_RULE else kind
+    n = num_center if center_fraction_given or name != "uniform" else uniform_center_lines(width, acceleration)
+    if n != num_center:
+        return None
+    try:
+        again = make_mask(name, width, acceleration, n, seed, rule=MASK_RULE)
+    except ConfigError:
+        return None
+    return name if np.array_equal(again, mask) else None
+
+
 def fastmri_low_frequencies(columns: np.ndarray) -> int:
     """fastMRI's count of centre (ACS) columns detected from a mask, as its VarNet does when
     ``num_low_frequencies`` is None or 0: ``max(2 * min(left, right), 1)``.

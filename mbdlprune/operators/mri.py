@@ -20,8 +20,9 @@ from .common import (COMMON_KEYS, get_float, get_image_size, get_int, get_noise_
                      reject_with, where_of)
 from .fft import chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, ifft2c
 from .files import SpecFiles, binary_mask, check_mask_coverage, is_embedded_ref, looks_like_path
-from .masks import (LEGACY_MASK_RULE, MASK_RULE, MASK_RULES, MASK_TYPES, RULE_MASK_TYPES, fastmri_low_frequencies,
-                    fraction_center_lines, make_mask, uniform_center_lines, unknown_mask_error)
+from .masks import (LEGACY_MASK_RULE, MASK_RULE, MASK_RULES, MASK_TYPES, RULE_MASK_TYPES, current_equivalent,
+                    fastmri_low_frequencies, fraction_center_lines, make_mask, uniform_center_lines,
+                    unknown_mask_error)
 
 MRI_KEYS = (*COMMON_KEYS, "channels", "acceleration", "center_fraction", "mask", "mask_rule", "seed", "coils",
             "coil_maps", "num_low_frequencies")
@@ -215,6 +216,11 @@ def _mask_from_spec(table: Mapping[str, Any], files: SpecFiles, hw: tuple[int, i
             arr = make_mask(mask, w, accel, n_center, seed, rule=rule)
         except ConfigError as e:
             raise ConfigError(f"{where}: {e.problem}", e.fix) from None
+        # a legacy spec whose mask and centre the current rules rebuild is recorded under them, so an
+        # old model file and one written now compare equal when they describe the same operator
+        same = current_equivalent(mask, rule, w, accel, n_center, seed, arr, "center_fraction" in table)
+        if same is not None:
+            mask, rule = same, MASK_RULE
         spec.update(mask=mask, mask_rule=rule, acceleration=accel, seed=seed)
         # a mask without a centre block: detect, as fastMRI does for num_low_frequencies = 0
         return arr, _num_low_frequencies(table, arr, n_center if n_center > 0 else AUTO, w, where)
