@@ -25,25 +25,14 @@ from ..errors import DataError
 KSPACE_SCALES = ("auto", "none", "max", "volume")
 COIL_MAP_METHODS = ("acs", "espirit")
 #: mask kinds drawn per file with fastMRI's seed; other masks are the operator's own, fixed
-SEEDED_MASKS = ("random", "equispaced", "equispaced_fraction")
+from ..data.raw import MASK_KINDS as SEEDED_MASKS  # noqa: E402
 
 
 def is_raw_data(data: Any) -> bool:
-    """True when ``data`` names files holding raw k-space (a ``kspace`` dataset or array)."""
-    if isinstance(data, RawEvalData):
-        return True
-    if isinstance(data, (str, Path)):
-        paths = [Path(data)]
-    elif isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, Path)) for d in data):
-        paths = [Path(d) for d in data]
-    else:
-        return False
-    from ..data.raw import holds_kspace
+    """True when ``data`` is prepared raw data or names files holding raw k-space."""
+    from ..data.raw import is_raw
 
-    files = []
-    for p in paths:
-        files += sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    return any(holds_kspace(f) for f in files)
+    return isinstance(data, RawEvalData) or is_raw(data)
 
 
 @dataclass
@@ -144,7 +133,8 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
             raise DataError(f"{v.name}: k-space of {v.image_shape[0]}x{v.image_shape[1]} (readout x phase encodes), "
                             f"the operator takes {h}x{w}", "use models built for this k-space size (operator image_size)")
     scale = resolve_scale(scale, models)
-    kind, accel, cf = _mask_rule(op)
+    rule, accel, cf = R.operator_mask_rule(op)
+    kind = rule if isinstance(rule, str) else str((getattr(op, "spec", None) or {}).get("mask", "uniform"))
     maps_needed = needs_coil_maps(models) and coils > 1
     cache = None
     if maps_needed:
@@ -158,8 +148,7 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
         if v.target is None:
             raise DataError(f"{v.name} has no target: no reconstruction_rss / reconstruction_esc and undersampled k-space",
                             "evaluate on fully sampled k-space, or files that store a target")
-        mask = kind if kind in SEEDED_MASKS else _fixed_columns(op)
-        ev = R.prepare_eval(v, mask=mask, acceleration=accel, center_fraction=cf, scale=scale)
+        ev = R.prepare_eval(v, mask=rule, acceleration=accel or 4, center_fraction=cf or 0.08, scale=scale)
         keep = v.num_slices if max_images is None else min(v.num_slices, max_images - taken)
         maps, maps_rec = None, None
         if maps_needed:
@@ -188,23 +177,6 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
     hashes = sorted({v.sha256 for v in volumes})
     files = sorted({str(v.path) for v in volumes})
     return RawEvalData(out, ", ".join(map(str, paths)), hashes, files, protocol, notes)
-
-
-def _mask_rule(op) -> tuple[str, float | None, float | None]:
-    spec = getattr(op, "spec", None) or {}
-    kind = str(spec.get("mask", "uniform"))
-    accel = spec.get("acceleration")
-    cf = spec.get("center_fraction")
-    if kind in SEEDED_MASKS and cf is None:
-        from ..operators.mri import DEFAULT_CENTER_FRACTION
-
-        cf = DEFAULT_CENTER_FRACTION
-    return kind, (float(accel) if accel is not None else None), (float(cf) if cf is not None else None)
-
-
-def _fixed_columns(op):
-    m = op.mask.detach().cpu()
-    return (m.reshape(-1) if m.shape[2] == 1 else m[0, 0, :, :, 0]).numpy()
 
 
 def _maps(volume, ev, method: str, cache):

@@ -23,7 +23,7 @@ def _parse_weights(text: Optional[str]) -> dict:
 def finetune_cmd(
     pruned: Path = typer.Argument(..., help="Pruned model (.safetensors written by `mbdlprune prune`)."),
     mode: str = typer.Option(..., "--mode", help=MODE_HELP),
-    data: List[Path] = typer.Option(..., "--data", help="Training data: NIfTI / .npy / .npz / fastMRI .h5 file or folder; repeatable."),
+    data: List[Path] = typer.Option(..., "--data", help="Training data: images (NIfTI / .npy / .npz) or raw k-space (fastMRI .h5 / .npz with kspace: undersampled with the model's mask rule, RSS targets for supervised); file or folder; repeatable."),
     out: Path = typer.Option(..., "-o", "--out", help="Output .safetensors file (best validation weights)."),
     val_data: List[Path] = typer.Option([], "--val-data", help="Separate validation files/folders (instead of --val-fraction); repeatable."),
     eval_data: List[Path] = typer.Option([], "--eval-data", help="Files kept for evaluation: any overlap with training/validation is refused; repeatable."),
@@ -46,7 +46,10 @@ def finetune_cmd(
     deq_backward: Optional[str] = typer.Option(None, "--deq-backward", help="DEQ gradients: jfb (Jacobian-free) or implicit."),
     fit: str = typer.Option("error", "--fit", help="Fit slices to the operator's image size: error, crop, pad, crop-pad."),
     axis: int = typer.Option(2, "--axis", help="Slicing axis of 3-D/4-D NIfTI volumes."),
-    normalize: str = typer.Option("max", "--normalize", help="max (each slice to max magnitude 1), volume, or none."),
+    normalize: str = typer.Option("max", "--normalize", help="Image files: max (each slice to max magnitude 1), volume, or none."),
+    kspace_scale: str = typer.Option("auto", "--kspace-scale", help="Raw k-space files: none (raw units, fastMRI's VarNet), max (each slice to 1), volume; auto: none for e2e-varnet, else max."),
+    coil_maps: str = typer.Option("acs", "--coil-maps", help="Raw multi-coil k-space, models that take coil maps from the operator: acs or espirit."),
+    metric: str = typer.Option("auto", "--metric", help="Validation PSNR definition: auto (fastmri on raw k-space, plain on images), plain, paper, fastmri."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.state.safetensors (after its last epoch: only write the output)."),
     unsafe_pickle: bool = UnsafePickleOpt,
     key_map: Optional[str] = typer.Option(None, "--key-map", help="Rename the --teacher checkpoint's tensors first: a shipped map (e.g. mbdl-pruning) or a TOML file."),
@@ -64,7 +67,7 @@ def finetune_cmd(
         mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, val_fraction=val_fraction, seed=seed, loss=loss,
         weights=_parse_weights(weights), weight_decay=weight_decay, grad_clip=grad_clip, lr_schedule=lr_schedule,
         device=device, bf16=bf16, checkpointing=checkpointing, deq_backward=deq_backward, fit=fit, axis=axis,
-        normalize=normalize,
+        normalize=normalize, kspace_scale=kspace_scale, coil_maps=coil_maps, metric=metric,
     )
     import os
 

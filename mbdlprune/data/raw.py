@@ -161,7 +161,8 @@ def read_raw_file(path: str | Path, target: str = "auto") -> RawVolume:
     raw = _read_capped(f)
     digest = hashlib.sha256(raw).hexdigest()
     try:
-        parts = _read_npz(f, raw) if _suffix(f) == ".npz" else _read_h5(f, raw)
+        wanted = ("mask",) if target == "none" else (*TARGET_KEYS, "mask")  # "none": no target is decoded at all
+        parts = _read_npz(f, raw, wanted) if _suffix(f) == ".npz" else _read_h5(f, raw, wanted)
     except DataError:
         raise
     except MemoryError:
@@ -234,7 +235,7 @@ def _h5_dataset(h, key: str, where: str):
     return ds
 
 
-def _read_h5(f: Path, raw: bytes) -> dict[str, Any]:
+def _read_h5(f: Path, raw: bytes, wanted: Sequence[str]) -> dict[str, Any]:
     import h5py
 
     with h5py.File(io.BytesIO(raw), "r") as h:
@@ -245,8 +246,8 @@ def _read_h5(f: Path, raw: bytes) -> dict[str, Any]:
         ds = _h5_dataset(h, "kspace", f.name)
         _check_kspace_header(tuple(ds.shape), ds.dtype, f.name)
         parts["kspace"] = ds[()]
-        for key in (*TARGET_KEYS, "mask"):
-            if key in h:
+        for key in wanted:
+            if key in keys:
                 ds = _h5_dataset(h, key, f.name)
                 _check_small_header(tuple(ds.shape), ds.dtype, key, f.name, (3,) if key != "mask" else (1, 2))
                 parts[key] = ds[()]
@@ -319,7 +320,7 @@ def _npz_header(z, key: str, where: str) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
-def _read_npz(f: Path, raw: bytes) -> dict[str, Any]:
+def _read_npz(f: Path, raw: bytes, wanted: Sequence[str]) -> dict[str, Any]:
     with np.load(io.BytesIO(raw), allow_pickle=False) as z:
         keys = sorted(z.keys())
         if "kspace" not in keys:
@@ -328,7 +329,7 @@ def _read_npz(f: Path, raw: bytes) -> dict[str, Any]:
         headers = {k: _npz_header(z, k, f.name) for k in keys}
         _check_kspace_header(*headers["kspace"], f.name)
         parts["kspace"] = z["kspace"]
-        for key in (*TARGET_KEYS, "mask"):
+        for key in wanted:
             if key in keys:
                 _check_small_header(*headers[key], key, f.name, (3,) if key != "mask" else (1, 2))
                 parts[key] = z[key]
@@ -556,6 +557,35 @@ def holds_kspace(path: str | Path) -> bool:
     except Exception:  # a corrupt file: the readers give the one-line error later
         return False
     return False
+
+
+def is_raw(data: Any) -> bool:
+    """True when ``data`` (a path, or a list of paths, files or folders) holds raw k-space files."""
+    if isinstance(data, (str, Path)):
+        paths = [Path(data)]
+    elif isinstance(data, (list, tuple)) and data and all(isinstance(d, (str, Path)) for d in data):
+        paths = [Path(d) for d in data]
+    else:
+        return False
+    files: list[Path] = []
+    for p in paths:
+        files += sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    return any(holds_kspace(f) for f in files)
+
+
+def operator_mask_rule(op) -> "tuple[str | np.ndarray, float | None, float | None]":
+    """How raw k-space is undersampled for ``op``: a mask kind drawn per file with fastMRI's seed
+    (``random``, ``equispaced``, ``equispaced_fraction``) with its acceleration and centre fraction,
+    or, for any other mask (``uniform``, a mask file), the operator's own columns, the same for every file."""
+    spec = getattr(op, "spec", None) or {}
+    kind = str(spec.get("mask", "uniform"))
+    if kind not in MASK_KINDS:
+        m = op.mask.detach().cpu()
+        return (m.reshape(-1) if m.shape[2] == 1 else m[0, 0, :, :, 0]).numpy(), None, None
+    from ..operators.mri import DEFAULT_CENTER_FRACTION
+
+    cf = spec.get("center_fraction", DEFAULT_CENTER_FRACTION)
+    return kind, float(spec.get("acceleration", 4)), float(cf)
 
 
 def check_same_coils(volumes: Sequence[RawVolume]) -> int:

@@ -224,9 +224,10 @@ class PreparedData:
     fit: str
     nonfinite: int = 0
     notes: list[str] = field(default_factory=list)
+    protocol: dict[str, Any] | None = None  # raw k-space: how it was undersampled, scaled and targeted
 
     def record(self) -> dict[str, Any]:
-        return {
+        rec = {
             "kind": self.kind,
             "files": self.hashes,
             "volumes": len(self.volumes),
@@ -235,9 +236,12 @@ class PreparedData:
             "nonfinite_slices": self.nonfinite,
             "normalization": self.normalization,
             "fit": self.fit,
-            "ground_truth": self.kind == "image",
+            "ground_truth": bool(getattr(self.dataset, "has_ground_truth", self.kind == "image")),
             "notes": list(self.notes),
         }
+        if self.protocol is not None:
+            rec["protocol"] = dict(self.protocol)
+        return rec
 
 
 def build_dataset(volumes: Sequence[Volume], op, *, fit: str = "error", normalize: str = "max", seed: int = 0,

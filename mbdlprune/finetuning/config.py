@@ -20,7 +20,9 @@ class FinetuneConfig:
 
     ``loss`` is the pixel loss of the supervised/distill terms (l1, l2, smoothl1, ssim);
     ``weights`` overrides the mode's term weights (e.g. ``{"equivariance": 0.5}``);
-    ``deq_backward`` ``None`` keeps the checkpoint's setting.
+    ``deq_backward`` ``None`` keeps the checkpoint's setting. ``metric``: the validation PSNR's
+    definition (``auto``: ``fastmri`` on raw k-space, ``plain`` on images). ``kspace_scale`` and
+    ``coil_maps`` apply to raw k-space training data, as in :class:`~mbdlprune.benchmark.BenchConfig`.
     """
 
     mode: str = "supervised"
@@ -44,7 +46,9 @@ class FinetuneConfig:
     fit: str = "error"
     axis: int = 2
     normalize: str = "max"
-    metric: str = "plain"
+    metric: str = "auto"
+    kspace_scale: str = "auto"
+    coil_maps: str = "acs"
 
     #: settings that may change between an interrupted run and its resumption
     RESUMABLE_CHANGES = ("device", "epochs")
@@ -60,8 +64,15 @@ class FinetuneConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def metric_for(self, raw: bool) -> str:
+        """The validation metric's name: ``auto`` is ``fastmri`` on raw k-space, ``plain`` on images."""
+        return self.metric if self.metric != "auto" else ("fastmri" if raw else "plain")
+
     def validate(self) -> None:
+        from ..metrics import metric_names
         from .losses import PIXEL_LOSSES, mode_weights
+
+        METRIC_NAMES = tuple(metric_names())
         from .modes import MODES
         from .schedules import SCHEDULES
 
@@ -75,7 +86,8 @@ class FinetuneConfig:
             if lo is not None and (v <= lo if open_lo else v < lo):
                 raise ConfigError(f"{key} must be {'>' if open_lo else '>='} {lo}, got {v}", f"set {key} {'above' if open_lo else 'to at least'} {lo}")
 
-        for key in ("mode", "lr_schedule", "optimizer", "loss", "mc_norm", "device", "fit", "normalize", "metric"):
+        for key in ("mode", "lr_schedule", "optimizer", "loss", "mc_norm", "device", "fit", "normalize", "metric",
+                    "kspace_scale", "coil_maps"):
             if not isinstance(getattr(self, key), str):
                 raise ConfigError(f"{key} must be a string, got {getattr(self, key)!r:.60}", f"fix {key}")
         MODES.get(self.mode)
@@ -91,7 +103,8 @@ class FinetuneConfig:
         num("axis", 0, integer=True)
         for key, allowed in (("lr_schedule", SCHEDULES.names()), ("optimizer", OPTIMIZERS), ("loss", PIXEL_LOSSES),
                              ("mc_norm", ("l1", "l2")), ("fit", ("error", "crop", "pad", "crop-pad")),
-                             ("normalize", ("max", "volume", "none")), ("metric", ("plain", "paper"))):
+                             ("normalize", ("max", "volume", "none")), ("metric", ("auto", *METRIC_NAMES)),
+                             ("kspace_scale", ("auto", "none", "max", "volume")), ("coil_maps", ("acs", "espirit"))):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"unknown {key} {getattr(self, key)!r}", f"use one of: {', '.join(allowed)}")
         if self.deq_backward is not None and self.deq_backward not in BACKWARDS:

@@ -34,13 +34,38 @@ def _load_teacher(path: str | Path, meta: Mapping[str, Any], arch: str | None, u
                    "parent_sha256": meta.get("parent_sha256")}
 
 
-def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist):
+def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist, raw: dict[str, Any] | None = None):
+    """Training and validation datasets, split by file and checked against the evaluation files.
+
+    ``raw``: how raw k-space files are prepared (``targets``, ``scale``, ``coil_maps``) when the data
+    are raw k-space (:mod:`mbdlprune.data.raw_dataset`); image files are read as before.
+    """
     from ..data import build_dataset, check_no_overlap, file_hashes, list_data_files, read_volumes, split_by_file
+    from ..data.raw import is_raw, read_raw
     from ..io import sha256_file
 
-    vols = read_volumes(data, axis=cfg.axis)
+    if is_raw(data):
+        raw = dict(raw or {})
+        target = "auto" if raw.get("targets") else "none"  # no target is read unless the loss needs one
+
+        def read(paths):
+            return read_raw(paths, target=target)
+
+        def build(vols, stream):
+            from ..data.raw_dataset import build_raw_dataset
+
+            return build_raw_dataset(vols, op, targets=bool(raw.get("targets")), scale=raw.get("scale", "max"),
+                                     coil_maps=raw.get("coil_maps"), cache=raw.get("cache"))
+    else:
+        def read(paths):
+            return read_volumes(paths, axis=cfg.axis)
+
+        def build(vols, stream):
+            return build_dataset(vols, op, fit=cfg.fit, normalize=cfg.normalize, seed=cfg.seed, stream=stream)
+
+    vols = read(data)
     if val_data is not None:
-        train_v, val_v = vols, read_volumes(val_data, axis=cfg.axis)
+        train_v, val_v = vols, read(val_data)
         check_no_overlap(file_hashes(train_v), file_hashes(val_v), "training", "validation")
     else:
         train_v, val_v = split_by_file(vols, cfg.val_fraction, cfg.seed)
@@ -50,8 +75,8 @@ def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist):
         check_no_overlap(file_hashes(train_v), eval_hashes, "training", "evaluation")
         if val_v:
             check_no_overlap(file_hashes(val_v), eval_hashes, "validation", "evaluation")
-    train = build_dataset(train_v, op, fit=cfg.fit, normalize=cfg.normalize, seed=cfg.seed, stream=0)
-    val = build_dataset(val_v, op, fit=cfg.fit, normalize=cfg.normalize, seed=cfg.seed, stream=1) if val_v else None
+    train = build(train_v, 0)
+    val = build(val_v, 1) if val_v else None
     return train, val, eval_hashes
 
 
@@ -83,11 +108,14 @@ def _cache_teacher(teacher, ds, op, device: str, batch_size: int) -> bool:
     c, h, w = op.image_shape
     if n * c * h * w * 4 > TEACHER_CACHE_BYTES:
         return False
+    from ..data.raw_dataset import batch_operator
+
     outs = []
     teacher.to(device).eval()
     with torch.no_grad():
         for start in range(0, n, max(1, batch_size)):
             y = ds.y[start:start + batch_size].to(device)
-            outs.append(teacher(y, op).float().cpu())
+            part = {k: v[start:start + batch_size] for k, v in ds.extra.items() if k in ("mask", "maps")}
+            outs.append(teacher(y, batch_operator(op, part, device)).float().cpu())
     ds.extra["teacher"] = torch.cat(outs)
     return True

@@ -80,8 +80,23 @@ class Loss:
         """Raise ConfigError when this term cannot apply to ``model`` (default: every model is fine)."""
 
 
+def match_target(x_net, x):
+    """``x_net`` as the target ``x`` is stored: itself, or, when ``x`` is a one-channel image smaller
+    than the output (raw k-space: the RSS target of the recon size), the output's magnitude
+    centre-cropped to it (fastMRI's crop: from (H - h) // 2)."""
+    if x is None or x.shape == x_net.shape or x.dim() != 4 or x.shape[1] != 1:
+        return x_net
+    h, w = x.shape[-2:]
+    mag = x_net.square().sum(1, keepdim=True).clamp_min(1e-24).sqrt() if x_net.shape[1] == 2 else x_net.abs()
+    top, left = (mag.shape[-2] - h) // 2, (mag.shape[-1] - w) // 2
+    if top < 0 or left < 0:
+        raise DataError(f"the target ({h}x{w}) is larger than the reconstruction ({mag.shape[-2]}x{mag.shape[-1]})",
+                        "check the data's reconstruction size")
+    return mag[..., top:top + h, left:left + w]
+
+
 class SupervisedLoss(Loss):
-    """Pixel loss against the ground truth."""
+    """Pixel loss against the ground truth (a raw-k-space RSS target: on the cropped magnitude, :func:`match_target`)."""
 
     name = "supervised"
     needs_ground_truth = True
@@ -94,7 +109,7 @@ class SupervisedLoss(Loss):
         if x is None:
             raise DataError("supervised fine-tuning needs ground-truth images, and this data has measurements only",
                             "use --mode self-supervised (or distill with --teacher), or pass image files")
-        return self.fn(x_net.float(), x.float())
+        return self.fn(match_target(x_net.float(), x.float()), x.float())
 
     def describe(self):
         return {"name": self.name, "pixel": self.pixel}

@@ -198,9 +198,11 @@ class Trainer:
 
     def _load_data(self) -> None:
         cfg, d = self.cfg, self.d
-        train, val, self.eval_hashes = _prepare_data(cfg, self.op, self.data, self.val_data, self.eval_data, d)
+        train, val, self.eval_hashes = _prepare_data(cfg, self.op, self.data, self.val_data, self.eval_data, d,
+                                                     raw=self._raw_settings())
         self.warnings.extend(list(getattr(train, "notes", [])) + list(getattr(val, "notes", []) if val else []))
-        if self.loss_fn.needs_ground_truth and train.kind != "image":
+        self.raw = train.kind == "raw"
+        if self.loss_fn.needs_ground_truth and not train.dataset.has_ground_truth:
             raise DataError(f"mode {cfg.mode!r} needs ground-truth images, and the training data is k-space only",
                             "use --mode self-supervised, or distill with --teacher")
         if len(train.dataset) < d.world:
@@ -209,6 +211,17 @@ class Trainer:
         self.cached_teacher = False
         if self.teacher_model is not None:
             self.cached_teacher = _cache_teacher(self.teacher_model, train.dataset, self.op, self.device, cfg.batch_size)
+
+    def _raw_settings(self) -> dict[str, Any]:
+        """How raw k-space would be prepared for this model: targets only for a loss that needs them,
+        the k-space scaling (``auto``: raw units for an e2e-varnet) and coil maps for models that
+        take them from the operator."""
+        from ..benchmark.rawdata import needs_coil_maps, resolve_scale
+
+        cfg = self.cfg
+        maps = cfg.coil_maps if (needs_coil_maps([self.model]) and getattr(self.op, "coils", 1) > 1) else None
+        return {"targets": self.loss_fn.needs_ground_truth, "scale": resolve_scale(cfg.kspace_scale, [self]),
+                "coil_maps": maps}
 
     def _make_optimizer_and_restore(self) -> None:
         import torch
@@ -251,7 +264,7 @@ class Trainer:
         self.sampler = DistributedSampler(ds, num_replicas=d.world, rank=d.rank, shuffle=True, seed=cfg.seed) if d.active else None
         self.steps_per_epoch = math.ceil((len(self.sampler) if self.sampler is not None else len(ds)) / cfg.batch_size)
         val = self.val
-        self.val_metric = "psnr" if (val and val.kind == "image") else ("measurement-consistency" if val else None)
+        self.val_metric = "psnr" if (val and val.dataset.has_ground_truth) else ("measurement-consistency" if val else None)
 
     # -- one epoch -----------------------------------------------------------------------
     def validate(self):
@@ -264,6 +277,7 @@ class Trainer:
         from torch.utils.data import DataLoader
 
         from ..data import sample_seed
+        from ..data.raw_dataset import batch_operator
 
         cfg, d, device, loss_fn, ds = self.cfg, self.d, self.device, self.loss_fn, self.train.dataset
         lr = SCHEDULES.get(cfg.lr_schedule)(epoch, cfg.epochs, cfg.lr)
@@ -282,13 +296,14 @@ class Trainer:
         n_seen = 0
         for step, batch in enumerate(loader):
             y = batch["y"].to(device)
+            op = batch_operator(self.op, batch, device)
             x = batch["x"].to(device) if (loss_fn.needs_ground_truth and "x" in batch) else None
             extra = {"teacher": batch["teacher"].to(device)} if "teacher" in batch else None
             gen = _step_generator(cfg.seed, epoch, step, d.rank)
             self.optimizer.zero_grad(set_to_none=True)
             with _autocast(device, cfg.bf16):
-                x_net = self.net(y, self.op)
-                loss = loss_fn(x_net, x, y, self.op, self.net, batch=extra, generator=gen)
+                x_net = self.net(y, op)
+                loss = loss_fn(x_net, x, y, op, self.net, batch=extra, generator=gen)
             finite = bool(torch.isfinite(loss.detach()).all())
             if d.active:
                 finite = _all_reduce_sum([0.0 if finite else 1.0], d, device)[0] == 0.0
@@ -394,13 +409,15 @@ class Trainer:
             "batch_size": cfg.batch_size,
             "seed": cfg.seed,
             "config": cfg.to_dict(),
-            "normalization": {"images": cfg.normalize, "description": _norm_text(cfg.normalize, train.kind)},
+            "normalization": ({"kspace": train.normalization, "description": _norm_text(train.normalization, "kspace")}
+                              if train.kind == "raw" else
+                              {"images": cfg.normalize, "description": _norm_text(cfg.normalize, train.kind)}),
             "data": {"train": train.record(), "val": val.record() if val else None,
                      "val_source": "val_data" if self.val_data is not None else (f"split by file, fraction {cfg.val_fraction}" if val else "none"),
                      "eval_files": self.eval_hashes or None},
             "validation": {
                 "metric": val_metric,
-                "definition": _val_definition(val_metric, cfg),
+                "definition": _val_definition(val_metric, cfg, getattr(self, "raw", False)),
                 "before": None if before is None else before["value"],
                 "before_detail": before,
                 "best": best_value,

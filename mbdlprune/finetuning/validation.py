@@ -32,24 +32,31 @@ def _validate(model, ds, op, cfg: FinetuneConfig, device: str, d: _Dist) -> _Val
     import torch
 
     from .. import metrics
+    from ..data.raw_dataset import batch_operator
+    from .losses import match_target
 
     model.eval()
+    raw = "mask" in ds.extra
+    metric = cfg.metric_for(raw)
     idx = list(range(d.rank, len(ds), d.world))
     sums = [0.0, 0.0, 0.0, 0.0]  # psnr|mc, ssim, iterations, count
     with torch.no_grad():
         for start in range(0, len(idx), cfg.batch_size):
             batch = _collate([ds[i] for i in idx[start:start + cfg.batch_size]])
             y = batch["y"].to(device)
+            op_b = batch_operator(op, batch, device)
             with _autocast(device, cfg.bf16):
-                x_net = model(y, op)
+                x_net = model(y, op_b)
             x_net = x_net.float()
             n = y.shape[0]
             if ds.has_ground_truth:
-                m = metrics.compute_metrics(x_net, batch["x"].to(device), cfg.metric)
+                x = batch["x"].to(device)
+                maxval = batch["maxval"].to(device) if (raw and metrics.get_definition(metric).per_volume) else None
+                m = metrics.compute_metrics(match_target(x_net, x), x, metric, maxval=maxval)
                 sums[0] += float(m["psnr"].clamp(max=200).sum())
                 sums[1] += float(m["ssim"].sum())
             else:
-                r = (op.A(x_net) - y).abs().reshape(n, -1).mean(dim=1)
+                r = (op_b.A(x_net) - y).abs().reshape(n, -1).mean(dim=1)
                 sums[0] += float(r.sum())
             info = getattr(model, "last_info", None) or {}
             sums[2] += float(info.get("iterations", 0)) * n
@@ -81,11 +88,11 @@ def _norm_text(normalize: str, kind: str) -> str:
     }[normalize]
 
 
-def _val_definition(metric: str | None, cfg: FinetuneConfig) -> str | None:
+def _val_definition(metric: str | None, cfg: FinetuneConfig, raw: bool = False) -> str | None:
     if metric == "psnr":
         from ..metrics import get_definition
 
-        return get_definition(cfg.metric).describe()
+        return get_definition(cfg.metric_for(raw)).describe()
     if metric == "measurement-consistency":
         return ("no ground truth in the validation data: mean |A x_hat - y| (L1) over the validation measurements, "
                 "lower is better; this checks data fidelity only, not image quality")

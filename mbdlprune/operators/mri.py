@@ -67,24 +67,41 @@ class MRIOperator(Operator):
         return self.coil_maps.dim() == 5
 
     def with_sampling(self, mask: np.ndarray | torch.Tensor | None = None, coil_maps: np.ndarray | torch.Tensor | None = None,
-                      num_low_frequencies: int | None = None) -> "MRIOperator":
+                      num_low_frequencies: int | None = None, per_image_mask: bool = False) -> "MRIOperator":
         """A copy with another mask (W,) / (H, W) and/or coil maps ([N,] coils, H, W, 2): the
         operator of one raw volume under the fastMRI protocol (its own mask, its own maps).
-        The spec is the original's; what differs is recorded by the caller."""
-        m = self.mask.reshape(-1) if self.mask.shape[2] == 1 else self.mask[0, 0, :, :, 0]
-        op = MRIOperator(self.image_size, (m if mask is None else torch.as_tensor(np.asarray(mask))).cpu(),
-                         (self.coil_maps if coil_maps is None else torch.as_tensor(np.asarray(coil_maps))).cpu(),
+        ``per_image_mask``: ``mask`` is (N, W), one row of columns per image of a batch (slices
+        of different files). The spec is the original's; what differs is recorded by the caller."""
+        def cpu(a) -> torch.Tensor:
+            return (a if torch.is_tensor(a) else torch.as_tensor(np.asarray(a))).detach().float().cpu()
+
+        rows, per = (self._mask_rows(), self.per_image_mask) if mask is None else (cpu(mask), per_image_mask)
+        op = MRIOperator(self.image_size, rows[0] if per else rows, cpu(self.coil_maps if coil_maps is None else coil_maps),
                          self.num_low_frequencies if num_low_frequencies is None else num_low_frequencies,
                          self.noise_sigma, dict(self.spec))
+        if per:
+            op.mask = rows.reshape(rows.shape[0], 1, 1, rows.shape[1], 1).clone()
         return op.to(self.mask.device)
 
+    @property
+    def per_image_mask(self) -> bool:
+        """True when ``mask`` holds one row of columns per image of a batch (N, 1, 1, W, 1)."""
+        return self.mask.shape[0] > 1
+
+    def _mask_rows(self) -> torch.Tensor:
+        """The mask as (W,), (H, W), or (N, W) for per-image masks."""
+        if self.per_image_mask:
+            return self.mask[:, 0, 0, :, 0].detach().cpu()
+        return (self.mask.reshape(-1) if self.mask.shape[2] == 1 else self.mask[0, 0, :, :, 0]).detach().cpu()
+
     def batch(self, start: int, stop: int) -> "MRIOperator":
-        """The operator for images ``start:stop`` of a batch (itself unless maps are per image)."""
-        if not self.per_image_maps:
+        """The operator for images ``start:stop`` of a batch (itself unless maps or masks are per image)."""
+        if not (self.per_image_maps or self.per_image_mask):
             return self
-        op = MRIOperator(self.image_size, self.mask.reshape(-1) if self.mask.shape[2] == 1 else self.mask[0, 0, :, :, 0],
-                         self.coil_maps[start:stop], self.num_low_frequencies, self.noise_sigma, dict(self.spec))
-        return op.to(self.mask.device)
+        maps = self.coil_maps[start:stop] if self.per_image_maps else self.coil_maps
+        if self.per_image_mask:
+            return self.with_sampling(mask=self._mask_rows()[start:stop], coil_maps=maps, per_image_mask=True)
+        return self.with_sampling(coil_maps=maps)
 
     @property
     def measurement_shape(self) -> tuple[int, int, int, int]:
@@ -96,7 +113,7 @@ class MRIOperator(Operator):
         """Effective acceleration: all k-space entries / sampled entries."""
         full = self.image_size[0] * self.image_size[1]
         per_col = self.image_size[0] if self.mask.shape[2] == 1 else 1
-        return full / max(float(self.mask.sum()) * per_col, 1.0)
+        return full * self.mask.shape[0] / max(float(self.mask.sum()) * per_col, 1.0)
 
     def sens_expand(self, x: torch.Tensor) -> torch.Tensor:
         """Coil k-spaces F(S x) of images (N, 2, H, W) -> (N, coils, H, W, 2), no mask."""
