@@ -163,3 +163,31 @@ def test_raw_data_that_does_not_fit_the_models_is_refused(raw_files, change, mes
     lm2 = mbdlprune.LoadedModel(ZeroFilled(), {"arch": {"name": "zf"}, "operator": op.spec}, op, label="b")
     with pytest.raises(mbdlprune.errors.DataError, match=message):
         mbdlprune.bench([lm, lm2], str(folder), **FAST)
+
+
+def test_sweep_and_bench_commands_on_raw_kspace(raw_files, tmp_path):
+    """The CLI end to end: sweep prunes an E2E-VarNet at two ratios and scores every point on raw k-space;
+    bench gives one line, exit 2, for a k-space file whose coil count does not fit."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mbdlprune.cli import app
+
+    folder, files = raw_files
+    v = _varnet(0)
+    orig = tmp_path / "varnet.safetensors"
+    mbdlprune.save_model(orig, v.model, v.meta, operator=v.operator)
+    r = CliRunner().invoke(app, ["sweep", str(orig), "--ratios", "0.25,0.5", "--eval-data", str(folder), "--warmup", "0",
+                                 "--repeats", "1", "--round-to", "1", "--json", "-", "--quiet"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert [p["ratio"] for p in d["points"]] == [0.0, 0.25, 0.5]
+    assert d["bench"]["data"]["kind"] == "raw k-space" and d["bench"]["metric"]["name"] == "fastmri"
+    assert all(p["psnr_mean"] is not None for p in d["points"])
+
+    wrong = tmp_path / "three_coils.h5"
+    write_fastmri_h5(wrong, brain_slices(1, size=W, start=8), coils=3, seed=3)
+    r = CliRunner().invoke(app, ["bench", str(orig), str(orig), "--data", str(wrong), "--warmup", "0", "--repeats", "1"])
+    assert r.exit_code == 2 and "coils" in r.output and "Traceback" not in r.output
+    assert len([line for line in r.output.strip().splitlines() if line.strip()]) <= 2
