@@ -26,8 +26,10 @@ import sys
 import torch
 from torch import nn
 
+import mbdlprune
 from mbdlprune.api import prune_model
-from mbdlprune.benchmark import BenchModel, bench, time_models
+from mbdlprune.benchmark import time_models
+from mbdlprune.io import LoadedModel
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
 
@@ -64,15 +66,15 @@ def run_arch(arch: str, args: argparse.Namespace) -> list[dict]:
     model, spec = build_arch(arch, arch_args)
     model.eval()
     meta = {"arch": spec.to_dict(), "operator": op.spec, "pruning": None}
-    entries = [BenchModel(f"{arch}", model, meta, op, None, "original")]
+    entries = [LoadedModel(model, meta, op, label=f"{arch}", role="original")]
     for r in args.ratios:
         res = prune_model(copy.deepcopy(model), spec, op, ratio=r, round_to=args.round_to)
-        entries.append(BenchModel(f"{arch}-r{r:g}", res.model, res.meta, op, None, "pruned"))
+        entries.append(LoadedModel(res.model, res.meta, op, label=f"{arch}-r{r:g}", role="pruned"))
     tol = max_iter = None
     if args.iterations and hasattr(model, "max_iter"):
         tol, max_iter = 1e-30, args.iterations
     images = smooth_images(args.images, args.image_size, args.seed)
-    rep = bench(entries, images, device=args.device, tol=tol, max_iter=max_iter, warmup=args.warmup,
+    rep = mbdlprune.bench(entries, images, device=args.device, tol=tol, max_iter=max_iter, warmup=args.warmup,
                 repeats=args.repeats, batch_size=args.batch_size,
                 progress=(lambda m: print(f"  {m}", file=sys.stderr)) if args.verbose else None)
 
