@@ -82,14 +82,14 @@ from mbdlprune.operators import load_operator  # noqa: E402
 
 SIZE = 96
 OPERATOR_TOML = """\
-# Single-coil Cartesian MRI at 96 x 96, equispaced mask at acceleration 4: 8 fully sampled
+# Single-coil Cartesian MRI at 96 x 96, fastMRI's equispaced_fraction mask at acceleration 4: 8 fully sampled
 # centre columns (round(96 * 0.08)) plus equispaced columns (spacing 5.5, seeded offset),
 # 23 of 96 phase-encode columns (effective acceleration 4.17). No added noise.
 [operator]
 kind = "mri"
 image_size = [96, 96]
 acceleration = 4
-mask = "equispaced"
+mask = "equispaced_fraction"
 center_fraction = 0.08
 seed = 0
 """
