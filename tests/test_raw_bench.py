@@ -191,3 +191,52 @@ def test_sweep_and_bench_commands_on_raw_kspace(raw_files, tmp_path):
     r = CliRunner().invoke(app, ["bench", str(orig), str(orig), "--data", str(wrong), "--warmup", "0", "--repeats", "1"])
     assert r.exit_code == 2 and "coils" in r.output and "Traceback" not in r.output
     assert len([line for line in r.output.strip().splitlines() if line.strip()]) <= 2
+
+
+def _h5(path, **arrays):
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
+    return path
+
+
+@pytest.mark.parametrize("case, words", [
+    ("real", "not complex"),
+    ("mask", "columns wide"),
+    ("big_target", "larger than"),
+    ("coils", "coil counts differ"),
+    ("nothing", "bad.h5"),
+])
+def test_bad_raw_files_give_one_line_through_the_cli(raw_files, tmp_path, case, words):
+    import h5py
+    from typer.testing import CliRunner
+
+    from mbdlprune.cli import app
+
+    folder, files = raw_files
+    with h5py.File(files[0], "r") as f:
+        k = f["kspace"][()]
+    bad = tmp_path / "bad.h5"
+    if case == "real":
+        _h5(bad, kspace=np.abs(k))
+    elif case == "mask":
+        _h5(bad, kspace=k, mask=np.ones(W - 4, bool))
+    elif case == "big_target":
+        _h5(bad, kspace=k, reconstruction_rss=np.ones((k.shape[0], H + 8, W), np.float32))
+    elif case == "coils":  # two files of one run with different coil counts
+        _h5(bad, kspace=k[:, :2])
+    else:
+        _h5(bad, something=np.zeros(3, np.float32))
+    data = [str(bad), str(files[1])] if case == "coils" else [str(bad)]
+    v = _varnet(0)
+    orig = tmp_path / "v.safetensors"
+    mbdlprune.save_model(orig, v.model, v.meta, operator=v.operator)
+    args = ["bench", str(orig), str(orig), "--warmup", "0", "--repeats", "1"]
+    for d in data:
+        args += ["--data", d]
+    r = CliRunner().invoke(app, args)
+    lines = [line for line in r.output.strip().splitlines() if line.strip()]
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert len(lines) <= 2 and words in r.output, r.output
