@@ -13,6 +13,7 @@ from typing import List, Optional
 import typer
 
 from ..pruning.importances import importance_help
+from ..metric_definitions import metric_help
 from .common import (ArchArgsOpt, DebugOpt, DeviceOpt, ForceOpt, KeyMapOpt, OperatorOpt, UnsafePickleOpt, console,
                          handle_errors)
 
@@ -25,7 +26,7 @@ RepeatsOpt = typer.Option(30, "--repeats", help="Timed runs per model (interleav
 TolOpt = typer.Option(None, "--tol", help="DEQ tolerance for EVERY model (default: the first model's).")
 MaxIterOpt = typer.Option(None, "--max-iter", help="DEQ iteration cap for EVERY model (default: the first model's).")
 SolverOpt = typer.Option(None, "--solver", help="DEQ solver for EVERY model (default: the first model's).")
-MetricOpt = typer.Option("auto", "--metric", help="auto (fastmri on raw k-space, plain on images), plain (magnitudes, peak = data range), paper (crop, background, min-max, peak 1) or fastmri (fastMRI's evaluate.py: per volume, maxval = volume maximum, 7x7 SSIM, NMSE).")
+MetricOpt = typer.Option("auto", "--metric", help=metric_help())
 KspaceScaleOpt = typer.Option("auto", "--kspace-scale", help="Raw k-space: none (raw units, fastMRI's VarNet), max (each slice to 1), volume; auto: none for e2e-varnet, else max.")
 CoilMapsOpt = typer.Option("acs", "--coil-maps", help="Raw multi-coil k-space, models that take coil maps from the operator: acs (low-resolution estimate) or espirit (sigpy); E2E-VarNet estimates its own.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the simulated measurement noise.")

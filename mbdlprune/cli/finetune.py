@@ -9,6 +9,7 @@ import typer
 
 from ..finetuning.modes import mode_help
 from ..finetuning.schedules import schedule_help
+from ..metric_definitions import metric_help
 from .common import DebugOpt, DeviceOpt, JsonOpt, OperatorOpt, UnsafePickleOpt, console, handle_errors, print_json
 
 MODE_HELP = mode_help()
@@ -49,7 +50,7 @@ def finetune_cmd(
     normalize: str = typer.Option("max", "--normalize", help="Image files: max (each slice to max magnitude 1), volume, or none."),
     kspace_scale: str = typer.Option("auto", "--kspace-scale", help="Raw k-space files: none (raw units, fastMRI's VarNet), max (each slice to 1), volume; auto: none for e2e-varnet, else max."),
     coil_maps: str = typer.Option("acs", "--coil-maps", help="Raw multi-coil k-space, models that take coil maps from the operator: acs or espirit."),
-    metric: str = typer.Option("auto", "--metric", help="Validation PSNR definition: auto (fastmri on raw k-space, plain on images), plain, paper, fastmri."),
+    metric: str = typer.Option("auto", "--metric", help=f"Validation PSNR definition: {metric_help()}."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from OUT.state.safetensors (after its last epoch: only write the output)."),
     unsafe_pickle: bool = UnsafePickleOpt,
     key_map: Optional[str] = typer.Option(None, "--key-map", help="Rename the --teacher checkpoint's tensors first: a shipped map (e.g. mbdl-pruning) or a TOML file."),
