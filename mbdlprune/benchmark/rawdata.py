@@ -20,9 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import DataError
 
-#: how k-space is scaled before a model sees it; "auto": fastMRI's raw units for an e2e-varnet,
-#: each slice's maximum magnitude to 1 otherwise (what the image-domain models train on)
-KSPACE_SCALES = ("auto", "none", "max", "volume")
+from ..data.raw import KSPACE_SCALES  # noqa: E402,F401  (the choices of --kspace-scale)
 COIL_MAP_METHODS = ("acs", "espirit")
 #: mask kinds drawn per file with fastMRI's seed; other masks are the operator's own, fixed
 from ..data.raw import MASK_KINDS as SEEDED_MASKS  # noqa: E402
@@ -83,24 +81,17 @@ class RawEvalData:
 
 
 def resolve_scale(scale: str, models: Sequence[Any]) -> str:
-    """``auto`` -> ``none`` when every model is an E2E-VarNet (fastMRI feeds it raw k-space), else
-    ``max``; models of both kinds in one comparison need an explicit ``--kspace-scale``."""
-    if scale not in KSPACE_SCALES:
-        raise DataError(f"unknown k-space scale {scale!r}", f"use one of: {', '.join(KSPACE_SCALES)}")
-    if scale != "auto":
-        return scale
-    kinds = {((getattr(m, "meta", None) or {}).get("arch") or {}).get("name") == "e2e-varnet" for m in models}
-    if kinds == {True}:
-        return "none"
-    if kinds == {False}:
-        return "max"
-    raise DataError("the models mix an e2e-varnet (raw k-space units) with models trained on scaled k-space",
-                    "pass --kspace-scale none, max or volume: one scaling for every model")
+    """The k-space scaling for ``models`` (:func:`mbdlprune.data.raw.resolve_kspace_scale` on their architectures)."""
+    from ..data.raw import resolve_kspace_scale
+
+    return resolve_kspace_scale(scale, [((getattr(m, "meta", None) or {}).get("arch") or {}).get("name") for m in models])
 
 
 def needs_coil_maps(models: Sequence[Any]) -> bool:
     """True when some model takes coil maps from the operator (it does not estimate its own)."""
-    return any(not getattr(m.model if hasattr(m, "model") else m, "estimates_coil_maps", False) for m in models)
+    from ..models.protocol import estimates_coil_maps
+
+    return any(not estimates_coil_maps(getattr(m, "model", m)) for m in models)
 
 
 def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", coil_maps: str = "acs",

@@ -573,6 +573,27 @@ def is_raw(data: Any) -> bool:
     return any(holds_kspace(f) for f in files)
 
 
+#: how raw k-space is scaled before a model sees it (``auto``: see :func:`resolve_kspace_scale`)
+KSPACE_SCALES = ("auto", "none", "max", "volume")
+
+
+def resolve_kspace_scale(scale: str, arch_names: Sequence[str | None]) -> str:
+    """``auto`` -> ``none`` when every model is an E2E-VarNet (fastMRI feeds it raw k-space), else
+    ``max`` (each slice to 1, what the image-domain models train on); models of both kinds in one
+    run need an explicit scale."""
+    if scale not in KSPACE_SCALES:
+        raise DataError(f"unknown k-space scale {scale!r}", f"use one of: {', '.join(KSPACE_SCALES)}")
+    if scale != "auto":
+        return scale
+    kinds = {name == "e2e-varnet" for name in arch_names}
+    if kinds == {True}:
+        return "none"
+    if kinds == {False}:
+        return "max"
+    raise DataError("the models mix an e2e-varnet (raw k-space units) with models trained on scaled k-space",
+                    "pass --kspace-scale none, max or volume: one scaling for every model")
+
+
 def operator_mask_rule(op) -> "tuple[str | np.ndarray, float | None, float | None]":
     """How raw k-space is undersampled for ``op``: a mask kind drawn per file with fastMRI's seed
     (``random``, ``equispaced``, ``equispaced_fraction``) with its acceleration and centre fraction,

@@ -151,14 +151,14 @@ class Trainer:
             dist.barrier()
 
     def _load_model(self) -> None:
-        from ..api import resolve_operator
+        from ..io import resolve_operator
         from ..io import load_model
         from ..models.protocol import is_deq
 
         cfg = self.cfg
         loaded = load_model(self.pruned_path, arch=self.arch, device="cpu")
         model, self.meta = loaded.model, dict(loaded.meta)
-        op = resolve_operator(self.operator, self.meta) if self.operator is not None else loaded.operator
+        op = resolve_operator(self.operator) if self.operator is not None else loaded.operator
         if op is None:
             raise ConfigError(f"{Path(self.pruned_path).name} stores no operator", "pass --operator SPEC (TOML/JSON with an [operator] table)")
         self.op = op.to(self.device)
@@ -216,11 +216,13 @@ class Trainer:
         """How raw k-space would be prepared for this model: targets only for a loss that needs them,
         the k-space scaling (``auto``: raw units for an e2e-varnet) and coil maps for models that
         take them from the operator."""
-        from ..benchmark.rawdata import needs_coil_maps, resolve_scale
+        from ..data.raw import resolve_kspace_scale
+        from ..models.protocol import estimates_coil_maps
 
         cfg = self.cfg
-        maps = cfg.coil_maps if (needs_coil_maps([self.model]) and getattr(self.op, "coils", 1) > 1) else None
-        return {"targets": self.loss_fn.needs_ground_truth, "scale": resolve_scale(cfg.kspace_scale, [self]),
+        maps = cfg.coil_maps if (not estimates_coil_maps(self.model) and getattr(self.op, "coils", 1) > 1) else None
+        arch = (self.meta.get("arch") or {}).get("name")
+        return {"targets": self.loss_fn.needs_ground_truth, "scale": resolve_kspace_scale(cfg.kspace_scale, [arch]),
                 "coil_maps": maps}
 
     def _make_optimizer_and_restore(self) -> None:

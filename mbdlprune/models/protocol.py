@@ -23,6 +23,12 @@ from typing import Any, Iterable, Iterator
 SOLVER_KEYS = ("solver", "tol", "max_iter")
 
 
+def estimates_coil_maps(model: Any) -> bool:
+    """True for a model that estimates coil sensitivities itself (an E2E-VarNet's ``sens_net``)
+    instead of taking them from the operator; such models need no coil maps from raw k-space."""
+    return bool(getattr(model, "estimates_coil_maps", False))
+
+
 def is_deq(model: Any) -> bool:
     """True for a deep equilibrium model: one whose solver, tolerance and iteration cap can be set."""
     return all(hasattr(model, k) for k in SOLVER_KEYS)
