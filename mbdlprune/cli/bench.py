@@ -173,6 +173,7 @@ def sweep_cmd(
     threads: Optional[int] = ThreadsOpt,
     json_out: Optional[str] = JsonPathOpt,
     markdown: Optional[Path] = MarkdownOpt,
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Write the speed-vs-PSNR frontier to this PNG: every ratio, the Pareto front, the chosen model, timing and PSNR error bars (needs matplotlib)."),
     unsafe_pickle: bool = UnsafePickleOpt,
     force: bool = ForceOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress messages."),
@@ -182,7 +183,7 @@ def sweep_cmd(
     import json
 
     from ..config import parse_json_or_file
-    from ..errors import ConfigError
+    from ..errors import ConfigError, MbdlError
     from ..workflows.sweep import sweep
 
     ft = None
@@ -199,14 +200,18 @@ def sweep_cmd(
             ft.update(extra)
         ft["data"] = [str(d) for d in data] or None
     ev = [str(d) for d in eval_data] if len(eval_data) > 1 else str(eval_data[0])
-    check_report_paths(json_out, markdown, None, force, inputs=[checkpoint, *eval_data, *data])
+    # a figure inside an --out-dir the sweep has yet to create is checked by sweep() itself
+    fig_in_out = figure is not None and out_dir is not None and figure.parent.resolve() == out_dir.resolve() and not out_dir.is_dir()
+    check_report_paths(json_out, markdown, None if fig_in_out else figure, force, inputs=[checkpoint, *eval_data, *data])
+    if fig_in_out and any(p is not None and p != "-" and Path(p).resolve() == figure.resolve() for p in (json_out, markdown)):
+        raise MbdlError("two report options name the same file", "give --json, --markdown and --figure different paths")
     sr = sweep(
         checkpoint, arch=arch, arch_args=parse_json_or_file(arch_args), operator=operator, ratios=ratios, finetune=ft,
         data=[str(d) for d in data] or None, eval_data=ev, max_psnr_drop=max_psnr_drop, out_dir=out_dir,
         importance=importance, round_to=round_to, device=device, solver=solver, tol=tol, max_iter=max_iter,
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
         kspace_scale=kspace_scale, coil_maps=coil_maps, fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
-        key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None,
+        key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None, figure=figure,
     )
     from ..io import json_safe, write_text
 

@@ -3,12 +3,14 @@
 The sweep answers "how much can I prune?": for each ratio it reports the realised speedup,
 the prior-MACs reduction, their quotient (how much of the MACs saving turns into time), the
 PSNR drop, and whether the model is on the speed/PSNR (Pareto) front. With
-``max_psnr_drop`` it writes the fastest model within that budget.
+``max_psnr_drop`` it writes the fastest model within that budget; with ``figure`` it draws the
+speed-vs-PSNR frontier (:func:`frontier_data`, :func:`frontier_figure`, :func:`write_frontier_figure`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +73,9 @@ class SweepPoint:
     per_call_speedup_per_macs_reduction: float | None = None
     on_front: bool = False
     within_budget: bool | None = None
+    speedup_low: float | None = None  # original's p10 / this model's p90 (see speedup_interval)
+    speedup_high: float | None = None  # original's p90 / this model's p10
+    psnr_drop_paired_std: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -88,6 +93,7 @@ class SweepReport:
     out_dir: str | None = None
     finetune: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # what the sweep wrote: "sweep_json", "best", "figure", ...
 
     def to_dict(self) -> dict[str, Any]:
         from ..benchmark import SCHEMA_VERSION
@@ -104,6 +110,7 @@ class SweepReport:
             "out_dir": self.out_dir,
             "finetune": {k: v for k, v in (self.finetune or {}).items() if k != "data"} or None,
             "notes": self.notes,
+            "files": dict(self.files),
             "bench": self.bench.to_dict(),
         })
 
@@ -184,6 +191,150 @@ def pareto_front(points: Sequence[SweepPoint]) -> None:
         )
 
 
+def speedup_interval(ref, timing) -> tuple[float | None, float | None]:
+    """The speedup's spread from two :class:`~mbdlprune.benchmark.timing.TimingResult`: the
+    original's p10 over this model's p90 to the original's p90 over this model's p10 (the
+    extremes of the two 10-90 % latency ranges; it always contains the median speedup)."""
+    try:
+        lo = ref.p10_ms / timing.p90_ms
+        hi = ref.p90_ms / timing.p10_ms
+    except (AttributeError, TypeError, ZeroDivisionError):
+        return None, None
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return None, None
+    return lo, hi
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def frontier_data(report: SweepReport) -> dict[str, Any]:
+    """What :func:`frontier_figure` draws, as plain numbers (x = speedup over the original, y = PSNR).
+
+    ``points``: one dict per model with finite speedup and PSNR (the original at x = 1): ``label``,
+    ``ratio``, ``text`` (the label drawn beside it), ``x``, ``y``, ``x_low``/``x_high`` (the
+    speedup interval, :func:`speedup_interval`), ``y_err`` (std of the paired per-image PSNR drop,
+    0 when absent), ``original``, ``on_front``, ``best``, ``within_budget``. ``front``: the [x, y]
+    of the Pareto-front points, sorted by speed (the line joining them). ``best``: the chosen
+    model's label (``max_psnr_drop``), ``budget_y``: the PSNR at that budget. ``left_out``: labels
+    of models without a finite speedup or PSNR.
+    """
+    points, left_out = [], []
+    best_label = report.best.label if report.best is not None else None
+    for p in report.points:
+        original = p.ratio == 0
+        x = 1.0 if original else p.speedup
+        if not (_finite(x) and _finite(p.psnr_mean)):
+            left_out.append(p.label)
+            continue
+        lo = p.speedup_low if _finite(p.speedup_low) else x
+        hi = p.speedup_high if _finite(p.speedup_high) else x
+        points.append({
+            "label": p.label, "ratio": p.ratio, "text": "original" if original else f"r={p.ratio:g}",
+            "x": float(x), "y": float(p.psnr_mean), "x_low": float(min(lo, x)), "x_high": float(max(hi, x)),
+            "y_err": float(p.psnr_drop_paired_std) if _finite(p.psnr_drop_paired_std) and not original else 0.0,
+            "original": original, "on_front": bool(p.on_front), "best": p.label == best_label,
+            "within_budget": p.within_budget,
+        })
+    front = sorted(([q["x"], q["y"]] for q in points if q["on_front"]), key=lambda xy: (xy[0], -xy[1]))
+    ref = next((q for q in points if q["original"]), None)
+    bench = report.bench
+    subtitle = bench.context_line() + (("\n" + bench.solver_line()) if bench.solver_line() else "")
+    return {
+        "title": "pruning sweep: speed vs PSNR (one run, identical solver settings)",
+        "subtitle": subtitle,
+        "xlabel": "speedup over the original (x), error bars: p10-p90 latency of both",
+        "ylabel": f"PSNR (dB, metric '{(bench.metric or {}).get('name', '?')}')"
+                  + (", error bars: std of the paired drop" if any(q["y_err"] for q in points) else ""),
+        "points": points,
+        "front": front,
+        "best": best_label if any(q["best"] for q in points) else None,
+        "reference": {"x": 1.0, "y": ref["y"]} if ref else None,
+        "max_psnr_drop": report.max_psnr_drop,
+        "budget_y": ref["y"] - report.max_psnr_drop if ref and report.max_psnr_drop is not None else None,
+        "left_out": left_out,
+    }
+
+
+def require_matplotlib():
+    """``matplotlib.pyplot`` on the Agg backend, or a one-line error naming the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MbdlError("--figure needs matplotlib, which is not installed", 'pip install "mbdlprune[plot]"') from None
+    return plt
+
+
+def frontier_figure(data: Mapping[str, Any]):
+    """Draw :func:`frontier_data` on a new matplotlib figure (returned; the caller closes it).
+
+    Artists carry a ``gid``: ``points`` (one scatter of every point), ``front`` (the line through
+    the Pareto front), ``best`` (the chosen point's ring), ``errorbars``, ``budget``, ``reference``.
+    """
+    plt = require_matplotlib()
+    fig, ax = plt.subplots(figsize=(7.5, 5.2), constrained_layout=True)
+    pts = list(data["points"])
+    if pts:
+        xs = [q["x"] for q in pts]
+        ys = [q["y"] for q in pts]
+        eb = ax.errorbar(xs, ys, xerr=[[q["x"] - q["x_low"] for q in pts], [q["x_high"] - q["x"] for q in pts]],
+                         yerr=[q["y_err"] for q in pts], fmt="none", ecolor="0.55", elinewidth=1, capsize=3, zorder=1)
+        for artist in (*eb[1], *eb[2]):  # caps and bars
+            artist.set_gid("errorbars")
+        colors = ["black" if q["original"] else ("tab:blue" if q["on_front"] else "tab:gray") for q in pts]
+        ax.scatter(xs, ys, c=colors, s=[70 if q["original"] else 40 for q in pts], zorder=3, gid="points",
+                   marker="o", edgecolors="white", linewidths=0.6)
+        span_x = (max(xs) - min(xs)) or 1.0
+        span_y = (max(ys) - min(ys)) or 1.0
+        for i, q in enumerate(pts):  # labels of points that nearly coincide are stacked, not overprinted
+            near = sum(1 for o in pts[:i] if abs(o["x"] - q["x"]) < 0.05 * span_x and abs(o["y"] - q["y"]) < 0.05 * span_y)
+            ax.annotate(q["text"], (q["x"], q["y"]), textcoords="offset points", xytext=(6, 5 + 11 * near), fontsize=8)
+    if len(data["front"]) > 1:
+        fx, fy = zip(*data["front"])
+        ax.plot(fx, fy, "-", color="tab:blue", lw=1.4, zorder=2, gid="front", label="Pareto front")
+    best = [q for q in pts if q["best"]]
+    if best:
+        ax.scatter([q["x"] for q in best], [q["y"] for q in best], s=260, facecolors="none", edgecolors="tab:red",
+                   linewidths=2, zorder=4, gid="best", label=f"chosen: {best[0]['label']}")
+    if data.get("reference"):
+        ax.axvline(1.0, color="0.8", lw=1, zorder=0, gid="reference")
+    if data.get("budget_y") is not None:
+        ax.axhline(data["budget_y"], color="tab:red", ls="--", lw=1, zorder=0, gid="budget",
+                   label=f"PSNR drop budget {data['max_psnr_drop']:g} dB")
+    ax.set_xlabel(data["xlabel"], fontsize=9)
+    ax.set_ylabel(data["ylabel"], fontsize=9)
+    ax.set_title(data["title"], fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    note = data["subtitle"] + (f"\nnot drawn (no finite speedup or PSNR): {', '.join(data['left_out'])}" if data["left_out"] else "")
+    fig.suptitle(note, fontsize=7)
+    return fig
+
+
+def write_frontier_figure(report: SweepReport, path: str | Path, force: bool = False) -> Path:
+    """Draw the sweep's frontier and write it as a PNG through :func:`mbdlprune.io.write_file`."""
+    from ..io import write_file
+
+    plt = require_matplotlib()
+    fig = frontier_figure(frontier_data(report))
+    try:
+        return write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), force=force)
+    finally:
+        plt.close(fig)
+
+
+def _flat_paths(*values: Any) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        out.extend(v if isinstance(v, (list, tuple)) else [v])
+    return out
+
+
 def _achieved(meta: Mapping[str, Any] | None) -> float | None:
     from ..pruning import removed_fraction
 
@@ -225,6 +376,7 @@ def sweep(
     key_map: Any = None,
     kspace_scale: str = "auto",
     coil_maps: str = "acs",
+    figure: str | Path | None = None,
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
@@ -232,6 +384,8 @@ def sweep(
     training files under ``data`` or the ``data`` argument); fine-tuning works on files, so it
     needs ``out_dir``. ``eval_data`` (required): evaluation images, never used for training.
     ``max_psnr_drop``: copy the fastest model within that PSNR drop to ``out_dir/best.safetensors``.
+    ``figure``: write the speed-vs-PSNR frontier there as a PNG (needs matplotlib; refused before
+    any work if it exists, unless ``force``); the report's ``files`` names everything written.
     """
     from ..benchmark import BenchConfig, compare
     from ..io import prepare_output_dir, rollback_on_error, write_file, write_json, write_text
@@ -255,8 +409,21 @@ def sweep(
     names = sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None)
     if out is not None:  # every name the sweep will write, refused before any work unless --force
         prepare_output_dir(out, names, force, create=False)
+    rollback = list(names)
+    if figure is not None:
+        from ..io import check_output_path
 
-    with (rollback_on_error(out, names) if out is not None else contextlib.nullcontext()):  # a failed sweep leaves nothing
+        require_matplotlib()
+        fig_path = Path(figure)
+        in_out = out is not None and fig_path.parent.resolve() == out.resolve()
+        if in_out:  # inside the output folder: removed again if the sweep fails
+            if fig_path.name in names:
+                raise MbdlError(f"--figure {str(fig_path)!r} is a file the sweep writes itself", "name the figure e.g. OUT_DIR/sweep.png")
+            rollback.append(fig_path.name)
+        if not in_out or out.is_dir():  # a folder the sweep creates was checked by prepare_output_dir
+            check_output_path(fig_path, force, suffix=None, inputs=_flat_paths(checkpoint, operator, eval_data, data))
+
+    with (rollback_on_error(out, rollback) if out is not None else contextlib.nullcontext()):  # a failed sweep leaves nothing
         original = load_original(checkpoint, arch, arch_args, operator, unsafe_pickle, key_map)
         op = original.operator
         if out is not None:
@@ -279,7 +446,9 @@ def sweep(
         report = compare(entries, eval_data, bcfg, operator=op, progress=progress)
 
         points = []
+        ref_timing = report.models[0].timing
         for r, (e, m) in zip([0.0] + ratio_list, zip(entries, report.models)):
+            lo, hi = speedup_interval(ref_timing, m.timing)
             points.append(SweepPoint(
                 ratio=r, label=m.label, path=e.path, achieved_channel_ratio=_achieved(e.meta) if r else 0.0, params=m.params,
                 speedup=m.speedup, prior_macs_reduction=m.prior_macs_reduction,
@@ -287,6 +456,7 @@ def sweep(
                 psnr_drop=m.psnr_drop, ssim_mean=m.ssim_mean, median_ms=m.timing.median_ms,
                 prior_calls=m.prior_calls_per_reconstruction,
                 per_call_speedup_per_macs_reduction=m.per_call_speedup_per_macs_reduction,
+                speedup_low=lo, speedup_high=hi, psnr_drop_paired_std=m.psnr_drop_paired_std,
             ))
         pareto_front(points)
         best = None
@@ -314,7 +484,15 @@ def sweep(
             else:
                 _save(target, entries[points.index(best)], force)
             sr.best_path = str(target)
+            sr.files["best"] = str(target)
+        for p in points[1:]:
+            if p.path:
+                sr.files[p.label] = str(p.path)
+        if figure is not None:
+            sr.files["figure"] = str(write_frontier_figure(sr, figure, force=force))
         if out is not None:
+            sr.files["sweep_json"] = str(out / "sweep.json")
+            sr.files["sweep_md"] = str(out / "sweep.md")
             write_json(out / "sweep.json", sr.to_dict(), force=force)
             write_text(out / "sweep.md", sr.markdown(), force=force)
         return sr
