@@ -45,6 +45,8 @@ EXAMPLES: dict[str, Example] = {e.name: e for e in (
             "fine-tuning slices from the training distribution (MNI152 2009a T1 template, 2 mm)"),
     Example("finetune-val", "finetune_val_slices.nii.gz", "data",
             "validation slices for fine-tuning (other MNI152 template slices)"),
+    Example("varnet", "varnet_mc4x.safetensors", "model",
+            "E2E-VarNet (fastMRI's), 4 cascades, chans 12, pools 2, learned coil maps; raw 4-coil k-space, 192 x 96, 4x"),
     Example("provenance", "PROVENANCE.md", "doc", "data sources, licences, training command and scores"),
 )}
 
