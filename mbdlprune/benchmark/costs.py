@@ -35,17 +35,10 @@ class _CostCounter:
         return hook
 
     def _mac_hook(self, path):
-        from torch import nn
+        from ..pruning.costs import layer_macs
 
         def hook(m, args, out):
-            if isinstance(m, nn.modules.conv._ConvTransposeNd):
-                k = math.prod(m.kernel_size)
-                self.macs[path] += args[0].numel() * (m.out_channels // m.groups) * k
-            elif isinstance(m, nn.modules.conv._ConvNd):
-                k = math.prod(m.kernel_size)
-                self.macs[path] += out.numel() * (m.in_channels // m.groups) * k
-            else:
-                self.macs[path] += out.numel() * m.in_features
+            self.macs[path] += layer_macs(m, args, out)
 
         return hook
 

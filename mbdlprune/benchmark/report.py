@@ -178,6 +178,19 @@ class BenchReport:
         return write_text(path, self.to_json() + "\n", force=force)
 
     # -- text
+    def data_line(self) -> str:
+        """Where the evaluation data came from and how the measurements were made."""
+        d = self.data
+        if d.get("kind") == "raw k-space":
+            p = d.get("protocol") or {}
+            mask = p.get("mask")
+            how = (f"{mask} mask at R = {p.get('acceleration'):g}" if isinstance(p.get("acceleration"), (int, float))
+                   else f"{mask} mask")
+            return (f"{d['source']} — raw k-space, {d['n_images']} slices of {d.get('volumes')} volume(s); {how}, "
+                    f"{'seeded per file as fastMRI' if p.get('mask_seed') else 'the same for every file'}, no noise; "
+                    f"k-space scale {p.get('kspace_scale')}; coil maps: {p.get('coil_maps')}; outputs cropped to the target")
+        return f"{d['source']} — {d['n_images']} images, measurement seed {d['seed']}"
+
     def context_line(self) -> str:
         e, s = self.environment, self.settings
         return (f"{e['device']} ({e['name']}), torch {e['torch']}, {e['torch_threads']} threads, {s['dtype']}, "
@@ -256,7 +269,7 @@ class BenchReport:
         if self.solver_line():
             lines.append(Text(self.solver_line()))
         lines.append(Text(f"metric: {self.metric['description']}"))
-        lines.append(Text(f"data: {self.data['source']} — {self.data['n_images']} images, measurement seed {self.data['seed']}"))
+        lines.append(Text(f"data: {self.data_line()}"))
         for n in self.notes:
             lines.append(Text("note: " + n, style="yellow"))
         for g in self.gates:
@@ -293,7 +306,7 @@ class BenchReport:
             if diffs:
                 out.append(f"- **Stored solver settings overridden:** {'; '.join(diffs)}")
         out.append(f"- **Operator:** {self.operator.get('kind')} {self.operator.get('image_shape')} ({self.operator.get('source')})")
-        out.append(f"- **Data:** {self.data['source']} — {self.data['n_images']} images, measurement seed {self.data['seed']}")
+        out.append(f"- **Data:** {self.data_line()}")
         out.append(f"- **Metric:** {self.metric['description']}")
         out.append(f"- **Timing:** {self.settings['timing_method']}, median over interleaved runs; "
                    f"memory = {self.models[0].timing.memory_kind} above the pre-call level")

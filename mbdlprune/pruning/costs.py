@@ -28,25 +28,29 @@ def layer_widths(module: nn.Module) -> dict[str, int]:
 
 
 @torch.no_grad()
+def layer_macs(m: nn.Module, args: tuple, out) -> int:
+    """Multiply-accumulates of one call of a conv, transposed conv or linear layer (a forward hook's
+    arguments): the one definition behind pruning's counts and the benchmark's."""
+    import math
+
+    if isinstance(m, nn.modules.conv._ConvTransposeNd):
+        return args[0].numel() * (m.out_channels // m.groups) * math.prod(m.kernel_size)
+    if isinstance(m, nn.modules.conv._ConvNd):
+        return out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+    return out.numel() * m.in_features
+
+
 def count_macs(module: nn.Module, inputs: tuple) -> int:
     """Multiply-accumulates of conv and linear layers for one call on ``inputs``."""
     total = [0]
 
-    def conv_hook(m, args, out):
-        if isinstance(m, nn.modules.conv._ConvTransposeNd):
-            total[0] += args[0].numel() * m.out_channels // m.groups * int(torch.tensor(m.kernel_size).prod())
-        else:
-            total[0] += out.numel() * (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
-
-    def lin_hook(m, args, out):
-        total[0] += out.numel() * m.in_features
+    def hook(m, args, out):
+        total[0] += layer_macs(m, args, out)
 
     hs = []
     for m in module.modules():
-        if isinstance(m, nn.modules.conv._ConvNd):
-            hs.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hs.append(m.register_forward_hook(lin_hook))
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)):
+            hs.append(m.register_forward_hook(hook))
     try:
         module(*inputs)
     finally:
