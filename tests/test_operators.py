@@ -13,7 +13,7 @@ import torch
 
 from mbdlprune.errors import ConfigError, MbdlError
 from mbdlprune.operators import list_operator_kinds, load_operator
-from mbdlprune.operators.examples import EXAMPLE_SPECS, example_spec
+from mbdlprune.operators.small import SMALL_SPECS, small_spec
 from mbdlprune.operators.fft import (chan_to_complex, complex_abs, complex_conj, complex_mul, complex_to_chan,
                                      fft2c, ifft2c, rss, rss_complex)
 from mbdlprune.operators.masks import center_run
@@ -22,7 +22,7 @@ KINDS = list_operator_kinds()
 
 
 def build(kind: str, **changes):
-    spec = example_spec(kind)
+    spec = small_spec(kind)
     spec.update(changes)
     return load_operator(spec)
 
@@ -36,7 +36,7 @@ def save_nii(path, arr):
 
 
 def test_every_kind_has_an_example():
-    assert set(KINDS) == set(EXAMPLE_SPECS)
+    assert set(KINDS) == set(SMALL_SPECS)
     assert {"mri", "denoise", "deblur", "inpaint", "superres", "ct"} <= set(KINDS)
 
 
@@ -80,7 +80,7 @@ def test_unknown_key_is_named(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_missing_or_bad_image_size(kind):
-    spec = example_spec(kind)
+    spec = small_spec(kind)
     del spec["image_size"]
     with pytest.raises(ConfigError, match="image_size"):
         load_operator(spec)

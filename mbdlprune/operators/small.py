@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 #: kind -> a small ``[operator]`` table that builds in milliseconds.
-EXAMPLE_SPECS: dict[str, dict[str, Any]] = {
+SMALL_SPECS: dict[str, dict[str, Any]] = {
     "mri": {"kind": "mri", "image_size": [32, 32], "acceleration": 4, "mask": "uniform", "coils": 4,
             "noise_sigma": 0.01},
     "denoise": {"kind": "denoise", "image_size": [32, 32], "channels": 1, "noise_sigma": 0.1},
@@ -18,13 +18,13 @@ EXAMPLE_SPECS: dict[str, dict[str, Any]] = {
 }
 
 
-def example_spec(kind: str) -> dict[str, Any]:
-    """A fresh copy of the small example table for ``kind`` (KeyError if there is none)."""
-    return copy.deepcopy(EXAMPLE_SPECS[kind])
+def small_spec(kind: str) -> dict[str, Any]:
+    """A fresh copy of the small table for ``kind`` (KeyError if there is none)."""
+    return copy.deepcopy(SMALL_SPECS[kind])
 
 
-def example_operator(kind: str):
-    """Build the small example operator of ``kind``."""
+def small_operator(kind: str):
+    """Build the small operator of ``kind``."""
     from . import load_operator
 
-    return load_operator(example_spec(kind))
+    return load_operator(small_spec(kind))
