@@ -1,0 +1,416 @@
+"""The performance frontier of pruning, in one run: per model and ratio, widths, MACs, speedups, DEQ iterations, PSNR.
+
+    python benchmarks/frontier.py --quick --threads 1
+    python benchmarks/frontier.py --threads 1 --json frontier.json            # paper sizes (slow on a CPU)
+    python benchmarks/frontier.py --compile --ratios 0.3,0.5 --devices cuda
+
+Models, each pruned at every ``--ratios`` (default 0.3,0.5,0.7; L1, uniform, ``--round-to``):
+
+* the shipped examples (``mbdlprune.examples``): ``deq`` and ``unrolled`` on their shipped
+  evaluation slices (``example_path("eval")``), ``varnet`` (when this installation ships it) on
+  the raw multi-coil k-space made from them (``raw_example_data``); trained, so the PSNR drop
+  (no fine-tuning) is real;
+* paper-size models with random weights (timing only: no PSNR): DEQ-EDSR (n_feats 64, n_blocks 13)
+  at 256 x 256 and a 12-cascade E2E-VarNet (chans 18, pools 4) at 320 x 320, multi-coil MRI
+  (uniform mask, R = 6, 8 coils). ``--quick`` runs them at 64 x 64 (widths unchanged) with fewer
+  runs and images, to finish in about a minute on a CPU.
+
+Per case and device, the original and all its pruned copies are benchmarked side by side in one
+``mbdlprune.bench`` run (interleaved timing rounds, identical solver settings, the same
+measurements). A trained DEQ keeps its stored tol and max_iter (applied to every model); a
+random-weight DEQ runs a fixed ``--iterations`` (tol 1e-30), as benchmarks/speed_vs_ratio.py does.
+Columns:
+
+* ``widths``: ``before→after`` when pruning changed one width, else the widths kept (the JSON has
+  every [before, after] pair); ``removed``: the fraction of prior channels removed (achieved, after
+  rounding to ``--round-to``: default 8 for the 32-wide shipped examples, where the pruner's 16
+  would give every ratio the same width, and the pruner's 16 for the paper-size models);
+* ``MACs↓``: prior-MACs reduction;
+* ``speedup`` (eager) with its interval [original p10 / model p90, original p90 / model p10];
+* ``real/MACs`` = speedup / MACs↓ (1.0: every removed MAC became time saved) and ``call/MACs``,
+  the same per prior call (per DEQ iteration), which leaves out changes in the iteration count;
+* ``iters``: prior calls per reconstruction (DEQ: solver iterations, measured; unrolled: steps);
+* ``PSNR drop`` (dB, no fine-tuning), trained models only;
+* with ``--compile`` (when ``torch.compile`` works on the device; a note says so when it does
+  not): each model's prior(s) compiled, timed in the same interleaved run, ``c.speedup`` =
+  compiled original / compiled pruned, ``c/eager`` = the model's eager / compiled time, and the
+  compile time (first call minus a steady call, summed over the priors) reported on its own
+  (on this 2-core VM 10-60 s per model, e.g. ``--quick --compile --cases deq-paper --ratios 0.5``:
+  19 s, compiled original 1.29x faster than eager, compiled speedup 2.56x vs 3.05x eager).
+
+Devices: the CPU, and CUDA too when ``torch.cuda.is_available()`` (``--devices`` chooses).
+``--json OUT`` writes every row and the context of each run.
+
+A row of real output (``python benchmarks/frontier.py --quick --threads 1``: 103 s for all five
+cases, 62 s of CPU time, on a 2-core Xeon VM shared with other jobs, load 6; torch 2.13.0 CPU)::
+
+    deq (shipped, trained), round_to 8, on cpu: cpu (Intel(R) Xeon(R) Processor), torch 2.13.0+cpu, 1 threads, ...
+    DEQ solver for every model: anderson, tol 0.001, max_iter 50 (from deq_edsr_mri4x (first DEQ))
+    ratio model                      widths       removed  MACs↓    speedup [p10–p90] real/MACs call/MACs  iters       ms PSNR drop
+    0     deq_edsr_mri4x             original       0.000  1.00x      1.00x [0.9–1.1]      1.00      1.00   20.0   1574.2         —
+    0.5   deq_edsr_mri4x-r0.5        32→16          0.497  3.95x      6.11x [5.7–7.6]      1.55      0.62    8.0    257.6     +5.49
+
+(the DEQ's realised speedup exceeds the MACs reduction because the pruned, not fine-tuned DEQ
+stops after far fewer solver iterations, 8 instead of 20; ``call/MACs`` is the per-iteration figure.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import mbdlprune
+from mbdlprune import examples
+from mbdlprune.api import prune_model
+from mbdlprune.errors import MbdlError, first_line
+from mbdlprune.io import LoadedModel
+from mbdlprune.models.user import build_arch
+from mbdlprune.operators import load_operator
+
+PAPER_DEQ = {"n_feats": 64, "n_blocks": 13, "gamma": 5.0, "alpha": 0.2, "solver": "anderson"}
+PAPER_VARNET = {"num_cascades": 12, "chans": 18, "pools": 4, "sens_chans": 8, "sens_pools": 4}
+
+
+# ------------------------------------------------------------------------------ inputs
+def mri_operator(size: int, coils: int = 8):
+    return load_operator({"kind": "mri", "image_size": [size, size], "acceleration": 6, "mask": "uniform",
+                          "coils": coils, "noise_sigma": 0.01})
+
+
+def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth complex test images (values matter little: the weights are random)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, 2, max(size // 8, 2), max(size // 8, 2), generator=g)
+    x = nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+    x[:, 1] *= 0.2
+    return x / x.abs().amax(dim=(1, 2, 3), keepdim=True)
+
+
+def width_pairs(meta) -> list[list[int]]:
+    """The distinct [before, after] channel widths of the layers pruning changed."""
+    rec = (meta or {}).get("pruning") or {}
+    pairs = {(int(w[0]), int(w[1])) for p in (rec.get("priors") or {}).values() for w in (p.get("widths") or {}).values()}
+    return [list(p) for p in sorted(pairs) if p[0] != p[1]]
+
+
+def removed(meta) -> float:
+    """The fraction of prior channels pruning removed (what was achieved, not requested)."""
+    from mbdlprune.pruning import removed_fraction
+
+    rec = (meta or {}).get("pruning")
+    if not rec:
+        return 0.0
+    return removed_fraction(pair for prior in (rec.get("priors") or {}).values() for pair in (prior.get("widths") or {}).values())
+
+
+def widths_text(pairs: list[list[int]]) -> str:
+    """``32→8``; several widths: the kept ones, ``16,32,48``."""
+    if not pairs:
+        return "original"
+    if len(pairs) == 1:
+        return f"{pairs[0][0]}→{pairs[0][1]}"
+    return ",".join(str(a) for a in sorted({p[1] for p in pairs}))
+
+
+# ------------------------------------------------------------------------------ compile
+class CompiledPrior(nn.Module):
+    """A prior run through ``torch.compile``, timing its first and second call (compile time = their difference).
+
+    The compiled module is kept out of the module tree on purpose, so that bench's MAC counting
+    hooks never reach inside the compiled graph (the compiled copies' MACs are the eager ones').
+    """
+
+    def __init__(self, prior: nn.Module, device: str):
+        super().__init__()
+        object.__setattr__(self, "_compiled", torch.compile(prior.eval().to(device)))
+        self.device = device
+        self.durations: list[float] = []
+
+    def forward(self, *args, **kwargs):
+        if len(self.durations) >= 2:
+            return self._compiled(*args, **kwargs)
+        _sync(self.device)
+        t = time.perf_counter()
+        out = self._compiled(*args, **kwargs)
+        _sync(self.device)
+        self.durations.append(time.perf_counter() - t)
+        return out
+
+    @property
+    def compile_s(self) -> float | None:
+        return self.durations[0] - self.durations[1] if len(self.durations) >= 2 else None
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def compile_works(device: str) -> str | None:
+    """None when torch.compile runs a small convolution on ``device``; else why not, in one line."""
+    if not hasattr(torch, "compile"):
+        return "this torch has no torch.compile"
+    try:
+        conv = nn.Conv2d(2, 4, 3, padding=1).to(device).eval()
+        with torch.inference_mode():
+            torch.compile(conv)(torch.randn(1, 2, 8, 8, device=device))
+        return None
+    except Exception as e:  # noqa: BLE001  (any backend failure means: fall back to eager)
+        return f"{type(e).__name__}: {first_line(e, 200)}"
+
+
+def from_compiler(e: BaseException) -> bool:
+    """Whether ``e`` was raised inside torch.compile's machinery (dynamo, inductor, triton)."""
+    import traceback
+
+    where = [f.filename.replace("\\", "/") for f in traceback.extract_tb(e.__traceback__)]
+    return type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) or any(
+        part in w for w in where for part in ("torch/_dynamo", "torch/_inductor", "triton/"))
+
+
+def compiled_copy(entry: LoadedModel, device: str) -> tuple[LoadedModel, list[CompiledPrior]]:
+    """A deep copy of ``entry`` on ``device`` whose prior(s) are compiled."""
+    model = copy.deepcopy(entry.model).eval().to(device)
+    wrappers = []
+    for path in model.prior_paths():
+        parent_path, _, name = path.rpartition(".")
+        parent = model.get_submodule(parent_path) if parent_path else model
+        w = CompiledPrior(getattr(parent, name), device)
+        setattr(parent, name, w)
+        wrappers.append(w)
+    return LoadedModel(model, entry.meta, entry.operator, label=f"{entry.label}+compile", role="pruned"), wrappers
+
+
+# ------------------------------------------------------------------------------ cases
+def cases(args) -> list[dict]:
+    """What to benchmark: name, original (LoadedModel), eval data, whether trained, bench options."""
+    out = []
+    quick = args.quick
+    for name in ("deq", "unrolled", "varnet"):
+        if name not in examples.EXAMPLES or name not in args.cases:
+            continue
+        original = mbdlprune.load_model(examples.example_path(name))
+        original.label, original.role = examples.example_path(name).stem, "original"
+        if name in examples.RAW_MODEL_EXAMPLES:
+            folder = Path(args.tmp) / "raw"
+            folder.mkdir(exist_ok=True)
+            data = str(examples.raw_example_data(folder)["eval"])
+        else:
+            data = str(examples.example_path("eval"))
+        out.append({"case": name, "title": f"{name} (shipped, trained)", "original": original, "data": data,
+                    "trained": True, "bench": {"max_images": 2 if quick else None},
+                    "round_to": args.round_to if args.round_to is not None else 8})
+    size_deq, size_varnet = (64, 64) if quick else (256, 320)
+    if "deq-paper" in args.cases:
+        op = mri_operator(size_deq)
+        torch.manual_seed(args.seed)
+        model, spec = build_arch("deq-edsr", dict(PAPER_DEQ))
+        meta = {"arch": spec.to_dict(), "operator": op.spec, "pruning": None}
+        out.append({"case": "deq-paper", "title": f"DEQ-EDSR 64 feats x 13 blocks, {size_deq}x{size_deq}, random weights, "
+                                                   f"{args.iterations} fixed iterations",
+                    "original": LoadedModel(model.eval(), meta, op, arch=spec, label="deq-edsr-paper", role="original"),
+                    "data": smooth_images(1, size_deq, args.seed), "trained": False,
+                    "bench": {"tol": 1e-30, "max_iter": args.iterations}, "round_to": args.round_to})
+    if "varnet-paper" in args.cases:
+        op = mri_operator(size_varnet)
+        torch.manual_seed(args.seed)
+        model, spec = build_arch("e2e-varnet", dict(PAPER_VARNET))
+        meta = {"arch": spec.to_dict(), "operator": op.spec, "pruning": None}
+        out.append({"case": "varnet-paper", "title": f"E2E-VarNet 12 cascades, chans 18, pools 4, {size_varnet}x{size_varnet}, "
+                                                      "random weights",
+                    "original": LoadedModel(model.eval(), meta, op, arch=spec, label="e2e-varnet-paper", role="original"),
+                    "data": smooth_images(1, size_varnet, args.seed), "trained": False, "bench": {},
+                    "round_to": args.round_to})
+    return out
+
+
+def pruned_copies(case: dict, ratios: list[float]) -> list[LoadedModel]:
+    o = case["original"]
+    round_to = case["round_to"]
+    entries = [o]
+    for r in ratios:
+        res = prune_model(copy.deepcopy(o.model), o.arch, o.operator, ratio=r, round_to=round_to, allow_partial=True)
+        entries.append(LoadedModel(res.model, res.meta, o.operator, arch=o.arch, label=f"{o.label}-r{r:g}", role="pruned"))
+    return entries
+
+
+def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
+    ratios = [0.0] + args.ratios
+    n = len(entries)
+    notes: list[str] = []
+    compiled, wrappers = [], []
+    if args.compile:
+        why = compile_works(device)
+        if why:
+            notes.append(f"torch.compile does not work on {device} here ({why}): eager timings only")
+        else:
+            for e in entries:
+                c, w = compiled_copy(e, device)
+                compiled.append(c)
+                wrappers.append(w)
+    say = (lambda m: print(f"  {m}", file=sys.stderr)) if args.verbose else None
+    opts = {"warmup": args.warmup, "repeats": args.repeats, "threads": args.threads, "seed": args.seed, **case["bench"]}
+    t0 = time.perf_counter()
+    try:
+        rep = mbdlprune.bench(entries + compiled, case["data"], device=device, progress=say, **opts)
+    except Exception as e:  # noqa: BLE001  (a compile failure inside the run: retry eager)
+        if not compiled or not from_compiler(e):
+            raise
+        notes.append(f"torch.compile failed during the run ({type(e).__name__}: {first_line(e, 200)}): eager timings only")
+        compiled, wrappers = [], []
+        rep = mbdlprune.bench(entries, case["data"], device=device, progress=say, **opts)
+    seconds = time.perf_counter() - t0
+    eager = rep.models[:n]
+    comp = rep.models[n:] if compiled else []
+    ref = eager[0]
+    rows = []
+    for i, (r, e, m) in enumerate(zip(ratios, entries, eager)):
+        lo = ref.timing.p10_ms / m.timing.p90_ms
+        hi = ref.timing.p90_ms / m.timing.p10_ms
+        row = {
+            "case": case["case"], "device": rep.environment["device"], "device_name": rep.environment["name"],
+            "ratio": r, "model": m.label, "widths": width_pairs(e.meta), "params": m.params,
+            "channels_removed": removed(e.meta),
+            "prior_macs_reduction": m.prior_macs_reduction, "speedup": m.speedup, "speedup_interval": [lo, hi],
+            "realised_per_macs": m.speedup_per_macs_reduction,
+            "per_call_realised_per_macs": m.per_call_speedup_per_macs_reduction,
+            "iterations": (m.deq or {}).get("iterations_mean") if m.deq else m.prior_calls_per_reconstruction,
+            "timed_iterations": m.timing.iterations_mean, "median_ms": m.timing.median_ms,
+            "psnr": m.psnr_mean if case["trained"] else None,
+            "psnr_drop": m.psnr_drop if case["trained"] and r else None,
+            "trained": case["trained"],
+        }
+        if comp:
+            c = comp[i]
+            row["compiled_median_ms"] = c.timing.median_ms
+            row["compiled_speedup"] = comp[0].timing.median_ms / c.timing.median_ms
+            row["compiled_over_eager"] = m.timing.median_ms / c.timing.median_ms
+            row["compiled_psnr"] = c.psnr_mean if case["trained"] else None  # should equal the eager PSNR
+            cs = [w.compile_s for w in wrappers[i] if w.compile_s is not None]
+            row["compile_s"] = sum(cs) if cs else None
+        rows.append(row)
+    bench_notes = list(rep.notes)
+    if case["bench"].get("tol") == 1e-30:  # fixed iterations on purpose: one note instead of one per model
+        bench_notes = [x for x in bench_notes if "stopped at max_iter before reaching tol" not in x]
+        bench_notes.append(f"every DEQ solve runs exactly {case['bench']['max_iter']} iterations (tol 1e-30, on purpose)")
+    return {"case": case["case"], "title": case["title"], "device": rep.environment["device"], "round_to": case["round_to"],
+            "context": rep.context_line(), "solver": rep.solver_line(), "notes": notes + bench_notes,
+            "seconds": seconds, "rows": rows}
+
+
+# ------------------------------------------------------------------------------ output
+def _f(v, spec: str, suffix: str = "") -> str:
+    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec) + suffix
+
+
+def print_run(run: dict, compiled: bool) -> None:
+    rt = run["round_to"] if run["round_to"] is not None else "the pruner's"
+    print(f"\n{run['title']}, round_to {rt}, on {run['device']}: {run['context']}  ({run['seconds']:.1f} s)")
+    if run["solver"]:
+        print(run["solver"])
+    hdr = (f"{'ratio':<5} {'model':<26} {'widths':<12} {'removed':>7} {'MACs↓':>6} {'speedup [p10–p90]':>20} {'real/MACs':>9} "
+           f"{'call/MACs':>9} {'iters':>6} {'ms':>8} {'PSNR drop':>9}")
+    if compiled:
+        hdr += f" {'c.speedup':>9} {'c/eager':>7} {'compile s':>9}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in run["rows"]:
+        w = widths_text(r["widths"])
+        w = w if len(w) <= 12 else w[:11] + "…"
+        lo, hi = r["speedup_interval"]
+        sp = f"{_f(r['speedup'], '.2f', 'x')} [{lo:.1f}–{hi:.1f}]"
+        line = (f"{r['ratio']:<5g} {r['model'][:26]:<26} {w:<12} {_f(r['channels_removed'], '.3f'):>7} "
+                f"{_f(r['prior_macs_reduction'], '.2f', 'x'):>6} "
+                f"{sp:>20} {_f(r['realised_per_macs'], '.2f'):>9} {_f(r['per_call_realised_per_macs'], '.2f'):>9} "
+                f"{_f(r['iterations'], '.1f'):>6} {_f(r['median_ms'], '.1f'):>8} "
+                f"{('—' if not r['ratio'] else _f(r['psnr_drop'], '+.2f')) if r['trained'] else 'untrained':>9}")
+        if compiled and "compiled_speedup" in r:
+            line += (f" {_f(r['compiled_speedup'], '.2f', 'x'):>9} {_f(r['compiled_over_eager'], '.2f', 'x'):>7} "
+                     f"{_f(r['compile_s'], '.1f'):>9}")
+        print(line)
+    for note in run["notes"]:
+        print(f"note: {note}")
+
+
+ALL_CASES = ("deq", "unrolled", "varnet", "deq-paper", "varnet-paper")
+
+
+def parse(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ratios", default="0.3,0.5,0.7", type=lambda s: [float(v) for v in s.split(",") if v.strip()],
+                    help="comma-separated fractions of channels to remove (default 0.3,0.5,0.7)")
+    ap.add_argument("--cases", default=",".join(ALL_CASES), type=lambda s: [v.strip() for v in s.split(",") if v.strip()],
+                    help=f"which models, comma-separated, of {', '.join(ALL_CASES)} (varnet: when shipped)")
+    ap.add_argument("--quick", action="store_true", help="paper-size models at 64x64, 2 eval images, 1+5 runs: about a minute on a CPU")
+    ap.add_argument("--devices", default=None, help="comma-separated, e.g. cpu,cuda (default: cpu, and cuda when available)")
+    ap.add_argument("--compile", action="store_true", help="also time each model with its prior(s) through torch.compile")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed runs per model (default 3; --quick 1)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed interleaved runs (default 20; --quick 5)")
+    ap.add_argument("--iterations", type=int, default=None, help="random-weight DEQ: fixed iteration count (default 10; --quick 3)")
+    ap.add_argument("--round-to", type=int, default=None,
+                    help="width multiple (default: 8 for the 32-wide shipped examples, so that the ratios differ; "
+                         "the pruner's 16 for the paper-size models)")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1: steadier on a shared CPU)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="write every row (and each run's context) as JSON to this file")
+    ap.add_argument("--verbose", action="store_true", help="bench's progress messages on stderr")
+    args = ap.parse_args(argv)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.quick else 3)
+    args.repeats = args.repeats if args.repeats is not None else (5 if args.quick else 20)
+    args.iterations = args.iterations if args.iterations is not None else (3 if args.quick else 10)
+    unknown = [c for c in args.cases if c not in ALL_CASES]
+    if unknown:
+        ap.error(f"unknown case(s) {', '.join(unknown)}; use {', '.join(ALL_CASES)}")
+    if args.devices:
+        args.devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    else:
+        args.devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    t0 = time.perf_counter()
+    if args.compile:  # many priors (12 cascades x widths) would otherwise exceed dynamo's recompile cache
+        from torch import _dynamo
+
+        _dynamo.config.cache_size_limit = max(_dynamo.config.cache_size_limit, 64)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="mbdlprune-frontier-") as tmp:
+        args.tmp = tmp
+        if "varnet" in args.cases and "varnet" not in examples.EXAMPLES:
+            print("note: this installation ships no varnet example; skipped", file=sys.stderr)
+        try:
+            for case in cases(args):
+                entries = pruned_copies(case, args.ratios)
+                for dev in args.devices:
+                    run = run_case(case, entries, dev, args)
+                    print_run(run, args.compile)
+                    runs.append(run)
+        except MbdlError as e:  # a user error (a device that is not there, a ratio out of range): one line
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    total = time.perf_counter() - t0
+    print(f"\n{len(runs)} runs in {total:.0f} s")
+    if args.json:
+        from mbdlprune.config import json_safe
+
+        payload = {"argv": sys.argv[1:], "ratios": args.ratios, "quick": args.quick, "seconds": total,
+                   "torch": torch.__version__, "runs": runs}
+        from mbdlprune.io import write_text
+
+        write_text(args.json, json.dumps(json_safe(payload), indent=2, allow_nan=False) + "\n", force=True)  # atomic
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
