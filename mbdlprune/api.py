@@ -177,11 +177,13 @@ def _first_conv(model):
 
 # -- pruning ---------------------------------------------------------------------------------
 def _prune_config(config: Any, options: Mapping[str, Any], prune_sensitivity: bool):
-    from .pruning import DEFAULT_ROUND_TO, PruneConfig
+    from .pruning import DEFAULT_ROUND_TO, PruneConfig, parse_round_to
 
     options = dict(options)
     if options.get("round_to", 0) is None:
         options["round_to"] = DEFAULT_ROUND_TO
+    elif "round_to" in options:  # "auto" (any case) or an integer written as text
+        options["round_to"] = parse_round_to(options["round_to"])
     cfg = _config(PruneConfig, config, options, "prune")
     if prune_sensitivity:  # the shorthand for naming the sensitivity U-Net with --prior
         cfg.priors = [*(cfg.priors or []), SENSITIVITY_PRIOR]

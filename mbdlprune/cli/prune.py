@@ -41,7 +41,7 @@ def prune_cmd(
     importance: str = typer.Option("l1", "--importance", help=importance_help()),
     global_pruning: bool = typer.Option(False, "--global", help="Rank channels across layers instead of per layer."),
     iterative_steps: int = typer.Option(1, "--iterative-steps", help="Reach the ratio in this many steps."),
-    round_to: int = typer.Option(16, "--round-to", help="Keep widths multiples of this (16: full-speed AVX-512/GPU kernels; 1: off)."),
+    round_to: str = typer.Option("16", "--round-to", help="Keep widths multiples of this (16: full-speed AVX-512/GPU kernels; 1: off), or auto: time the prior's layers on this machine (CUDA when available, else the CPU) and keep, per group, the width it runs best within the ratio."),
     layer_ratio: List[str] = typer.Option([], "--layer-ratio", help="Per-layer ratio NAME=RATIO (glob on module names); repeatable."),
     ignore: List[str] = typer.Option([], "--ignore", help="Module name or glob never pruned; repeatable."),
     prior: List[str] = typer.Option([], "--prior", help="Prior to prune: a dotted module name or glob (default: the model's priors, or found automatically); +NAME adds to the default; repeatable."),
@@ -70,8 +70,9 @@ def prune_cmd(
             raise MbdlError(f"--image-size {image_size!r} is not HxW", "write e.g. --image-size 64x64") from None
         if h < 1 or w < 1:
             raise MbdlError(f"--image-size {image_size!r} must be positive", "write e.g. --image-size 64x64")
-    from ..pruning import PruneConfig
+    from ..pruning import PruneConfig, parse_round_to
 
+    round_to = parse_round_to(round_to)
     layer_ratios = _parse_layer_ratios(layer_ratio)
     # the options are checked before the checkpoint is read (patterns are checked against the model later)
     PruneConfig(ratio=ratio, importance=importance, global_pruning=global_pruning, iterative_steps=iterative_steps,

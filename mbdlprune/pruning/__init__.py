@@ -13,6 +13,10 @@ rounding: the multiple of ``round_to`` and of every channel-group constraint in 
 pruning, every layer's achieved removal is compared with the request; a layer held back beyond
 the rounding fails the prune in one line naming it and the reason, unless ``allow_partial``
 (:func:`shortfall`).
+
+``round_to="auto"`` chooses each group's width by timing its layers at their real input size on
+the device (CUDA when available, else the CPU), among widths that keep no more than asked
+(:mod:`.widths`).
 """
 
 # Names load lazily: the submodules import torch, and the command line needs only the
@@ -25,12 +29,15 @@ _LAZY = {
     "removed_fraction": "achieved",
     "requested_fraction": "achieved",
     "shortfall": "achieved",
+    "AUTO": "config",
     "DEFAULT_ROUND_TO": "config",
     "FIXED": "config",
     "LAYER_TYPES": "config",
     "PruneConfig": "config",
     "SHORTFALL_TOLERANCE": "config",
     "TRACE_SIDE": "config",
+    "is_auto": "config",
+    "parse_round_to": "config",
     "prune_priors": "core",
     "prune_site": "core",
     "count_macs": "costs",
@@ -56,6 +63,12 @@ _LAZY = {
     "norm_parametrizations_removed": "guards",
     "output_layers": "guards",
     "IMPORTANCES": "importances",
+    "WidthTimer": "widths",
+    "candidate_widths": "widths",
+    "choose_width": "widths",
+    "choose_widths": "widths",
+    "default_cache_dir": "widths",
+    "layer_input_shapes": "widths",
 }
 
 __all__ = sorted(_LAZY)

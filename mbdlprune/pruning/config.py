@@ -21,6 +21,26 @@ from .importances import IMPORTANCES  # noqa: E402
 #: cores want multiples of 8; widths like 20, 42, 44 ran no faster than the unpruned model.
 DEFAULT_ROUND_TO = 16
 
+#: ``round_to`` value that chooses each group's width by timing its layers on the device
+#: (:mod:`.widths`). Not the default: the widths it gives depend on the machine.
+AUTO = "auto"
+
+
+def parse_round_to(value: Any) -> Any:
+    """``--round-to`` as given on a command line or in a file: an integer, ``"auto"`` (any case),
+    or the value unchanged (for :meth:`PruneConfig.validate` to refuse)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() == AUTO:
+            return AUTO
+        if text.isdigit():
+            return int(text)
+    return value
+
+
+def is_auto(round_to: Any) -> bool:
+    return isinstance(round_to, str) and round_to == AUTO
+
 
 LAYER_TYPES = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -42,13 +62,17 @@ class PruneConfig:
     importance: str = "l1"
     global_pruning: bool = False
     iterative_steps: int = 1
-    round_to: int | None = DEFAULT_ROUND_TO
+    round_to: int | str | None = DEFAULT_ROUND_TO  # an integer >= 1, or "auto"
     layer_ratios: dict[str, float] = field(default_factory=dict)
     ignore: list[str] = field(default_factory=list)
     priors: list[str] | None = None
     max_layer_ratio: float = 0.9
     seed: int = 0
     allow_partial: bool = False
+
+    def rounding(self) -> int:
+        """The integer width multiple (1: none); ``auto`` rounds only to channel groups."""
+        return self.round_to if _is_int(self.round_to) and self.round_to > 1 else 1
 
     def validate(self) -> None:
         """Refuse, in one line, options that are not what pruning can do (NaN included: ``nan < 0`` is False)."""
@@ -58,8 +82,9 @@ class PruneConfig:
             raise ConfigError(f"unknown --importance {self.importance!r}", f"use one of: {', '.join(IMPORTANCES.names())}")
         if not _is_int(self.iterative_steps) or self.iterative_steps < 1:
             raise ConfigError(f"--iterative-steps must be an integer >= 1, got {self.iterative_steps!r}", "use e.g. --iterative-steps 1")
-        if self.round_to is not None and (not _is_int(self.round_to) or self.round_to < 1):
-            raise ConfigError(f"--round-to must be an integer >= 1, got {self.round_to!r}", "use 1 to disable rounding, or 8/16")
+        if self.round_to is not None and not is_auto(self.round_to) and (not _is_int(self.round_to) or self.round_to < 1):
+            raise ConfigError(f"--round-to must be an integer >= 1 or 'auto', got {self.round_to!r}",
+                              "use 1 to disable rounding, 8/16, or auto to choose widths by timing them on this machine")
         _fraction(self.max_layer_ratio, "max_layer_ratio", "(0, 1]", lambda r: 0.0 < r <= 1.0, "use e.g. 0.9")
         if not isinstance(self.global_pruning, bool):
             raise ConfigError(f"global_pruning must be true or false, got {self.global_pruning!r}", "pass --global or leave it out")

@@ -1,4 +1,4 @@
-"""Pruning group by group on torch-pruning's public group API: the kept width of each group (nearest multiple of round_to and of its channel groups), importances, global thresholds."""
+"""Pruning group by group on torch-pruning's public group API: the kept width of each group (nearest multiple of round_to and of its channel groups, or measured: round_to="auto"), importances, global thresholds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import MbdlError
-from .config import FIXED, LAYER_TYPES, PruneConfig
+from .config import FIXED, LAYER_TYPES, PruneConfig, is_auto
 from .importances import IMPORTANCES
 from .guards import join_name, _layer_matches
 
@@ -55,6 +55,7 @@ class GroupPlan:
     is_global: bool = False  # ranked with the prior's other groups (--global)
     step_target: float = 0.0  # --global: the width the global threshold leaves in this step
     block_tag: str | None = None  # the FIXED tag of the layer that blocks the group
+    timing: dict | None = None  # round_to="auto": the widths timed, their milliseconds and the one chosen
 
 
 def _channel_groups(dg, group, inside: set[int]) -> tuple[int, list[str]]:
@@ -117,7 +118,8 @@ def _block_indices(dim_imp: torch.Tensor, n_per_block: int, block: int, blocks: 
     return sorted(int(i) + b * block for b in range(blocks) for i in order)
 
 
-def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[nn.Module, str], prefix: str):
+def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[nn.Module, str], prefix: str,
+                 timer=None, shapes: dict | None = None):
     """Prune ``prior`` in place, one dependency group at a time; return (history, plans).
 
     The dependency graph is torch-pruning's (``DependencyGraph.get_all_groups``), the scores its
@@ -126,6 +128,11 @@ def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[
     group (:func:`kept_width`) nearest the requested removal; each channel group loses the same
     positions. ``fixed`` maps layers that keep every channel (image layers, --ignore, one-channel
     layers) to the reason; a group holding one of them is not pruned.
+
+    ``round_to="auto"``: widths are multiples of the channel groups only, and in the last step
+    each group keeps the width :func:`.widths.choose_widths` measures best with ``timer`` (a
+    :class:`.widths.WidthTimer`) on the layers' real input ``shapes``
+    (:func:`.widths.layer_input_shapes`), never more than the request allows.
     """
     import torch_pruning as tp
 
@@ -140,7 +147,8 @@ def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[
     dg = tp.DependencyGraph().build_dependency(prior, example_inputs=tuple(inputs))
     _cut_broadcasts(dg, [m for m, tag in fixed.items() if tag == "one-channel"])
     importance = make_importance(cfg.importance)
-    round_to = cfg.round_to if cfg.round_to and cfg.round_to > 1 else 1
+    round_to = cfg.rounding()
+    auto = is_auto(cfg.round_to)
     steps = cfg.iterative_steps
     plans: dict[nn.Module, GroupPlan] = {}
     roots = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
@@ -182,10 +190,11 @@ def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[
             dim_imp = imp.view(lcm, -1).mean(0) if lcm > 1 else imp
             scored.append((plan, group, root, fn, width, step_ratio, dim_imp))
         _global_targets([s for s in scored if s[0].is_global], cfg.ratio * step / steps)
+        measured = _measured_widths(scored, cfg, timer, shapes or {}, names, inside, dg) if auto and step == steps else {}
         for plan, _group, root, fn, width, step_ratio, dim_imp in scored:
             floor = plan.width0 * (1 - cfg.max_layer_ratio)
             target = plan.step_target if plan.is_global else plan.width0 * (1 - step_ratio)
-            kept = kept_width(target, width, plan.multiple, floor)
+            kept = measured[id(plan)] if id(plan) in measured else kept_width(target, width, plan.multiple, floor)
             n = width - kept
             if n <= 0:
                 continue
@@ -197,6 +206,49 @@ def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[
             pgroup.prune()
             plan.kept = kept
     return dg.pruning_history(), list(plans.values())
+
+
+def _measured_widths(scored: list, cfg: PruneConfig, timer, shapes: dict, names: dict, inside: set[int], dg) -> dict[int, int]:
+    """round_to="auto": the kept width of each scored group (by ``id`` of its plan), by measurement.
+
+    A group's allowed widths are the multiples of its channel groups from :data:`.widths.MIN_KEEP`
+    of the widest the request allows (``width0 * (1 - ratio)`` rounded down: never more than
+    asked) up to that width, and no fewer than the maximum ratio leaves. A group with no such
+    width is rounded as with ``round_to=1`` (and checked like it).
+    """
+    from .widths import MIN_KEEP, WidthGroup, candidate_widths, choose_widths
+
+    groups, targets = [], {}
+    for plan, group, _root, _fn, width, step_ratio, _imp in scored:
+        target = plan.step_target if plan.is_global else plan.width0 * (1 - step_ratio)
+        m = plan.multiple
+        hi = min(m * math.floor(target / m + 1e-9), m * (width // m))
+        lo = m * max(1, math.ceil(plan.width0 * (1 - cfg.max_layer_ratio) / m - 1e-9))
+        if hi < lo or hi >= width:
+            continue
+        touches: dict[tuple[int, str], tuple[nn.Module, str, int]] = {}
+        for dep, idxs in group:
+            mod = dep.target.module
+            if not isinstance(mod, LAYER_TYPES) or id(mod) not in inside:
+                continue
+            axis = "out" if dg.is_out_channel_pruning_fn(dep.handler) else "in" if dg.is_in_channel_pruning_fn(dep.handler) else None
+            if axis is not None:
+                prev = touches.get((id(mod), axis))
+                touches[(id(mod), axis)] = (mod, axis, max(len(idxs), prev[2] if prev else 0))
+        cands = candidate_widths(max(lo, math.ceil(MIN_KEEP * hi - 1e-9)), hi, m)
+        groups.append(WidthGroup(plan, width, cands, list(touches.values())))
+        targets[id(plan)] = (round(float(target), 2), hi)
+    if not groups:
+        return {}
+    if timer is None:
+        from .widths import WidthTimer
+
+        timer = WidthTimer()
+    chosen = choose_widths(groups, shapes, timer, names)
+    for g in groups:
+        target, hi = targets[id(g.key)]
+        g.key.timing = {"width": g.width, "target": target, "allowed": hi, **g.table}
+    return {id(g.key): w for g, w in zip(groups, chosen)}
 
 
 def _global_targets(scored: list, ratio: float) -> None:
