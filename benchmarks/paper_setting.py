@@ -30,7 +30,6 @@ reduction from the paper's setting is printed and written to ``OUT/paper_setting
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -187,7 +186,9 @@ def run(args) -> dict:
                            "metric": "fastmri", "coil_maps": args.coil_maps},
                "reductions": reductions, "results": results, "seconds": round(time.perf_counter() - t0, 1),
                "environment": {"torch": __import__("torch").__version__}}
-    (args.out / "paper_setting.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from mbdlprune.io import write_json
+
+    write_json(args.out / "paper_setting.json", summary, force=True)  # the run's own summary, rewritten each run
     return summary
 
 

@@ -147,6 +147,7 @@ def list_examples() -> list[dict[str, Any]]:
                 if ev:
                     row["eval"] = {k: ev.get(k) for k in ("n_slices", "psnr_mean", "ssim_mean", "zero_filled_psnr_mean",
                                                           "zero_filled_ssim_mean")}
+                    row["eval"]["metric"] = ev.get("metric") or "plain"
                     if ev.get("deq"):
                         row["eval"]["deq_iterations_mean"] = ev["deq"].get("iterations_mean")
         out.append(row)
@@ -167,6 +168,7 @@ def raw_example_data(folder: str | Path, force: bool = False) -> dict[str, Path]
     from .data.fastmri_files import images_from_nifti, write_fastmri_file
 
     out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for name, (file, source, seed, acquisition) in RAW_FILES.items():
         images = images_from_nifti(example_path(source))

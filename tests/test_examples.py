@@ -113,17 +113,18 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_demo_rejects_unknown_model(tmp_path):
-    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--model", "varnet"])
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--model", "resnet"])
     assert r.exit_code == 2 and "unknown demo model" in r.output
 
 
 def test_demo_quick(tmp_path):
-    """The whole chain (prune -> distill -> bench) on both examples with tiny budgets (seconds)."""
+    """The whole chain (prune -> distill -> bench) on every example with tiny budgets (seconds); the
+    multi-coil varnet on raw k-space scored the fastMRI way."""
     out = tmp_path / "demo"
-    r = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--json"])
+    r = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--json", "--model", "all"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
-    assert [m["name"] for m in summary["models"]] == ["deq", "unrolled"]
+    assert [m["name"] for m in summary["models"]] == ["deq", "unrolled", "varnet"]
     for m in summary["models"]:
         name, s = m["name"], m["summary"]
         assert s["pruned"]["params"] < s["original"]["params"]
@@ -136,6 +137,10 @@ def test_demo_quick(tmp_path):
     deq = summary["models"][0]["summary"]
     assert all(v["deq_iterations_mean"] > 0 for v in deq.values())  # same solver settings, iterations reported
     assert (out / "demo.json").is_file()
+    varnet = json.loads((out / "varnet" / "bench.json").read_text())
+    assert varnet["data"]["kind"] == "raw k-space" and varnet["metric"]["name"] == "fastmri"
+    assert varnet["data"]["protocol"]["mask"] == "equispaced_fraction" and varnet["data"]["protocol"]["kspace_scale"] == "none"
+    assert (out / "data" / "raw" / "eval.h5").is_file()
 
 
 def test_demo_force_reuses_its_folder(tmp_path):

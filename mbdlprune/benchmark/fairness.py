@@ -125,12 +125,18 @@ def lineage_notes(entries: Sequence[LoadedModel]) -> list[str]:
             ref_sha = sha256_file(ref.path)
         except OSError:
             ref_sha = None
+    # the reference's own file, and, for a plain conversion (no pruning, no fine-tuning), the
+    # checkpoint it was converted from: a model pruned from that checkpoint descends from both
+    same = {ref_sha}
+    if not (ref.meta or {}).get("pruning") and not (ref.meta or {}).get("finetune"):
+        same.add((ref.meta or {}).get("parent_sha256"))
+    same.discard(None)
     for e in entries[1:]:
         arch = ((e.meta or {}).get("arch") or {}).get("name")
         if ref_arch and arch and arch != ref_arch:
             notes.append(f"{e.label} is a {arch}, the reference {ref.label} a {ref_arch}: this compares different architectures")
             continue
         parent = (e.meta or {}).get("parent_sha256")
-        if ref_sha and parent and e.role == "pruned" and parent != ref_sha:
+        if same and parent and e.role == "pruned" and parent not in same:
             notes.append(f"{e.label} was not pruned from {ref.label} (its parent's sha256 differs)")
     return notes

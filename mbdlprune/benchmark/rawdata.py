@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import DataError
 
-from ..data.raw import KSPACE_SCALES  # noqa: E402,F401  (the choices of --kspace-scale)
+from ..data.raw import KSPACE_SCALES  # noqa: E402,F401  (re-exported: the choices of --kspace-scale)
 COIL_MAP_METHODS = ("acs", "espirit")
 #: mask kinds drawn per file with fastMRI's seed; other masks are the operator's own, fixed
 from ..data.raw import MASK_KINDS as SEEDED_MASKS  # noqa: E402
@@ -131,7 +131,10 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
     if maps_needed:
         from ..data.coilmaps import CoilMapCache
 
-        cache = CoilMapCache(cache_dir)
+        from ..data.coilmaps import default_cache_dir
+
+        # ESPIRiT takes seconds per slice: its maps are kept on disk (verified when read back)
+        cache = CoilMapCache(cache_dir if cache_dir is not None else (default_cache_dir() if coil_maps == "espirit" else None))
     out, taken, notes = [], 0, []
     for v in volumes:
         if max_images is not None and taken >= max_images:
@@ -154,7 +157,9 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
         if not maxval > 0:
             raise DataError(f"{v.name}: the target is all zero", "drop empty volumes from the evaluation data")
         ev.scale, ev.kspace = ev.scale[:keep], ev.kspace[:keep]
-        rec = {"name": v.name, **ev.record, "slices": keep, "coil_maps": maps_rec}
+        # scored with the maximum of the slices evaluated (fastMRI's gt.max()); the file's attribute beside it
+        rec = {"name": v.name, **ev.record, "slices": keep, "coil_maps": maps_rec, "maxval": maxval,
+               "file_max": ev.record.get("maxval")}
         out.append(RawVolumeInputs(v.name, y, vol_op, target, maxval, ev, rec))
         taken += keep
         notes += [n for n in v.notes if n not in notes]

@@ -29,7 +29,7 @@ SolverOpt = typer.Option(None, "--solver", help="DEQ solver for EVERY model (def
 MetricOpt = typer.Option("auto", "--metric", help=metric_help())
 KspaceScaleOpt = typer.Option("auto", "--kspace-scale", help="Raw k-space: none (raw units, fastMRI's VarNet), max (each slice to 1), volume; auto: none for e2e-varnet, else max.")
 CoilMapsOpt = typer.Option("acs", "--coil-maps", help="Raw multi-coil k-space, models that take coil maps from the operator: acs (low-resolution estimate) or espirit (sigpy); E2E-VarNet estimates its own.")
-SeedOpt = typer.Option(0, "--seed", help="Seed of the simulated measurement noise.")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the simulated measurement noise (image data; raw k-space gets no noise, its masks are seeded per file as fastMRI does).")
 MaxImagesOpt = typer.Option(None, "--max-images", help="Use only the first N evaluation images.")
 FitOpt = typer.Option("error", "--fit", help="Fit slices to the operator's image size: error, crop, pad, crop-pad.")
 ThreadsOpt = typer.Option(None, "--threads", help="torch intra-op threads (default: torch's); 1 gives steadier CPU timings on a busy machine.")
@@ -143,7 +143,7 @@ def bench_cmd(
 def sweep_cmd(
     checkpoint: Path = typer.Argument(..., help="The unpruned checkpoint (.safetensors, .pt, ...)."),
     ratios: str = typer.Option(..., "--ratios", help="Comma-separated pruning ratios, e.g. 0.1,0.3,0.5."),
-    eval_data: List[Path] = typer.Option(..., "--eval-data", help="Evaluation images (never used for training); repeatable."),
+    eval_data: List[Path] = typer.Option(..., "--eval-data", help="Evaluation data, images or raw k-space (never used for training); repeatable."),
     arch: Optional[str] = typer.Option(None, "--arch", help="Registry name or file.py:factory (needed for plain checkpoints)."),
     arch_args: Optional[str] = ArchArgsOpt,
     key_map: Optional[str] = KeyMapOpt,

@@ -1,4 +1,4 @@
-"""CLI wiring for ``demo`` and ``examples`` (thin: parse options, call :mod:`mbdlprune.demo`, print)."""
+"""CLI wiring for ``demo`` and ``examples`` (thin: parse options, call :func:`mbdlprune.run_demo`, print)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _wide(c):
 
 def demo_cmd(
     out: Path = typer.Option(Path("mbdlprune-demo"), "--out", "-o", help="Folder for every file the demo writes (must be empty or new)."),
-    model: str = typer.Option("all", "--model", help="Which example: deq, unrolled or all."),
+    model: str = typer.Option("default", "--model", help="Which example: default (deq and unrolled), deq, unrolled, varnet (multi-coil raw k-space, about 4 more minutes) or all."),
     force: bool = typer.Option(False, "--force", help="Reuse a non-empty output folder (the demo's files in it are overwritten)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets (seconds): a smoke test, the numbers mean little."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
@@ -74,7 +74,7 @@ def examples_cmd(json_out: bool = JsonOpt, debug: bool = DebugOpt):
     for r in rows:
         ev = r.get("eval")
         score = (f"{ev['psnr_mean']:.2f} dB / {ev['ssim_mean']:.3f} ({ev['zero_filled_psnr_mean']:.2f} / "
-                 f"{ev['zero_filled_ssim_mean']:.3f})") if ev else ""
+                 f"{ev['zero_filled_ssim_mean']:.3f}), metric {ev.get('metric', 'plain')}") if ev else ""
         what = r["description"] + (f"; {r['params']:,} parameters" if r.get("params") else "")
         t.add_row(r["name"], r["file"] + ("" if r["present"] else " (missing)"), what, score)
     _wide(console()).print(t)

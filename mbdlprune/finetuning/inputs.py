@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..errors import DataError
 from .config import FinetuneConfig
 from .distributed import _Dist
 
@@ -44,6 +45,9 @@ def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist, 
     from ..data.raw import is_raw, read_raw
     from ..io import sha256_file
 
+    if val_data is not None and is_raw(val_data) != is_raw(data):
+        raise DataError("the training and validation data mix raw k-space files and image files",
+                        "give --val-data of the same kind as --data (raw k-space, or images)")
     if is_raw(data):
         raw = dict(raw or {})
         target = "auto" if raw.get("targets") else "none"  # no target is read unless the loss needs one
@@ -54,6 +58,10 @@ def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist, 
         def build(vols, stream):
             from ..data.raw_dataset import build_raw_dataset
 
+            if raw.get("coil_maps") and raw.get("cache") is None:
+                from ..data.coilmaps import CoilMapCache, default_cache_dir
+
+                raw["cache"] = CoilMapCache(default_cache_dir() if raw["coil_maps"] == "espirit" else None)
             return build_raw_dataset(vols, op, targets=bool(raw.get("targets")), scale=raw.get("scale", "max"),
                                      coil_maps=raw.get("coil_maps"), cache=raw.get("cache"))
     else:

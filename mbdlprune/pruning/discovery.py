@@ -147,6 +147,8 @@ def resolve_prior_names(model: nn.Module, names: list[str] | None) -> list[str] 
                                 f"choose among: {', '.join(candidate_prior_names(model)[:8])}")
         else:
             hits = [n]
+        if len(hits) > 1:  # a glob: its outermost matches (a module inside another match is part of it)
+            hits = [h for h in hits if not any(h.startswith(o + ".") for o in hits if o != h)]
         out += [h for h in hits if h not in out]
     return out
 

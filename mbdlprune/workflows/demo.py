@@ -18,8 +18,16 @@ from typing import Any, Callable, Sequence
 from ..errors import MbdlError
 
 DEFAULT_OUT = "mbdlprune-demo"
-MODEL_CHOICES = ("deq", "unrolled", "all")
-LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)"}
+MODEL_CHOICES = ("default", "deq", "unrolled", "varnet", "all")
+#: what ``--model default`` runs: the two single-coil examples, about 2 minutes on 2 idle CPU cores;
+#: the multi-coil varnet (raw k-space) adds about 4 more, so it runs when asked (``varnet``, ``all``)
+DEFAULT_MODELS = ("deq", "unrolled")
+ALL_MODELS = ("deq", "unrolled", "varnet")
+#: per-example rounding of the kept widths: the varnet's layers are 12-48 channels wide, so a
+#: multiple of 16 would leave nothing to prune; 2 halves them exactly at ratio 0.5
+ROUND_TO = {"varnet": 2}
+LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)",
+          "varnet": "E2E-VarNet (multi-coil raw k-space, fastMRI protocol)"}
 
 
 @dataclass
@@ -168,7 +176,7 @@ def _subset_slices(src: Path, n: int, dest: Path, force: bool = False) -> Path:
 def run_demo(
     out: str | Path = DEFAULT_OUT,
     *,
-    models: str | Sequence[str] = "all",
+    models: str | Sequence[str] = "default",
     force: bool = False,
     quick: bool = False,
     settings: DemoSettings | None = None,
@@ -179,12 +187,13 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo on the shipped examples and write everything into ``out``.
 
-    ``models``: ``"deq"``, ``"unrolled"``, ``"all"`` or a list of names. ``quick`` uses
+    ``models``: ``"default"`` (deq and unrolled), ``"deq"``, ``"unrolled"``, ``"varnet"`` (multi-coil
+    raw k-space, the fastMRI protocol), ``"all"`` or a list of names. ``quick`` uses
     :data:`QUICK` budgets (a smoke test). ``say(msg)`` receives progress lines; ``progress``
     shows the fine-tuning progress bar; ``status(msg)`` may return a context manager that shows
     a spinner while a step runs (e.g. ``rich.console.Console.status``).
     """
-    from ..examples import MODEL_EXAMPLES, example_path
+    from ..examples import MODEL_EXAMPLES, RAW_MODEL_EXAMPLES, example_path
 
     t0 = time.perf_counter()
     names = _model_names(models)
@@ -202,10 +211,11 @@ def run_demo(
         data["finetune"] = _subset_slices(data["finetune"], cfg.finetune_slices, sub / "finetune_subset.nii.gz", force)
     results = []
     for i, name in enumerate(names):
-        if name not in MODEL_EXAMPLES:
-            raise MbdlError(f"unknown demo model {name!r}", "use --model deq, unrolled or all")
+        if name not in (*MODEL_EXAMPLES, *RAW_MODEL_EXAMPLES):
+            raise MbdlError(f"unknown demo model {name!r}", f"use --model {', '.join(MODEL_CHOICES)}")
         say(f"[{i + 1}/{len(names)}] {LABELS[name]}")
-        results.append(_run_one(name, folder, data, cfg, device, say, progress, status, force))
+        model_data = _raw_data(folder, cfg, force, say) if name in RAW_MODEL_EXAMPLES else data
+        results.append(_run_one(name, folder, model_data, cfg, device, say, progress, status, force))
     result = DemoResult(folder, results, cfg, time.perf_counter() - t0)
     summary = folder / "demo.json"
     from ..io import write_json
@@ -218,9 +228,19 @@ def run_demo(
 def _model_names(models: str | Sequence[str]) -> list[str]:
     if isinstance(models, str):
         if models not in MODEL_CHOICES:
-            raise MbdlError(f"unknown demo model {models!r}", "use --model deq, unrolled or all")
-        return ["deq", "unrolled"] if models == "all" else [models]
+            raise MbdlError(f"unknown demo model {models!r}", f"use --model {', '.join(MODEL_CHOICES)}")
+        return list(ALL_MODELS) if models == "all" else list(DEFAULT_MODELS) if models == "default" else [models]
     return list(models)
+
+
+def _raw_data(folder: Path, cfg: DemoSettings, force: bool, say) -> dict[str, Path]:
+    """The raw multi-coil k-space of the shipped slices (fastMRI layout), written into the demo folder."""
+    from ..examples import RAW_COILS, raw_example_data
+
+    sub = folder / "data" / "raw"
+    sub.mkdir(parents=True, exist_ok=True)
+    say(f"  writing fastMRI-layout raw k-space ({RAW_COILS} coils, oversampled readout) from the shipped slices -> {sub}")
+    return raw_example_data(sub, force=force)
 
 
 def _spinner(status, msg: str):
@@ -257,7 +277,8 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
     }
     t = time.perf_counter()
     say(f"  pruning the prior at ratio {cfg.ratio}")  # no spinner: the fine-tuning bar follows in the same call
-    step = prune_and_finetune(original, {"ratio": cfg.ratio, "seed": cfg.seed}, label="pruned",
+    prune = {"ratio": cfg.ratio, "seed": cfg.seed, **({"round_to": ROUND_TO[name]} if name in ROUND_TO else {})}
+    step = prune_and_finetune(original, prune, label="pruned",
                               finetuned_label="pruned+finetuned", pruned_out=pruned_path, finetune=finetune,
                               finetuned_out=ft_path, eval_data=str(data["eval"]), force=force, on_pruned=pruned)
     seconds = dict(step.seconds)
