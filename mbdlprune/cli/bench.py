@@ -149,7 +149,7 @@ def sweep_cmd(
     key_map: Optional[str] = KeyMapOpt,
     operator: Optional[Path] = OperatorOpt,
     importance: str = typer.Option("l1", "--importance", help=importance_help()),
-    round_to: Optional[int] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 16)."),
+    round_to: Optional[str] = typer.Option(None, "--round-to", help="Keep widths multiples of this (default: the pruner's, 16), or auto (measured on this machine, see `prune --help`)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept ratios at which some layers are held back (rounding, channel groups) instead of stopping."),
     finetune_mode: Optional[str] = typer.Option(None, "--finetune", help="Fine-tune every pruned model with this mode (needs --data and --out-dir)."),
     data: List[Path] = typer.Option([], "--data", help="Fine-tuning data (separate from --eval-data); repeatable."),

@@ -356,7 +356,7 @@ def sweep(
     max_psnr_drop: float | None = None,
     out_dir: str | Path | None = None,
     importance: str = "l1",
-    round_to: int | None = None,
+    round_to: int | str | None = None,
     prune_options: Mapping[str, Any] | None = None,
     device: str = "auto",
     solver: str | None = None,
