@@ -240,3 +240,17 @@ def test_bad_raw_files_give_one_line_through_the_cli(raw_files, tmp_path, case, 
     lines = [line for line in r.output.strip().splitlines() if line.strip()]
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert len(lines) <= 2 and words in r.output, r.output
+
+
+def test_single_coil_fastmri_files_are_evaluated_on_their_esc_target(tmp_path):
+    """fastMRI's single-coil layout (knee-style: kspace (S, H, W), reconstruction_esc): one coil, no maps."""
+    p = tmp_path / "file1000001.h5"
+    write_fastmri_h5(p, brain_slices(2, size=W, start=8), single_coil=True, seed=4)
+    op = mbdlprune.load_operator({"operator": {**SPEC, "coils": 1}})
+    a = mbdlprune.LoadedModel(ZeroFilled(), {"arch": {"name": "zf"}, "operator": op.spec}, op, label="a", role="original")
+    b = mbdlprune.LoadedModel(ZeroFilled(), {"arch": {"name": "zf"}, "operator": op.spec}, op, label="b")
+    report = mbdlprune.bench([a, b], str(p), **FAST)
+    d = report.to_dict()["data"]
+    assert d["protocol"]["coil_maps"] == "single coil"
+    assert d["per_volume"][0]["target_source"] == "reconstruction_esc"
+    assert all(math.isfinite(v) for v in report.models[0].psnr)
