@@ -61,21 +61,31 @@ def test_supervised_trains_on_the_rss_target_scored_the_fastmri_way(model_file, 
 
 
 @pytest.mark.parametrize("mode", ["self-supervised", "distill", "distill+self-supervised"])
-def test_modes_without_ground_truth_never_read_a_target(model_file, files, mode, monkeypatch):
-    read: list[str] = []
+def test_modes_without_ground_truth_never_read_a_training_target(model_file, files, mode, monkeypatch):
+    """No target of a training file is decoded; separate validation files with targets choose the
+    best epoch by PSNR, a split of the training files by measurement consistency."""
+    read: list[tuple[str, str]] = []
     real = h5py.Group.__getitem__
 
     def spy(self, name):
-        read.append(str(name))
+        read.append((getattr(self.file, "filename", "?"), str(name)))
         return real(self, name)
 
     monkeypatch.setattr(h5py.Group, "__getitem__", spy)
     r = _run(model_file, files, mode)
-    assert not any(k.startswith("reconstruction") for k in read), read
-    assert "kspace" in read
+    train_targets = [k for f, k in read if k.startswith("reconstruction")]
+    assert len(train_targets) == 1, read  # the validation file's target, and no training file's
+    assert sum(k == "kspace" for _, k in read) == 3
     rec = r.record
-    assert rec["data"]["train"]["ground_truth"] is False and rec["validation"]["metric"] == "measurement-consistency"
-    assert rec["data"]["train"]["protocol"]["targets"] == "none read"
+    assert rec["data"]["train"]["ground_truth"] is False and rec["data"]["train"]["protocol"]["targets"] == "none read"
+    assert rec["validation"]["metric"] == "psnr"
+
+    read.clear()
+    cfg = mbdlprune.FinetuneConfig(mode=mode, epochs=1, val_fraction=0.5)
+    extra = {"teacher": str(model_file)} if mode.startswith("distill") else {}
+    r = mbdlprune.finetune(str(model_file), cfg, data=[str(f) for f in files[:2]], out=None, **extra)
+    assert not any(k.startswith("reconstruction") for _, k in read), read
+    assert r.record["validation"]["metric"] == "measurement-consistency"
 
 
 def test_a_training_file_among_the_evaluation_files_is_refused(model_file, files):

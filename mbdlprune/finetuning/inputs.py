@@ -50,30 +50,32 @@ def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist, 
                         "give --val-data of the same kind as --data (raw k-space, or images)")
     if is_raw(data):
         raw = dict(raw or {})
-        target = "auto" if raw.get("targets") else "none"  # no target is read unless the loss needs one
 
-        def read(paths):
-            return read_raw(paths, target=target)
+        def read(paths, val=False):
+            # no training target is decoded unless the loss needs one; separate validation files
+            # give their targets (if they have them) so the best epoch is chosen by PSNR
+            return read_raw(paths, target="auto" if (raw.get("targets") or val) else "none")
 
-        def build(vols, stream):
+        def build(vols, stream, val=False):
             from ..data.raw_dataset import build_raw_dataset
 
+            targets = bool(raw.get("targets")) or (val and all(v.target is not None for v in vols))
             if raw.get("coil_maps") and raw.get("cache") is None:
                 from ..data.coilmaps import CoilMapCache, default_cache_dir
 
                 raw["cache"] = CoilMapCache(default_cache_dir() if raw["coil_maps"] == "espirit" else None)
-            return build_raw_dataset(vols, op, targets=bool(raw.get("targets")), scale=raw.get("scale", "max"),
+            return build_raw_dataset(vols, op, targets=targets, scale=raw.get("scale", "max"),
                                      coil_maps=raw.get("coil_maps"), cache=raw.get("cache"))
     else:
-        def read(paths):
+        def read(paths, val=False):
             return read_volumes(paths, axis=cfg.axis)
 
-        def build(vols, stream):
+        def build(vols, stream, val=False):
             return build_dataset(vols, op, fit=cfg.fit, normalize=cfg.normalize, seed=cfg.seed, stream=stream)
 
     vols = read(data)
     if val_data is not None:
-        train_v, val_v = vols, read(val_data)
+        train_v, val_v = vols, read(val_data, val=True)
         check_no_overlap(file_hashes(train_v), file_hashes(val_v), "training", "validation")
     else:
         train_v, val_v = split_by_file(vols, cfg.val_fraction, cfg.seed)
@@ -84,7 +86,7 @@ def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist, 
         if val_v:
             check_no_overlap(file_hashes(val_v), eval_hashes, "validation", "evaluation")
     train = build(train_v, 0)
-    val = build(val_v, 1) if val_v else None
+    val = build(val_v, 1, val=val_data is not None) if val_v else None
     return train, val, eval_hashes
 
 

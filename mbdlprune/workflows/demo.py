@@ -233,6 +233,12 @@ def _model_names(models: str | Sequence[str]) -> list[str]:
     return list(models)
 
 
+def _val_change(fts: dict[str, Any]) -> str:
+    if fts.get("val_metric") == "psnr":
+        return f": validation PSNR {fts['before']:.2f} -> {fts['best']:.2f} dB (epoch {fts['best_epoch']})"
+    return f": validation measurement consistency {fts['before']:.3g} -> {fts['best']:.3g} (epoch {fts['best_epoch']})"
+
+
 def _raw_data(folder: Path, cfg: DemoSettings, force: bool, say) -> dict[str, Path]:
     """The raw multi-coil k-space of the shipped slices (fastMRI layout), written into the demo folder."""
     from ..examples import RAW_COILS, raw_example_data
@@ -286,8 +292,7 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
     fts = ft.summary()
     best = fts.get("best")
     say(f"  fine-tuned in {seconds['finetune']:.1f} s" +
-        (f": validation PSNR {fts['before']:.2f} -> {best:.2f} dB (epoch {fts['best_epoch']})"
-         if best is not None and fts.get("before") is not None else "") + f" -> {ft_path}")
+        (_val_change(fts) if best is not None and fts.get("before") is not None else "") + f" -> {ft_path}")
     for w in ft.warnings:
         say(f"  warning: {w}")
 
