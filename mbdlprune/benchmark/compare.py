@@ -65,6 +65,25 @@ def compare(models: Sequence[Any], data: Any, config: BenchConfig | None = None,
         torch.set_num_threads(before_threads)
 
 
+def _fast_timings(entries, y, op, dev, cfg: BenchConfig, notes: list[str], say):
+    """Every model timed again on the fast inference path (compiled / channels-last priors), or Nones."""
+    n = len(entries)
+    if not (cfg.compile or cfg.channels_last):
+        return [None] * n, [None] * n
+    from .fastpath import fast_path, first_calls
+    from .timing import _timing_batch
+
+    models = [e.model for e in entries]
+    with fast_path(models, compile=cfg.compile, channels_last=cfg.channels_last, notes=notes) as records:
+        if cfg.compile:
+            say(f"compiling the priors of {n} models (timed apart)")
+            if not first_calls(models, _timing_batch(y, cfg.batch_size).to(dev), op, records, dev, notes):
+                return [None] * n, [None] * n
+        say("timing the fast inference path")
+        timings = time_models(models, y, op, dev, cfg.warmup, cfg.repeats, cfg.batch_size, cfg.interleave)
+    return timings, records
+
+
 def _device_of(model):
     import torch
 
@@ -121,6 +140,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         truth = ev.images[:1].clone()
     say(f"timing {len(entries)} models: {warmup} warm-up + {repeats} interleaved runs, batch {batch_size}")
     timings = time_models([e.model for e in entries], y, op, dev, warmup, repeats, batch_size, interleave)
+    fast_timings, fast_records = _fast_timings(entries, y, op, dev, cfg, notes, say)
 
     results: list[ModelResult] = []
     for e, sc, tm in zip(entries, scored, timings):
@@ -145,8 +165,13 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
             psnr=sc["psnr"], ssim=sc["ssim"], psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss, deq=deq,
             volumes=vols,
         ))
+    for r, ft, fr in zip(results, fast_timings, fast_records):
+        r.fast_timing, r.fast_path = ft, fr
     ref = results[0]
     for r in results:
+        if r.fast_timing is not None and ref.fast_timing is not None and r.fast_timing.median_ms > 0:
+            r.fast_speedup = ref.fast_timing.median_ms / r.fast_timing.median_ms
+            r.fast_speedup_vs_eager_original = ref.timing.median_ms / r.fast_timing.median_ms
         r.speedup = ref.timing.median_ms / r.timing.median_ms if r.timing.median_ms > 0 else None
         r.prior_macs_reduction = ref.prior_macs / r.prior_macs if r.prior_macs else None
         r.reconstruction_macs_reduction = ref.macs_per_reconstruction / r.macs_per_reconstruction if r.macs_per_reconstruction else None
@@ -185,6 +210,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
             "warmup": warmup, "repeats": repeats, "batch_size": batch_size, "dtype": "float32", "seed": seed,
             "interleaved": interleave, "timing_method": timings[0].method if timings else "",
             "min_speedup": min_speedup, "max_psnr_drop": max_psnr_drop,
+            "fast_path": {"compile": cfg.compile, "channels_last": cfg.channels_last},
         },
         solver=solver_settings,
         operator={"kind": getattr(op, "kind", type(op).__name__), "image_shape": list(op.image_shape),

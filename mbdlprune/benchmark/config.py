@@ -33,7 +33,9 @@ class BenchConfig:
     ``metric``: a definition of :data:`mbdlprune.metrics.METRICS`, or ``auto`` (``fastmri`` on raw
     k-space, ``plain`` on images). ``kspace_scale`` and ``coil_maps`` apply to raw k-space data
     (:mod:`.rawdata`): how k-space is scaled for the models, and how coil maps are estimated for
-    models that take them from the operator.
+    models that take them from the operator. ``compile`` / ``channels_last``: also time every
+    model on the fast inference path (:mod:`.fastpath`: priors compiled / channels-last), side by
+    side with the eager timings.
     """
 
     device: str = "auto"
@@ -53,6 +55,8 @@ class BenchConfig:
     max_psnr_drop: float | None = None
     kspace_scale: str = "auto"
     coil_maps: str = "acs"
+    compile: bool = False
+    channels_last: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str = "bench settings") -> "BenchConfig":
@@ -107,8 +111,10 @@ class BenchConfig:
         for key, allowed in (("kspace_scale", KSPACE_SCALES), ("coil_maps", COIL_MAP_METHODS)):
             if getattr(self, key) not in allowed:
                 raise MbdlError(f"{ctx}: unknown {name(key)} {getattr(self, key)!r}", f"use one of: {', '.join(allowed)}")
-        if not isinstance(self.interleave, bool):
-            raise MbdlError(f"{ctx}: interleave must be true or false, got {self.interleave!r}", "write interleave = true or false")
+        for key in ("interleave", "compile", "channels_last"):
+            if not isinstance(getattr(self, key), bool):
+                raise MbdlError(f"{ctx}: {name(key)} must be true or false, got {getattr(self, key)!r}",
+                                f"write {key} = true or false")
 
 
 def check_bench_options(**values: Any) -> None:

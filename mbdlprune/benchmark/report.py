@@ -53,10 +53,16 @@ class ModelResult:
     ssim_drop: float | None = None
     psnr_drop_vs_control: float | None = None
     volumes: list[dict[str, Any]] | None = None  # raw k-space: per-volume scores (fastMRI's)
+    #: the fast inference path (compiled / channels-last priors), timed in the same run
+    fast_timing: TimingResult | None = None
+    fast_speedup: float | None = None  # fast vs the original on the fast path: the fair comparison
+    fast_speedup_vs_eager_original: float | None = None  # what a user adopting both gets
+    fast_path: dict[str, Any] | None = None  # what was applied, and compile_s
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in self.__dict__.items() if k != "timing"}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("timing", "fast_timing")}
         d["timing"] = self.timing.to_dict()
+        d["fast_timing"] = self.fast_timing.to_dict() if self.fast_timing is not None else None
         return d
 
 
@@ -274,7 +280,34 @@ class BenchReport:
             lines.append(Text("note: " + n, style="yellow"))
         for g in self.gates:
             lines.append(Text(g.message, style="green" if g.passed else "bold red"))
-        return Group(speed, quality, *lines)
+        parts = [speed, quality]
+        if self._fast_rows():
+            fast = Table(title=f"fast inference path ({self.fast_path_name()})", title_justify="left")
+            for h in self.FAST_HEADERS:
+                fast.add_column(h, justify="left" if h == "model" else "right", no_wrap=True)
+            for row in self._fast_rows():
+                fast.add_row(*row)
+            parts.append(fast)
+        return Group(*parts, *lines)
+
+    FAST_HEADERS = ("model", "eager ms", "fast ms [p10–p90]", "fast/eager", "speedup (both fast)",
+                    "vs eager original", "compile s")
+
+    def fast_path_name(self) -> str:
+        fp = (self.settings or {}).get("fast_path") or {}
+        return " + ".join(k.replace("_", "-") for k in ("compile", "channels_last") if fp.get(k)) or "none"
+
+    def _fast_rows(self) -> list[list[str]]:
+        rows = []
+        for m in self.models:
+            t = m.fast_timing
+            if t is None:
+                continue
+            rows.append([m.label, fmt(m.timing.median_ms, ".2f"), f"{fmt(t.median_ms, '.2f')} [{fmt(t.p10_ms, '.2f')}–{fmt(t.p90_ms, '.2f')}]",
+                         fmt(m.timing.median_ms / t.median_ms if t.median_ms else None, ".2f") + "x",
+                         fmt(m.fast_speedup, ".2f") + "x", fmt(m.fast_speedup_vs_eager_original, ".2f") + "x",
+                         fmt((m.fast_path or {}).get("compile_s"), ".1f")])
+        return rows
 
     def print(self, console=None) -> None:
         from rich.console import Console
@@ -291,7 +324,13 @@ class BenchReport:
         if self.gates:
             status = "✅ all gates passed" if self.passed else "❌ " + self.gate_line()
             out += [f"**{status}**", ""]
-        for headers, rows in ((self.SPEED_HEADERS, self._speed_rows()), (self.QUALITY_HEADERS, self._quality_rows())):
+        tables = [(None, self.SPEED_HEADERS, self._speed_rows()), (None, self.QUALITY_HEADERS, self._quality_rows())]
+        if self._fast_rows():
+            tables.append((f"Fast inference path ({self.fast_path_name()}); compile time apart", self.FAST_HEADERS,
+                           self._fast_rows()))
+        for title, headers, rows in tables:
+            if title:
+                out += [f"**{title}**", ""]
             out.append("| " + " | ".join(headers) + " |")
             out.append("|" + "|".join("---" if h in ("model", "role") else "---:" for h in headers) + "|")
             for row in rows:

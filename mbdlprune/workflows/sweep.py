@@ -377,6 +377,8 @@ def sweep(
     kspace_scale: str = "auto",
     coil_maps: str = "acs",
     figure: str | Path | None = None,
+    compile: bool = False,
+    channels_last: bool = False,
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
@@ -394,7 +396,7 @@ def sweep(
     ratio_list = parse_ratios(ratios)
     bcfg = BenchConfig(device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
                        batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads,
-                       kspace_scale=kspace_scale, coil_maps=coil_maps)
+                       kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last)
     bcfg.validate()
     if eval_data is None:
         raise MbdlError("a sweep needs evaluation data", "pass --eval-data PATH (images the models never trained on)")
