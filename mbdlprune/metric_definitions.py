@@ -150,6 +150,11 @@ def get_definition(name: str | MetricDefinition) -> MetricDefinition:
     return METRICS.get(name)
 
 
+def resolve_metric(metric: str, raw: bool) -> str:
+    """A definition's name: ``auto`` is ``fastmri`` on raw k-space and ``plain`` on images."""
+    return metric if metric != "auto" else ("fastmri" if raw else "plain")
+
+
 #: one line per definition for the command line's help
 SUMMARIES = {
     "plain": "magnitudes, peak = each ground truth's data range",

@@ -74,8 +74,10 @@ class BenchConfig:
         return dataclasses.asdict(self)
 
     def metric_for(self, raw: bool) -> str:
-        """The metric definition's name: ``auto`` is ``fastmri`` on raw k-space, ``plain`` on images."""
-        return self.metric if self.metric != "auto" else ("fastmri" if raw else "plain")
+        """The metric definition's name (:func:`mbdlprune.metric_definitions.resolve_metric`)."""
+        from ..metric_definitions import resolve_metric
+
+        return resolve_metric(self.metric, raw)
 
     def validate(self, where: str | None = None) -> None:
         """Refuse, in one line and before any work, settings no benchmark can run with.

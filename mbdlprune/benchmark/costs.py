@@ -61,6 +61,15 @@ class _CostCounter:
         return priors
 
 
+def record_solver_info(model, its: list, res: list, conv: list) -> None:
+    """Append a DEQ's iterations, final residual and convergence of its last call (``last_info``)."""
+    info = getattr(model, "last_info", None)
+    if isinstance(info, Mapping) and "residual" in info:
+        its.append(float(info.get("iterations", math.nan)))
+        res.append(float(info.get("residual", math.nan)))
+        conv.append(bool(info.get("converged")))
+
+
 def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
     """Reconstruct every measurement (batched), score against ``images``, count prior costs."""
     import torch
@@ -81,11 +90,7 @@ def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_siz
                 yb = y[s:s + batch_size].to(device)
                 xh = bm.model(yb, op)
                 batches += 1
-                info = getattr(bm.model, "last_info", None)
-                if isinstance(info, Mapping) and "residual" in info:
-                    its.append(float(info.get("iterations", math.nan)))
-                    res.append(float(info.get("residual", math.nan)))
-                    conv.append(bool(info.get("converged")))
+                record_solver_info(bm.model, its, res, conv)
                 xh = xh.float().cpu()
                 if example is None:
                     example = xh[:1].clone()

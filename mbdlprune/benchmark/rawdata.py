@@ -12,11 +12,10 @@ region (``acs`` or ``espirit``), once for all models; an E2E-VarNet estimates it
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from ..errors import DataError
 
@@ -186,6 +185,7 @@ def score_raw(entry, rev: RawEvalData, device: str, batch_size: int, metric, cou
     import torch
 
     from ..metrics import compute_metrics, get_definition, volume_metrics
+    from .costs import record_solver_info
 
     d = get_definition(metric)
     counter = counter_cls(entry.model)
@@ -202,11 +202,7 @@ def score_raw(entry, rev: RawEvalData, device: str, batch_size: int, metric, cou
                     op_b = v.op.batch(s, min(s + batch_size, n)).to(device)
                     xh = entry.model(v.y[s:s + batch_size].to(device), op_b)
                     batches += 1
-                    info = getattr(entry.model, "last_info", None)
-                    if isinstance(info, Mapping) and "residual" in info:
-                        its.append(float(info.get("iterations", math.nan)))
-                        res.append(float(info.get("residual", math.nan)))
-                        conv.append(bool(info.get("converged")))
+                    record_solver_info(entry.model, its, res, conv)
                     preds.append(xh.float().cpu())
                 mag = torch.from_numpy(v.prepared.to_target_units(torch.cat(preds)))
                 if example is None:

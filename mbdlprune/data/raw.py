@@ -219,20 +219,10 @@ def _as_kspace(a: np.ndarray) -> tuple[np.ndarray, bool]:
 
 # ----------------------------------------------------------------------------- HDF5
 def _h5_dataset(h, key: str, where: str):
-    """The dataset ``key`` stored in this file: links, virtual and external datasets are refused."""
-    import h5py
+    """The dataset ``key`` stored in this file (:func:`mbdlprune.data.volumes.h5_dataset`'s refusals)."""
+    from .volumes import h5_dataset
 
-    link = h.get(key, getlink=True)
-    if not isinstance(link, h5py.HardLink):
-        raise DataError(f"{where}[{key}] is a link ({type(link).__name__}), not data stored in the file",
-                        "store the array itself in the file (mbdlprune never follows paths named inside data files)")
-    ds = h[key]
-    if not isinstance(ds, h5py.Dataset):
-        raise DataError(f"{where}[{key}] is a group, not an array", f"store {key} as an array")
-    if ds.is_virtual or ds.id.get_create_plist().get_external_count() > 0:
-        raise DataError(f"{where}[{key}] is a virtual or external dataset that names other files",
-                        "store the array itself in the file (mbdlprune never follows paths named inside data files)")
-    return ds
+    return h5_dataset(h, key, where)
 
 
 def _read_h5(f: Path, raw: bytes, wanted: Sequence[str]) -> dict[str, Any]:

@@ -365,8 +365,9 @@ def _read_npz(f: Path, raw: bytes):
         return [(f"{f.name}[{k}]" if len(keys) > 1 else f.name, "image", _image_stack(z[k], f"{f.name}[{k}]"), None) for k in keys]
 
 
-def _h5_array(h, key: str, where: str) -> np.ndarray:
-    """A dataset stored in this file: links to other files, virtual and external datasets are refused."""
+def h5_dataset(h, key: str, where: str):
+    """The dataset ``key`` stored in this file: links to other files, virtual and external datasets
+    are refused (mbdlprune never follows a path named inside a data file). Not read yet."""
     import h5py
 
     link = h.get(key, getlink=True)
@@ -379,7 +380,12 @@ def _h5_array(h, key: str, where: str) -> np.ndarray:
     if ds.is_virtual or ds.id.get_create_plist().get_external_count() > 0:
         raise DataError(f"{where}[{key}] is a virtual or external dataset that names other files",
                         "store the array itself in the file (mbdlprune never follows paths named inside data files)")
-    return ds[()]
+    return ds
+
+
+def _h5_array(h, key: str, where: str) -> np.ndarray:
+    """The array of :func:`h5_dataset`."""
+    return h5_dataset(h, key, where)[()]
 
 
 def _read_h5(f: Path, raw: bytes, prefer: str):

@@ -65,8 +65,10 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def metric_for(self, raw: bool) -> str:
-        """The validation metric's name: ``auto`` is ``fastmri`` on raw k-space, ``plain`` on images."""
-        return self.metric if self.metric != "auto" else ("fastmri" if raw else "plain")
+        """The validation metric's name (:func:`mbdlprune.metric_definitions.resolve_metric`)."""
+        from ..metric_definitions import resolve_metric
+
+        return resolve_metric(self.metric, raw)
 
     def validate(self) -> None:
         from ..metrics import metric_names

@@ -243,13 +243,17 @@ class JacobianLoss(Loss):
             raise ConfigError(f"the jacobian loss needs a deep equilibrium (DEQ) model, and this is a {type(m).__name__}",
                               "drop the jacobian weight: it regularises the fixed-point iteration of DEQ models only")
 
-    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+    def _iteration_at_fixed_point(self, model, y, op):
+        """(x*, f(x*)) with x* a leaf requiring grad and f one DEQ iteration, its graph kept."""
         self.check_model(model)
         deq = _unwrap(model)
-        x_star = deq.fixed_point(y, op).detach()
-        xs = x_star.clone().requires_grad_(True)
+        xs = deq.fixed_point(y, op).detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            fx = deq.step(xs, y, op)
+            return xs, deq.step(xs, y, op)
+
+    def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
+        xs, fx = self._iteration_at_fixed_point(model, y, op)
+        with torch.enable_grad():
             eps = torch.randn(xs.shape, generator=generator, dtype=xs.dtype).to(xs.device)
             (vjp,) = torch.autograd.grad(fx, xs, eps.to(fx.dtype), create_graph=True)
         return vjp.float().pow(2).sum() / eps.numel()
@@ -279,12 +283,8 @@ class SpectralLoss(JacobianLoss):
         self._v = None  # the power iteration's vector, carried from step to step (as spectral_norm does)
 
     def __call__(self, x_net, x, y, op, model, *, batch=None, generator=None):
-        self.check_model(model)
-        deq = _unwrap(model)
-        x_star = deq.fixed_point(y, op).detach()
-        xs = x_star.clone().requires_grad_(True)
+        xs, fx = self._iteration_at_fixed_point(model, y, op)
         with torch.enable_grad():
-            fx = deq.step(xs, y, op)
             if self._v is not None and self._v.shape == xs.shape and self._v.device == xs.device:
                 v = self._v
             else:
