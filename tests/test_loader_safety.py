@@ -252,3 +252,24 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(full_disk, pruned):
     r = CliRunner().invoke(app, ["prune", str(pruned), "--ratio", "0.3", "--round-to", "1", "-o", str(full_disk / "p.safetensors")])
     assert r.exit_code == 2 and r.output.count("\n") == 1 and "error:" in r.output, r.output
     assert os.listdir(full_disk) == ["filler"] and lm is not None
+
+
+@pytest.mark.parametrize("link", ["external", "soft"])
+def test_hdf5_operator_files_never_follow_links_to_other_data(tmp_path, link):
+    """A mask file whose dataset is a link is refused: the linked data (here a valid mask, which
+    would load if followed) is never read, whatever file or path the link names."""
+    import h5py
+    import numpy as np
+
+    from mbdlprune.errors import MbdlError
+    from mbdlprune.operators import load_operator
+
+    target = tmp_path / "elsewhere.h5"
+    with h5py.File(target, "w") as f:
+        f["mask"] = np.ones(32, np.float32)
+        f["other"] = np.ones(32, np.float32)
+    evil = tmp_path / "mask.h5"
+    with h5py.File(evil, "w") as f:
+        f["mask"] = h5py.ExternalLink(str(target), "/mask") if link == "external" else h5py.SoftLink("/nowhere")
+    with pytest.raises(MbdlError, match="link|holds datasets"):
+        load_operator({"operator": {"kind": "mri", "image_size": [32, 32], "mask": str(evil)}})

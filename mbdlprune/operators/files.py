@@ -41,13 +41,17 @@ def resolve_path(value: str, base_dir: str | Path | None, key: str, where: str) 
 def _read_h5(path: Path, datasets: Iterable[str]) -> np.ndarray:
     import h5py
 
+    from ..data.volumes import h5_dataset
+
     with h5py.File(path, "r") as f:
+        names = list(f)  # link names only: nothing is resolved yet
         for name in datasets:
-            if name in f:
-                return np.asarray(f[name][()])
-        found = [k for k in f if isinstance(f[k], h5py.Dataset)]
+            if name in names:
+                return np.asarray(h5_dataset(f, name, path.name)[()])  # links to other files refused
+        # hard links to datasets only: an external, soft or virtual entry is never resolved
+        found = [k for k in names if isinstance(f.get(k, getlink=True), h5py.HardLink) and isinstance(f[k], h5py.Dataset)]
         if len(found) == 1:
-            return np.asarray(f[found[0]][()])
+            return np.asarray(h5_dataset(f, found[0], path.name)[()])
     wanted = ", ".join(datasets) or "a single dataset"
     raise DataError(f"{path.name} holds datasets {found} but none of: {wanted}",
                     f"store the array in {path.name} under the name {next(iter(datasets), 'data')!r}")
