@@ -113,11 +113,17 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
         if not Path(p).exists():
             raise DataError(f"evaluation data {str(p)!r} does not exist", "check --data")
     volumes = R.read_raw(paths)
-    coils = R.check_same_coils(volumes)
     h, w = op.image_size
-    if coils != op.coils:
-        raise DataError(f"the k-space has {coils} coils, the operator {op.coils}",
-                        f"use an operator with coils = {coils} (models for {coils}-coil data)")
+    # models that estimate their own coil maps (E2E-VarNet) take any coil count, file by file (as
+    # fastMRI brain data vary from 4 to 20 coils); the others need the operator's, in every file
+    coil_free = not needs_coil_maps(models)
+    if coil_free:
+        coils = max(v.coils for v in volumes)
+    else:
+        coils = R.check_same_coils(volumes)
+        if coils != op.coils:
+            raise DataError(f"the k-space has {coils} coils, the operator {op.coils}",
+                            f"use an operator with coils = {coils} (models for {coils}-coil data)")
     for v in volumes:
         if tuple(v.image_shape) != (h, w):
             raise DataError(f"{v.name}: k-space of {v.image_shape[0]}x{v.image_shape[1]} (readout x phase encodes), "
@@ -149,6 +155,9 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
             maps, maps_rec = _maps(v, ev, coil_maps, cache)
             maps = torch.from_numpy(np.ascontiguousarray(maps[:keep]))
         y = ev.measurements()[:keep]
+        if maps is None and v.coils != op.coils:  # a coil-free model: placeholder maps of this file's coil count
+            maps = torch.zeros(v.coils, h, w, 2)
+            maps[..., 0] = v.coils ** -0.5
         vol_op = op.with_sampling(mask=torch.from_numpy(np.ascontiguousarray(ev.mask)), coil_maps=maps,
                                   num_low_frequencies=ev.num_low_frequencies)
         target = torch.from_numpy(np.ascontiguousarray(ev.target[:keep])).float()
@@ -157,7 +166,7 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
             raise DataError(f"{v.name}: the target is all zero", "drop empty volumes from the evaluation data")
         ev.scale, ev.kspace = ev.scale[:keep], ev.kspace[:keep]
         # scored with the maximum of the slices evaluated (fastMRI's gt.max()); the file's attribute beside it
-        rec = {"name": v.name, **ev.record, "slices": keep, "coil_maps": maps_rec, "maxval": maxval,
+        rec = {"name": v.name, **ev.record, "slices": keep, "coils": v.coils, "coil_maps": maps_rec, "maxval": maxval,
                "file_max": ev.record.get("maxval")}
         out.append(RawVolumeInputs(v.name, y, vol_op, target, maxval, ev, rec))
         taken += keep
