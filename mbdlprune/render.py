@@ -10,6 +10,20 @@ import math
 from typing import Any
 
 
+def require_matplotlib():
+    """``matplotlib.pyplot`` on the Agg backend, or a one-line error naming the extra to install."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .errors import MbdlError
+
+        raise MbdlError("--figure needs matplotlib, which is not installed", 'pip install "mbdlprune[plot]"') from None
+    return plt
+
+
 def fmt(v: Any, spec: str = ".2f", none: str = "—") -> str:
     """A number for a table: ``spec``-formatted, "—" for None/NaN, "inf" for infinities."""
     if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -59,7 +59,7 @@ def _cli_sweep(d, *extra):
 
 
 def test_sweep_figure_png_and_data(setup, tmp_path):
-    from mbdlprune.workflows.sweep import frontier_data, frontier_figure
+    from mbdlprune.workflows.sweep_figure import frontier_data, frontier_figure
 
     out = tmp_path / "sw"
     fig_path = out / "sweep.png"  # inside an --out-dir the sweep creates

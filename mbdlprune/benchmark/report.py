@@ -10,7 +10,6 @@ from typing import Any, Sequence
 
 from ..config import json_safe
 from ..render import fmt, si
-from ..errors import MbdlError
 from ..models.protocol import SOLVER_KEYS
 from .timing import TimingResult
 
@@ -369,14 +368,10 @@ class BenchReport:
     # -- figure
     def figure(self, path: str | Path, force: bool = False) -> Path:
         """Reconstructions, error maps and speed-vs-PSNR in one PNG (needs matplotlib)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise MbdlError("--figure needs matplotlib", "pip install matplotlib (or mbdlprune[plot])") from None
         from ..metrics import magnitude
+        from ..render import require_matplotlib
+
+        plt = require_matplotlib()
 
         truth = self.examples.get("__truth__")
         n = len(self.models)
