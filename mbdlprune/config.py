@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -166,3 +167,39 @@ def _json_key(k: Any) -> Any:
     if isinstance(k, float) and not math.isfinite(k):
         return str(k)
     return k if k is None or isinstance(k, (str, int, float)) else str(k)
+
+
+class StepConfig:
+    """What the step configs (dataclasses with a ``validate`` method) share: a strict
+    :meth:`from_dict`, :meth:`to_dict`, :meth:`replace` and the ``auto`` metric rule."""
+
+    #: how a file's section of these settings is named in messages
+    WHERE = "settings"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str | None = None):
+        """Build from a mapping: unknown keys refused naming ``where``, then validated."""
+        where = where or cls.WHERE
+        check_keys(d, [f.name for f in dataclasses.fields(cls)], where)
+        cfg = cls(**dict(d))
+        cfg.validate_file(where)
+        return cfg
+
+    def validate_file(self, where: str) -> None:
+        """Validate settings read from a file's ``where`` section (default: as :meth:`validate`)."""
+        self.validate()
+
+    def replace(self, **changes: Any):
+        """A validated copy with ``changes``."""
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def metric_for(self, raw: bool) -> str:
+        """The metric definition's name (:func:`mbdlprune.metric_definitions.resolve_metric`)."""
+        from .metric_definitions import resolve_metric
+
+        return resolve_metric(self.metric, raw)

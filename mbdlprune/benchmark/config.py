@@ -6,11 +6,10 @@ defaulted and checked once.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from ..config import check_keys, expect_number
+from ..config import StepConfig, expect_number
 from ..errors import MbdlError
 from .timing import DEFAULT_REPEATS, DEFAULT_WARMUP
 
@@ -24,7 +23,7 @@ _NUMBERS = {
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(StepConfig):
     """How models are compared: device, DEQ solver overrides, timing, metric, data and gates.
 
     ``solver``/``tol``/``max_iter``: None keeps the first (original) model's settings, applied
@@ -58,26 +57,10 @@ class BenchConfig:
     compile: bool = False
     channels_last: bool = False
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "bench settings") -> "BenchConfig":
-        check_keys(d, [f.name for f in dataclasses.fields(cls)], where)
-        cfg = cls(**dict(d))
-        cfg.validate(where)
-        return cfg
+    WHERE = "bench settings"
 
-    def replace(self, **changes: Any) -> "BenchConfig":
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def metric_for(self, raw: bool) -> str:
-        """The metric definition's name (:func:`mbdlprune.metric_definitions.resolve_metric`)."""
-        from ..metric_definitions import resolve_metric
-
-        return resolve_metric(self.metric, raw)
+    def validate_file(self, where: str) -> None:
+        self.validate(where)  # messages name the file's keys, not the command line's flags
 
     def validate(self, where: str | None = None) -> None:
         """Refuse, in one line and before any work, settings no benchmark can run with.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..config import check_keys
+from ..config import StepConfig
 from ..errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw")
@@ -15,7 +14,7 @@ BACKWARDS = ("jfb", "implicit")
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(StepConfig):
     """Every setting that shapes a fine-tuning run (stored in the record and the resume state).
 
     ``loss`` is the pixel loss of the supervised/distill terms (l1, l2, smoothl1, ssim);
@@ -53,22 +52,7 @@ class FinetuneConfig:
     #: settings that may change between an interrupted run and its resumption
     RESUMABLE_CHANGES = ("device", "epochs")
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "fine-tuning config") -> "FinetuneConfig":
-        names = [f.name for f in dataclasses.fields(cls)]
-        check_keys(d, names, where)
-        cfg = cls(**dict(d))
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def metric_for(self, raw: bool) -> str:
-        """The validation metric's name (:func:`mbdlprune.metric_definitions.resolve_metric`)."""
-        from ..metric_definitions import resolve_metric
-
-        return resolve_metric(self.metric, raw)
+    WHERE = "fine-tuning config"
 
     def validate(self) -> None:
         from ..metrics import metric_names
