@@ -109,17 +109,6 @@ def _config(cls, config: Any, options: Mapping[str, Any], where: str):
 
 
 # -- loading ---------------------------------------------------------------------------------
-def resolve_operator(operator: Any, meta: Mapping[str, Any] | None = None):
-    """The operator the caller gave (an Operator, a spec path or dict); see :func:`mbdlprune.io.resolve_operator`.
-
-    ``meta`` is accepted for old callers and ignored: an operator recorded in a model file is
-    rebuilt by :func:`mbdlprune.io.load_model` from the data embedded in that file.
-    """
-    from .io import resolve_operator as _resolve
-
-    return _resolve(operator)
-
-
 def load_checkpoint_model(checkpoint: str | Path, arch: str | None, arch_args: dict | None, unsafe_pickle: bool = False,
                           operator: Any = None, key_map: Any = None):
     """Build the architecture and load weights from any supported checkpoint (through :func:`io.load_model`).

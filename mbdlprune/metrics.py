@@ -394,6 +394,14 @@ def _volume_scores(a: torch.Tensor, b: torch.Tensor, d: MetricDefinition, peak: 
     }
 
 
+def _checked_pair(d: MetricDefinition, x_hat: Any, x: Any, maxval) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images ``d`` compares, after refusing a ``maxval`` it does not take and NaN/Inf ground truth."""
+    if maxval is not None and not d.per_volume:
+        raise ValueError(f"maxval applies to per-volume metrics (fastmri), not to {d.name!r}")
+    _refuse_nonfinite_truth(as_batch(x))
+    return d.prepare(x_hat, x)
+
+
 def compute_metrics(x_hat: Any, x: Any, definition: str | MetricDefinition = "plain",
                     maxval: float | torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """``{"psnr": (N,), "ssim": (N,)}`` per image under a metric definition (no gradients).
@@ -406,11 +414,8 @@ def compute_metrics(x_hat: Any, x: Any, definition: str | MetricDefinition = "pl
     DataError; a NaN/Inf reconstruction scores NaN (see the module notes and :func:`nonfinite_note`).
     """
     d = get_definition(definition)
-    if maxval is not None and not d.per_volume:
-        raise ValueError(f"maxval applies to per-volume metrics (fastmri), not to {d.name!r}")
     with torch.no_grad():
-        _refuse_nonfinite_truth(as_batch(x))
-        a, b = d.prepare(x_hat, x)
+        a, b = _checked_pair(d, x_hat, x, maxval)
         if d.per_volume:
             return _volume_scores(a, b, d, _maxvals(maxval, b))
         peak = d.peak_value()
@@ -436,11 +441,8 @@ def volume_metrics(pred: Any, gt: Any, definition: str | MetricDefinition = "fas
     None, and NMSE is computed on the images those definitions compare.
     """
     d = get_definition(definition)
-    if maxval is not None and not d.per_volume:
-        raise ValueError(f"maxval applies to per-volume metrics (fastmri), not to {d.name!r}")
     with torch.no_grad():
-        _refuse_nonfinite_truth(as_batch(gt))
-        a, b = d.prepare(pred, gt)
+        a, b = _checked_pair(d, pred, gt, maxval)
         n = a.shape[0]
         err = ((a - b) ** 2).sum()
         finite = torch.isfinite(a).all().reshape(1)

@@ -70,6 +70,14 @@ def record_solver_info(model, its: list, res: list, conv: list) -> None:
         conv.append(bool(info.get("converged")))
 
 
+def solver_summary(its: list, res: list, conv: list) -> dict[str, float] | None:
+    """Mean/max iterations and residuals and the converged fraction of :func:`record_solver_info`'s lists (None without a DEQ)."""
+    if not its:
+        return None
+    return {"iterations_mean": statistics.fmean(its), "iterations_max": max(its), "residual_mean": statistics.fmean(res),
+            "residual_max": max(res), "converged_fraction": statistics.fmean(conv)}
+
+
 def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
     """Reconstruct every measurement (batched), score against ``images``, count prior costs."""
     import torch
@@ -100,13 +108,4 @@ def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_siz
     finally:
         counter.remove()
     priors = counter.summary(y.shape[0], batches)
-    deq = None
-    if its:
-        deq = {
-            "iterations_mean": statistics.fmean(its),
-            "iterations_max": max(its),
-            "residual_mean": statistics.fmean(res),
-            "residual_max": max(res),
-            "converged_fraction": statistics.fmean(conv),
-        }
-    return {"psnr": psnrs, "ssim": ssims, "priors": priors, "deq": deq, "example": example}
+    return {"psnr": psnrs, "ssim": ssims, "priors": priors, "deq": solver_summary(its, res, conv), "example": example}

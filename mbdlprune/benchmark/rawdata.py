@@ -12,7 +12,6 @@ region (``acs`` or ``espirit``), once for all models; an E2E-VarNet estimates it
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -134,9 +133,7 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
     maps_needed = needs_coil_maps(models) and coils > 1
     cache = None
     if maps_needed:
-        from ..data.coilmaps import CoilMapCache
-
-        from ..data.coilmaps import default_cache_dir
+        from ..data.coilmaps import CoilMapCache, coil_maps_for, default_cache_dir
 
         # ESPIRiT takes seconds per slice: its maps are kept on disk (verified when read back)
         cache = CoilMapCache(cache_dir if cache_dir is not None else (default_cache_dir() if coil_maps == "espirit" else None))
@@ -152,7 +149,7 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
         maps, maps_rec = None, None
         if maps_needed:
             say(f"estimating coil maps ({coil_maps}) for {v.name}")
-            maps, maps_rec = _maps(v, ev, coil_maps, cache)
+            maps, maps_rec = coil_maps_for(v, ev, coil_maps, cache=cache)
             maps = torch.from_numpy(np.ascontiguousarray(maps[:keep]))
         y = ev.measurements()[:keep]
         if maps is None and v.coils != op.coils:  # a coil-free model: placeholder maps of this file's coil count
@@ -183,18 +180,12 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
     return RawEvalData(out, ", ".join(map(str, paths)), hashes, files, protocol, notes)
 
 
-def _maps(volume, ev, method: str, cache):
-    from ..data.coilmaps import coil_maps_for
-
-    return coil_maps_for(volume, ev, method, cache=cache)
-
-
 def score_raw(entry, rev: RawEvalData, device: str, batch_size: int, metric, counter_cls) -> dict[str, Any]:
     """Reconstruct every volume (batched), map outputs to target units, score per volume and per slice."""
     import torch
 
     from ..metrics import compute_metrics, get_definition, volume_metrics
-    from .costs import record_solver_info
+    from .costs import record_solver_info, solver_summary
 
     d = get_definition(metric)
     counter = counter_cls(entry.model)
@@ -230,11 +221,4 @@ def score_raw(entry, rev: RawEvalData, device: str, batch_size: int, metric, cou
     finally:
         counter.remove()
     return {"psnr": psnrs, "ssim": ssims, "volumes": vols, "priors": counter.summary(rev.n_images, batches),
-            "deq": _deq(its, res, conv), "example": example, "truth": truth}
-
-
-def _deq(its, res, conv):
-    if not its:
-        return None
-    return {"iterations_mean": statistics.fmean(its), "iterations_max": max(its), "residual_mean": statistics.fmean(res),
-            "residual_max": max(res), "converged_fraction": statistics.fmean(conv)}
+            "deq": solver_summary(its, res, conv), "example": example, "truth": truth}
