@@ -31,12 +31,11 @@ Columns:
   the same per prior call (per DEQ iteration), which leaves out changes in the iteration count;
 * ``iters``: prior calls per reconstruction (DEQ: solver iterations, measured; unrolled: steps);
 * ``PSNR drop`` (dB, no fine-tuning), trained models only;
-* with ``--compile`` (when ``torch.compile`` works on the device; a note says so when it does
-  not): each model's prior(s) compiled, timed in the same interleaved run, ``c.speedup`` =
-  compiled original / compiled pruned, ``c/eager`` = the model's eager / compiled time, and the
-  compile time (first call minus a steady call, summed over the priors) reported on its own
-  (on this 2-core VM 10-60 s per model, e.g. ``--quick --compile --cases deq-paper --ratios 0.5``:
-  19 s, compiled original 1.29x faster than eager, compiled speedup 2.56x vs 3.05x eager).
+* with ``--compile``: the same ``mbdlprune.bench`` run also times every model on bench's fast
+  inference path (its prior(s) compiled with ``torch.compile``; ``docs/bench.md``), ``c.speedup``
+  = compiled original / compiled pruned, ``c/eager`` = the model's eager / compiled time, and the
+  compile time (each model's first call) reported on its own (10-60 s per model on a 2-core VM);
+  where compilation fails, bench's note says so and only eager timings are given.
 
 Devices: the CPU, and CUDA too when ``torch.cuda.is_available()`` (``--devices`` chooses).
 ``--json OUT`` writes every row and the context of each run.
@@ -66,15 +65,18 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import mbdlprune
 from mbdlprune import examples
 from mbdlprune.api import prune_model
-from mbdlprune.errors import MbdlError, first_line
+from mbdlprune.errors import MbdlError
 from mbdlprune.io import LoadedModel
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
+from mbdlprune.workflows.sweep import speedup_interval
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed_vs_ratio import smooth_images  # noqa: E402  (the benchmarks' shared test images)
 
 PAPER_DEQ = {"n_feats": 64, "n_blocks": 13, "gamma": 5.0, "alpha": 0.2, "solver": "anderson"}
 PAPER_VARNET = {"num_cascades": 12, "chans": 18, "pools": 4, "sens_chans": 8, "sens_pools": 4}
@@ -86,13 +88,15 @@ def mri_operator(size: int, coils: int = 8):
                           "coils": coils, "noise_sigma": 0.01})
 
 
-def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
-    """Smooth complex test images (values matter little: the weights are random)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, 2, max(size // 8, 2), max(size // 8, 2), generator=g)
-    x = nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    x[:, 1] *= 0.2
-    return x / x.abs().amax(dim=(1, 2, 3), keepdim=True)
+def paper_case(case: str, arch: str, arch_args: dict, size: int, args, title: str, bench: dict) -> dict:
+    """A paper-size model with random weights (timing only) on smooth images of ``size``."""
+    op = mri_operator(size)
+    torch.manual_seed(args.seed)
+    model, spec = build_arch(arch, dict(arch_args))
+    meta = {"arch": spec.to_dict(), "operator": op.spec, "pruning": None}
+    return {"case": case, "title": title,
+            "original": LoadedModel(model.eval(), meta, op, arch=spec, label=f"{arch}-paper", role="original"),
+            "data": smooth_images(1, size, args.seed), "trained": False, "bench": bench, "round_to": args.round_to}
 
 
 def width_pairs(meta) -> list[list[int]]:
@@ -121,75 +125,6 @@ def widths_text(pairs: list[list[int]]) -> str:
     return ",".join(str(a) for a in sorted({p[1] for p in pairs}))
 
 
-# ------------------------------------------------------------------------------ compile
-class CompiledPrior(nn.Module):
-    """A prior run through ``torch.compile``, timing its first and second call (compile time = their difference).
-
-    The compiled module is kept out of the module tree on purpose, so that bench's MAC counting
-    hooks never reach inside the compiled graph (the compiled copies' MACs are the eager ones').
-    """
-
-    def __init__(self, prior: nn.Module, device: str):
-        super().__init__()
-        object.__setattr__(self, "_compiled", torch.compile(prior.eval().to(device)))
-        self.device = device
-        self.durations: list[float] = []
-
-    def forward(self, *args, **kwargs):
-        if len(self.durations) >= 2:
-            return self._compiled(*args, **kwargs)
-        _sync(self.device)
-        t = time.perf_counter()
-        out = self._compiled(*args, **kwargs)
-        _sync(self.device)
-        self.durations.append(time.perf_counter() - t)
-        return out
-
-    @property
-    def compile_s(self) -> float | None:
-        return self.durations[0] - self.durations[1] if len(self.durations) >= 2 else None
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def compile_works(device: str) -> str | None:
-    """None when torch.compile runs a small convolution on ``device``; else why not, in one line."""
-    if not hasattr(torch, "compile"):
-        return "this torch has no torch.compile"
-    try:
-        conv = nn.Conv2d(2, 4, 3, padding=1).to(device).eval()
-        with torch.inference_mode():
-            torch.compile(conv)(torch.randn(1, 2, 8, 8, device=device))
-        return None
-    except Exception as e:  # noqa: BLE001  (any backend failure means: fall back to eager)
-        return f"{type(e).__name__}: {first_line(e, 200)}"
-
-
-def from_compiler(e: BaseException) -> bool:
-    """Whether ``e`` was raised inside torch.compile's machinery (dynamo, inductor, triton)."""
-    import traceback
-
-    where = [f.filename.replace("\\", "/") for f in traceback.extract_tb(e.__traceback__)]
-    return type(e).__module__.startswith(("torch._dynamo", "torch._inductor", "triton")) or any(
-        part in w for w in where for part in ("torch/_dynamo", "torch/_inductor", "triton/"))
-
-
-def compiled_copy(entry: LoadedModel, device: str) -> tuple[LoadedModel, list[CompiledPrior]]:
-    """A deep copy of ``entry`` on ``device`` whose prior(s) are compiled."""
-    model = copy.deepcopy(entry.model).eval().to(device)
-    wrappers = []
-    for path in model.prior_paths():
-        parent_path, _, name = path.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        w = CompiledPrior(getattr(parent, name), device)
-        setattr(parent, name, w)
-        wrappers.append(w)
-    return LoadedModel(model, entry.meta, entry.operator, label=f"{entry.label}+compile", role="pruned"), wrappers
-
-
 # ------------------------------------------------------------------------------ cases
 def cases(args) -> list[dict]:
     """What to benchmark: name, original (LoadedModel), eval data, whether trained, bench options."""
@@ -211,25 +146,12 @@ def cases(args) -> list[dict]:
                     "round_to": args.round_to if args.round_to is not None else 8})
     size_deq, size_varnet = (64, 64) if quick else (256, 320)
     if "deq-paper" in args.cases:
-        op = mri_operator(size_deq)
-        torch.manual_seed(args.seed)
-        model, spec = build_arch("deq-edsr", dict(PAPER_DEQ))
-        meta = {"arch": spec.to_dict(), "operator": op.spec, "pruning": None}
-        out.append({"case": "deq-paper", "title": f"DEQ-EDSR 64 feats x 13 blocks, {size_deq}x{size_deq}, random weights, "
-                                                   f"{args.iterations} fixed iterations",
-                    "original": LoadedModel(model.eval(), meta, op, arch=spec, label="deq-edsr-paper", role="original"),
-                    "data": smooth_images(1, size_deq, args.seed), "trained": False,
-                    "bench": {"tol": 1e-30, "max_iter": args.iterations}, "round_to": args.round_to})
+        out.append(paper_case("deq-paper", "deq-edsr", PAPER_DEQ, size_deq, args,
+                              f"DEQ-EDSR 64 feats x 13 blocks, {size_deq}x{size_deq}, random weights, "
+                              f"{args.iterations} fixed iterations", {"tol": 1e-30, "max_iter": args.iterations}))
     if "varnet-paper" in args.cases:
-        op = mri_operator(size_varnet)
-        torch.manual_seed(args.seed)
-        model, spec = build_arch("e2e-varnet", dict(PAPER_VARNET))
-        meta = {"arch": spec.to_dict(), "operator": op.spec, "pruning": None}
-        out.append({"case": "varnet-paper", "title": f"E2E-VarNet 12 cascades, chans 18, pools 4, {size_varnet}x{size_varnet}, "
-                                                      "random weights",
-                    "original": LoadedModel(model.eval(), meta, op, arch=spec, label="e2e-varnet-paper", role="original"),
-                    "data": smooth_images(1, size_varnet, args.seed), "trained": False, "bench": {},
-                    "round_to": args.round_to})
+        out.append(paper_case("varnet-paper", "e2e-varnet", PAPER_VARNET, size_varnet, args,
+                              f"E2E-VarNet 12 cascades, chans 18, pools 4, {size_varnet}x{size_varnet}, random weights", {}))
     return out
 
 
@@ -244,38 +166,19 @@ def pruned_copies(case: dict, ratios: list[float]) -> list[LoadedModel]:
 
 
 def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
+    """Bench the original and its pruned copies in one interleaved run; with ``--compile`` the
+    same run also times every model on bench's fast inference path (compiled priors)."""
     ratios = [0.0] + args.ratios
-    n = len(entries)
-    notes: list[str] = []
-    compiled, wrappers = [], []
-    if args.compile:
-        why = compile_works(device)
-        if why:
-            notes.append(f"torch.compile does not work on {device} here ({why}): eager timings only")
-        else:
-            for e in entries:
-                c, w = compiled_copy(e, device)
-                compiled.append(c)
-                wrappers.append(w)
     say = (lambda m: print(f"  {m}", file=sys.stderr)) if args.verbose else None
-    opts = {"warmup": args.warmup, "repeats": args.repeats, "threads": args.threads, "seed": args.seed, **case["bench"]}
+    opts = {"warmup": args.warmup, "repeats": args.repeats, "threads": args.threads, "seed": args.seed,
+            "compile": args.compile, **case["bench"]}
     t0 = time.perf_counter()
-    try:
-        rep = mbdlprune.bench(entries + compiled, case["data"], device=device, progress=say, **opts)
-    except Exception as e:  # noqa: BLE001  (a compile failure inside the run: retry eager)
-        if not compiled or not from_compiler(e):
-            raise
-        notes.append(f"torch.compile failed during the run ({type(e).__name__}: {first_line(e, 200)}): eager timings only")
-        compiled, wrappers = [], []
-        rep = mbdlprune.bench(entries, case["data"], device=device, progress=say, **opts)
+    rep = mbdlprune.bench(entries, case["data"], device=device, progress=say, **opts)
     seconds = time.perf_counter() - t0
-    eager = rep.models[:n]
-    comp = rep.models[n:] if compiled else []
-    ref = eager[0]
+    ref = rep.models[0]
     rows = []
-    for i, (r, e, m) in enumerate(zip(ratios, entries, eager)):
-        lo = ref.timing.p10_ms / m.timing.p90_ms
-        hi = ref.timing.p90_ms / m.timing.p10_ms
+    for r, e, m in zip(ratios, entries, rep.models):
+        lo, hi = speedup_interval(ref.timing, m.timing)
         row = {
             "case": case["case"], "device": rep.environment["device"], "device_name": rep.environment["name"],
             "ratio": r, "model": m.label, "widths": width_pairs(e.meta), "params": m.params,
@@ -289,21 +192,18 @@ def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
             "psnr_drop": m.psnr_drop if case["trained"] and r else None,
             "trained": case["trained"],
         }
-        if comp:
-            c = comp[i]
-            row["compiled_median_ms"] = c.timing.median_ms
-            row["compiled_speedup"] = comp[0].timing.median_ms / c.timing.median_ms
-            row["compiled_over_eager"] = m.timing.median_ms / c.timing.median_ms
-            row["compiled_psnr"] = c.psnr_mean if case["trained"] else None  # should equal the eager PSNR
-            cs = [w.compile_s for w in wrappers[i] if w.compile_s is not None]
-            row["compile_s"] = sum(cs) if cs else None
+        if m.fast_timing is not None:  # quality is scored on the eager models, once
+            row["compiled_median_ms"] = m.fast_timing.median_ms
+            row["compiled_speedup"] = m.fast_speedup
+            row["compiled_over_eager"] = m.timing.median_ms / m.fast_timing.median_ms
+            row["compile_s"] = (m.fast_path or {}).get("compile_s")
         rows.append(row)
     bench_notes = list(rep.notes)
     if case["bench"].get("tol") == 1e-30:  # fixed iterations on purpose: one note instead of one per model
         bench_notes = [x for x in bench_notes if "stopped at max_iter before reaching tol" not in x]
         bench_notes.append(f"every DEQ solve runs exactly {case['bench']['max_iter']} iterations (tol 1e-30, on purpose)")
     return {"case": case["case"], "title": case["title"], "device": rep.environment["device"], "round_to": case["round_to"],
-            "context": rep.context_line(), "solver": rep.solver_line(), "notes": notes + bench_notes,
+            "context": rep.context_line(), "solver": rep.solver_line(), "notes": bench_notes,
             "seconds": seconds, "rows": rows}
 
 

@@ -52,6 +52,7 @@ def operator_spec(kind: str, size: int) -> dict:
 
 
 def smooth_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Smooth complex test images (values matter little: the weights are random)."""
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 2, max(size // 8, 2), max(size // 8, 2), generator=g)
     x = nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
