@@ -133,10 +133,9 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
     maps_needed = needs_coil_maps(models) and coils > 1
     cache = None
     if maps_needed:
-        from ..data.coilmaps import CoilMapCache, coil_maps_for, default_cache_dir
+        from ..data.coilmaps import CoilMapCache, coil_maps_for
 
-        # ESPIRiT takes seconds per slice: its maps are kept on disk (verified when read back)
-        cache = CoilMapCache(cache_dir if cache_dir is not None else (default_cache_dir() if coil_maps == "espirit" else None))
+        cache = CoilMapCache.for_method(coil_maps, cache_dir)
     out, taken, notes = [], 0, []
     for v in volumes:
         if max_images is not None and taken >= max_images:

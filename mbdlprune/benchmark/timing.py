@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from ..errors import MbdlError
+from ..machine import cpu_name
 
 DEFAULT_WARMUP = 10
 DEFAULT_REPEATS = 30
@@ -37,7 +38,7 @@ def device_info(device: str) -> dict[str, Any]:
     if device.startswith("cuda"):
         name = torch.cuda.get_device_name(torch.device(device))
     else:
-        name = _cpu_name()
+        name = cpu_name("cpu")
     return {
         "requested": requested,
         "device": device,
@@ -66,17 +67,6 @@ def busy_note(env: Mapping[str, Any]) -> str | None:
         return None
     return (f"the machine was busy (1-minute load average {load:g} on {cpus} CPUs) before timing: other processes "
             f"share the cores, and multi-threaded CPU timings suffer most; rerun on an idle machine or with --threads 1")
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
 
 
 def _sync(device: str) -> None:

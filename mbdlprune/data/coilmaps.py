@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable
@@ -177,9 +176,10 @@ def coil_maps_for(volume: RawVolume, ev: EvalSlices, method: str = "espirit", ca
 
 # ----------------------------------------------------------------------------- cache
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/mbdlprune/coilmaps`` (``~/.cache/mbdlprune/coilmaps`` without XDG_CACHE_HOME)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mbdlprune" / "coilmaps"
+    """``$XDG_CACHE_HOME/mbdlprune/coilmaps`` (:func:`mbdlprune.io.user_cache_dir`)."""
+    from ..io.writer import user_cache_dir
+
+    return user_cache_dir("coilmaps")
 
 
 def _key_text(volume_key: str, method: str, params: dict[str, Any]) -> str:
@@ -198,6 +198,12 @@ class CoilMapCache:
         self.memory_bytes = int(memory_bytes)
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()
         self.notes: list[str] = []
+
+    @classmethod
+    def for_method(cls, method: str, folder: str | Path | None = None) -> "CoilMapCache":
+        """The cache a run uses: ``folder`` if given; else ESPIRiT's maps (seconds per slice) on disk
+        in :func:`default_cache_dir`, the fast ACS estimate in memory only."""
+        return cls(folder if folder is not None else (default_cache_dir() if method == "espirit" else None))
 
     def get(self, volume_key: str, method: str, params: dict[str, Any], shape: tuple[int, ...],
             compute: Callable[[], np.ndarray]) -> tuple[np.ndarray, str]:

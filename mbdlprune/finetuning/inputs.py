@@ -61,9 +61,9 @@ def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist, 
 
             targets = bool(raw.get("targets")) or (val and all(v.target is not None for v in vols))
             if raw.get("coil_maps") and raw.get("cache") is None:
-                from ..data.coilmaps import CoilMapCache, default_cache_dir
+                from ..data.coilmaps import CoilMapCache
 
-                raw["cache"] = CoilMapCache(default_cache_dir() if raw["coil_maps"] == "espirit" else None)
+                raw["cache"] = CoilMapCache.for_method(raw["coil_maps"])
             return build_raw_dataset(vols, op, targets=targets, scale=raw.get("scale", "max"),
                                      coil_maps=raw.get("coil_maps"), cache=raw.get("cache"))
     else:

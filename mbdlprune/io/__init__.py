@@ -18,7 +18,7 @@ from .checkpoint import (EMBED_PREFIX, FORMAT_NAME, FORMAT_VERSION, MODEL_ATTRS,
 from .model_file import (LoadedModel, load_model, operator_from_meta, parameterless_norm_widths, resolve_operator,
                          restore_setup, save_model, state_for_saving)
 from .writer import (check_output_path, check_writable_dir, json_safe, make_output_dir, prepare_output_dir,
-                     rollback_on_error, write_file, write_json, write_text)
+                     rollback_on_error, user_cache_dir, write_file, write_json, write_text)
 
 __all__ = [
     "CheckpointFile", "EMBED_PREFIX", "FORMAT_NAME", "FORMAT_VERSION", "LoadedModel", "MAX_MODEL_ELEMENTS", "MODEL_ATTRS",
@@ -26,5 +26,5 @@ __all__ = [
     "find_weights", "is_mbdlprune_file", "json_safe", "load_model", "load_weights", "make_output_dir", "match_keys",
     "operator_from_meta", "parameterless_norm_widths", "prepare_output_dir", "read_checkpoint", "read_model_file",
     "resize_to_state", "resolve_operator", "restore_setup", "rollback_on_error", "save_model", "sha256_file", "state_for_saving",
-    "sync_module_attributes", "versions", "write_file", "write_json", "write_text",
+    "sync_module_attributes", "user_cache_dir", "versions", "write_file", "write_json", "write_text",
 ]

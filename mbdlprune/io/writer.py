@@ -214,3 +214,10 @@ def write_text(path: str | Path, text: str, *, force: bool = False) -> Path:
 def write_json(path: str | Path, obj: Any, *, force: bool = False) -> Path:
     """Write strict JSON (no NaN/Infinity) through :func:`write_file`."""
     return write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False, default=str) + "\n", force=force)
+
+
+def user_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/mbdlprune/NAME`` (``~/.cache/mbdlprune/NAME`` without XDG_CACHE_HOME): where
+    measured or computed results are kept between runs (read back as untrusted input)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mbdlprune" / name

@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -32,6 +30,8 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from ..machine import cpu_name
 
 #: Candidates per group at most (multiples of 32, 16 and 8 in the range are always among them).
 MAX_CANDIDATES = 12
@@ -56,9 +56,10 @@ _DEFAULT = "default"
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/mbdlprune/widths`` (``~/.cache/mbdlprune/widths`` without XDG_CACHE_HOME)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "mbdlprune" / "widths"
+    """``$XDG_CACHE_HOME/mbdlprune/widths`` (:func:`mbdlprune.io.user_cache_dir`)."""
+    from ..io.writer import user_cache_dir
+
+    return user_cache_dir("widths")
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -68,17 +69,6 @@ def resolve_device(device: str | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
-
-
 def device_info(device: torch.device) -> dict[str, Any]:
     """What timings depend on besides the layer: device name (CPU: model and threads), dtype, torch version."""
     if device.type == "cuda":
@@ -86,7 +76,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
         major, minor = torch.cuda.get_device_capability(idx)
         name = f"cuda: {torch.cuda.get_device_name(idx)} (sm_{major}{minor}, tf32 {bool(torch.backends.cudnn.allow_tf32)})"
     else:
-        name = f"{device.type}: {_cpu_name()} ({torch.get_num_threads()} threads)"
+        name = f"{device.type}: {cpu_name()} ({torch.get_num_threads()} threads)"
     return {"device": device.type, "name": name, "dtype": "float32", "torch": torch.__version__}
 
 
