@@ -120,6 +120,8 @@ def test_demo_rejects_unknown_model(tmp_path):
 def test_demo_quick(tmp_path):
     """The whole chain (prune -> distill -> bench) on every example with tiny budgets (seconds); the
     multi-coil varnet on raw k-space scored the fastMRI way."""
+    from mbdlprune.workflows.demo import PRUNING
+
     out = tmp_path / "demo"
     r = runner.invoke(app, ["demo", "--out", str(out), "--quick", "--json", "--model", "all"])
     assert r.exit_code == 0, r.output
@@ -133,7 +135,8 @@ def test_demo_quick(tmp_path):
             assert (out / name / f).is_file(), f
         meta = read_header_meta(out / name / "pruned_finetuned.safetensors")
         assert meta["finetune"]["mode"] == "distill"
-        assert meta["pruning"]["ratio"] == 0.5
+        assert meta["pruning"]["ratio"] == PRUNING[name]["ratio"]  # each example's own ratio and width multiple
+        assert meta["pruning"]["round_to"] == PRUNING[name].get("round_to", 16)
     deq = summary["models"][0]["summary"]
     assert all(v["deq_iterations_mean"] > 0 for v in deq.values())  # same solver settings, iterations reported
     assert (out / "demo.json").is_file()

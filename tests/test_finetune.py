@@ -150,6 +150,16 @@ def test_combine_weights_registry_and_strict_config():
     assert FinetuneConfig.from_dict({"mode": "distill", "epochs": 2}).epochs == 2
 
 
+def test_spectral_target_travels_from_the_config_to_the_term_and_the_record(setup, tmp_path):
+    assert combine({"spectral": 1.0}, spectral_target=0.9).find("spectral").target == 0.9
+    assert combine({"spectral": 1.0}).find("spectral").target == 0.5
+    with pytest.raises(ConfigError, match="spectral_target"):
+        FinetuneConfig.from_dict({"spectral_target": 0})
+    res = run(setup, tmp_path / "s.safetensors", weights={"spectral": 0.1}, spectral_target=0.8)
+    terms = {t["name"]: t for t in res.record["losses"]["terms"]}
+    assert terms["spectral"]["target"] == 0.8 and terms["spectral"]["weight"] == 0.1
+
+
 # ----------------------------------------------------------------------------- Jacobian term
 def _small_deq(alpha, gamma=0.5):
     """A DEQ small enough for its exact iteration Jacobian: 2 x 8 x 8 images (dim 128)."""

@@ -38,6 +38,7 @@ def finetune_cmd(
     seed: int = typer.Option(0, "--seed"),
     loss: str = typer.Option("smoothl1", "--loss", help="Pixel loss of supervised/distill terms: l1, l2, smoothl1, ssim (1 - SSIM)."),
     weights: Optional[str] = typer.Option(None, "--weights", help='Loss weights as JSON, e.g. \'{"mc": 1, "equivariance": 0.5}\'; adds terms too, e.g. \'{"jacobian": 0.05}\' (DEQ only).'),
+    spectral_target: float = typer.Option(0.5, "--spectral-target", help="DEQ spectral term: the Jacobian's largest singular value it leaves unpenalised (with --weights '{\"spectral\": w}')."),
     weight_decay: float = typer.Option(0.0, "--weight-decay"),
     grad_clip: Optional[float] = typer.Option(None, "--grad-clip", help="Clip the gradient norm to this value."),
     lr_schedule: str = typer.Option("none", "--lr-schedule", help=f"Learning-rate schedule: {schedule_help()}."),
@@ -69,6 +70,7 @@ def finetune_cmd(
         weights=_parse_weights(weights), weight_decay=weight_decay, grad_clip=grad_clip, lr_schedule=lr_schedule,
         device=device, bf16=bf16, checkpointing=checkpointing, deq_backward=deq_backward, fit=fit, axis=axis,
         normalize=normalize, kspace_scale=kspace_scale, coil_maps=coil_maps, metric=metric,
+        spectral_target=spectral_target,
     )
     import os
 

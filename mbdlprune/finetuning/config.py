@@ -20,7 +20,8 @@ class FinetuneConfig(StepConfig):
     ``loss`` is the pixel loss of the supervised/distill terms (l1, l2, smoothl1, ssim);
     ``weights`` overrides the mode's term weights (e.g. ``{"equivariance": 0.5}``);
     ``deq_backward`` ``None`` keeps the checkpoint's setting. ``metric``: the validation PSNR's
-    definition (``auto``: ``fastmri`` on raw k-space, ``plain`` on images). ``kspace_scale`` and
+    definition (``auto``: ``fastmri`` on raw k-space, ``plain`` on images). ``spectral_target``: the
+    largest singular value of a DEQ iteration's Jacobian the ``spectral`` term lets pass unpenalised. ``kspace_scale`` and
     ``coil_maps`` apply to raw k-space training data, as in :class:`~mbdlprune.benchmark.BenchConfig`.
     """
 
@@ -38,6 +39,7 @@ class FinetuneConfig(StepConfig):
     weights: dict[str, float] = field(default_factory=dict)
     mc_norm: str = "l1"
     eq_noise: bool = True
+    spectral_target: float = 0.5
     device: str = "auto"
     bf16: bool = False
     checkpointing: bool = False
@@ -87,6 +89,7 @@ class FinetuneConfig(StepConfig):
         num("weight_decay", 0)
         num("grad_clip", 0, open_lo=True, allow_none=True)
         num("axis", 0, integer=True)
+        num("spectral_target", 0, open_lo=True)
         for key, allowed in (("lr_schedule", SCHEDULES.names()), ("optimizer", OPTIMIZERS), ("loss", PIXEL_LOSSES),
                              ("mc_norm", ("l1", "l2")), ("fit", ("error", "crop", "pad", "crop-pad")),
                              ("normalize", ("max", "volume", "none")), ("metric", ("auto", *METRIC_NAMES)),

@@ -363,7 +363,7 @@ LOSSES.register("distill", DistillLoss)
 LOSSES.register("mc", MeasurementConsistencyLoss)
 LOSSES.register("equivariance", EquivarianceLoss)
 LOSSES.register("jacobian", JacobianLoss)
-LOSSES.register("spectral", SpectralLoss)
+LOSSES.register("spectral", lambda spectral_target=0.5: SpectralLoss(target=spectral_target))
 #: names that stand for several terms
 SHORTHANDS = {"self-supervised": ("mc", "equivariance")}
 
@@ -384,7 +384,8 @@ def combine(weights: Mapping[str, float], **options: Any) -> CombinedLoss:
     """Build the weighted sum of the named terms, e.g. ``combine({"distill": 1.0, "self-supervised": 0.5})``.
 
     ``options`` go to the terms that take them: ``pixel`` (supervised/distill), ``teacher``
-    (distill), ``norm`` (mc), ``noise`` (equivariance). Zero weights drop a term.
+    (distill), ``norm`` (mc), ``noise`` (equivariance), ``spectral_target`` (spectral). Zero
+    weights drop a term.
     """
     flat: dict[str, float] = {}
     for name, w in weights.items():

@@ -193,7 +193,7 @@ class Trainer:
         elif teacher is not None:
             self.warnings.append(f"--teacher ignored: mode {cfg.mode!r} does not distil")
         self.loss_fn = build_mode_loss(cfg.mode, cfg.weights, pixel=cfg.loss, teacher=self.teacher_model, norm=cfg.mc_norm,
-                                       noise=cfg.eq_noise)
+                                       noise=cfg.eq_noise, spectral_target=cfg.spectral_target)
         self.loss_fn.check_model(self.model)  # e.g. the jacobian term applies to DEQ models only
 
     def _load_data(self) -> None:

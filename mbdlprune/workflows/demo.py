@@ -1,7 +1,7 @@
 """``mbdlprune demo``: prune -> fine-tune -> bench on the example models shipped with the package.
 
-For each example model (``deq``, ``unrolled``): prune the prior at ``ratio`` (DepGraph, group
-L1, uniform per layer), fine-tune the pruned model by distillation from the unpruned original
+For each example model (``deq``, ``unrolled``): prune the prior at the example's ratio
+(:data:`PRUNING`; DepGraph, group L1, uniform per layer), fine-tune the pruned model by distillation from the unpruned original
 on the shipped fine-tuning slices (training-distribution slices, never the evaluation slices),
 then bench original vs pruned vs pruned + fine-tuned on the held-out evaluation slices with the
 same measurements and identical DEQ solver settings. Every file goes into one output folder.
@@ -23,9 +23,16 @@ MODEL_CHOICES = ("default", "deq", "unrolled", "varnet", "all")
 #: the multi-coil varnet (raw k-space) adds about 4 more, so it runs when asked (``varnet``, ``all``)
 DEFAULT_MODELS = ("deq", "unrolled")
 ALL_MODELS = ("deq", "unrolled", "varnet")
-#: per-example rounding of the kept widths: the varnet's layers are 12-48 channels wide, so a
-#: multiple of 16 would leave nothing to prune; 2 halves them exactly at ratio 0.5
-ROUND_TO = {"varnet": 2}
+#: Each example's pruning: its fastest point within 0.1 dB PSNR of the original after the demo's
+#: fine-tuning, read off a fine-tuned sweep (``mbdlprune sweep EXAMPLE --finetune distill
+#: --max-psnr-drop 0.1``, the table in docs/quickstart.md). The 32-wide DEQ keeps 12 channels
+#: (a multiple of 16 would allow only 16); the varnet's layers are 12-48 wide, so a multiple of 2
+#: halves them exactly (16 would leave nothing to prune).
+PRUNING: dict[str, dict[str, Any]] = {
+    "deq": {"ratio": 0.625, "round_to": 4},
+    "unrolled": {"ratio": 0.5},
+    "varnet": {"ratio": 0.5, "round_to": 2},
+}
 LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)",
           "varnet": "E2E-VarNet (multi-coil raw k-space, fastMRI protocol)"}
 
@@ -34,7 +41,8 @@ LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)",
 class DemoSettings:
     """Budgets of one demo run (the defaults take about 100 s on 2 idle CPU cores, 3 minutes on busy ones)."""
 
-    ratio: float = 0.5
+    #: pruning ratio of every example (None: each example's own, :data:`PRUNING`)
+    ratio: float | None = None
     mode: str = "distill"
     epochs: int = 20
     lr: float = 1e-3
@@ -268,9 +276,13 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
     original = load_original(original_path)
     original.label = "original"
 
+    prune = {**PRUNING.get(name, {"ratio": 0.5}), "seed": cfg.seed}
+    if cfg.ratio is not None:
+        prune["ratio"] = cfg.ratio
+
     def pruned(res) -> None:
         rep = res.report
-        say(f"  pruned at {cfg.ratio}: {rep['params_before']:,} -> {rep['params_after']:,} parameters "
+        say(f"  pruned at {prune['ratio']}: {rep['params_before']:,} -> {rep['params_after']:,} parameters "
             f"({time.perf_counter() - t:.1f} s) -> {pruned_path}")
         say(f"  fine-tuning ({cfg.mode} from the original, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
             f"{data['finetune'].name}" + (f", validating on {data['finetune-val'].name}" if cfg.validate else ""))
@@ -282,8 +294,8 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
         "batch_size": cfg.batch_size, "seed": cfg.seed, "device": device, "val_fraction": 0.0,
     }
     t = time.perf_counter()
-    say(f"  pruning the prior at ratio {cfg.ratio}")  # no spinner: the fine-tuning bar follows in the same call
-    prune = {"ratio": cfg.ratio, "seed": cfg.seed, **({"round_to": ROUND_TO[name]} if name in ROUND_TO else {})}
+    say(f"  pruning the prior at ratio {prune['ratio']}"  # no spinner: the fine-tuning bar follows in the same call
+        + (f", widths multiples of {prune['round_to']}" if "round_to" in prune else ""))
     step = prune_and_finetune(original, prune, label="pruned",
                               finetuned_label="pruned+finetuned", pruned_out=pruned_path, finetune=finetune,
                               finetuned_out=ft_path, eval_data=str(data["eval"]), force=force, on_pruned=pruned)
