@@ -3,6 +3,7 @@
     python benchmarks/frontier.py --quick --threads 1
     python benchmarks/frontier.py --threads 1 --json frontier.json            # paper sizes (slow on a CPU)
     python benchmarks/frontier.py --compile --ratios 0.3,0.5 --devices cuda
+    python benchmarks/frontier.py --finetune --cases deq,unrolled --ratios 0.5,0.625,0.75   # the demo's frontier
 
 Models, each pruned at every ``--ratios`` (default 0.3,0.5,0.7; L1, uniform, ``--round-to``):
 
@@ -23,14 +24,17 @@ Columns:
 
 * ``widths``: ``before→after`` when pruning changed one width, else the widths kept (the JSON has
   every [before, after] pair); ``removed``: the fraction of prior channels removed (achieved, after
-  rounding to ``--round-to``: default 8 for the 32-wide shipped examples, where the pruner's 16
+  rounding to ``--round-to``: default 4 for the 32-wide shipped examples, where the pruner's 16
   would give every ratio the same width, and the pruner's 16 for the paper-size models);
 * ``MACs↓``: prior-MACs reduction;
 * ``speedup`` (eager) with its interval [original p10 / model p90, original p90 / model p10];
 * ``real/MACs`` = speedup / MACs↓ (1.0: every removed MAC became time saved) and ``call/MACs``,
   the same per prior call (per DEQ iteration), which leaves out changes in the iteration count;
 * ``iters``: prior calls per reconstruction (DEQ: solver iterations, measured; unrolled: steps);
-* ``PSNR drop`` (dB, no fine-tuning), trained models only;
+* ``PSNR drop`` (dB), trained models only: without fine-tuning, or with ``--finetune`` after the
+  demo's fine-tuning of each pruned copy (``mbdlprune.workflows.demo.finetune_settings``: distill
+  from the original on the shipped fine-tuning slices, best epoch on the validation slices), so
+  the ``●`` row, the fastest within ``--max-psnr-drop`` (0.1 dB), is the point the demo runs;
 * with ``--compile``: the same ``mbdlprune.bench`` run also times every model on bench's fast
   inference path (its prior(s) compiled with ``torch.compile``; ``docs/bench.md``), ``c.speedup``
   = compiled original / compiled pruned, ``c/eager`` = the model's eager / compiled time, and the
@@ -138,12 +142,12 @@ def cases(args) -> list[dict]:
         if name in examples.RAW_MODEL_EXAMPLES:
             folder = Path(args.tmp) / "raw"
             folder.mkdir(exist_ok=True)
-            data = str(examples.raw_example_data(folder)["eval"])
+            files = examples.raw_example_data(folder)
         else:
-            data = str(examples.example_path("eval"))
-        out.append({"case": name, "title": f"{name} (shipped, trained)", "original": original, "data": data,
-                    "trained": True, "bench": {"max_images": 2 if quick else None},
-                    "round_to": args.round_to if args.round_to is not None else 8})
+            files = {k: examples.example_path(k) for k in ("eval", "finetune", "finetune-val")}
+        out.append({"case": name, "title": f"{name} (shipped, trained)", "original": original, "data": str(files["eval"]),
+                    "finetune_data": files, "trained": True, "bench": {"max_images": 2 if quick else None},
+                    "round_to": args.round_to if args.round_to is not None else 4})
     size_deq, size_varnet = (64, 64) if quick else (256, 320)
     if "deq-paper" in args.cases:
         out.append(paper_case("deq-paper", "deq-edsr", PAPER_DEQ, size_deq, args,
@@ -155,14 +159,40 @@ def cases(args) -> list[dict]:
     return out
 
 
-def pruned_copies(case: dict, ratios: list[float]) -> list[LoadedModel]:
+def pruned_copies(case: dict, ratios: list[float], args) -> list[LoadedModel]:
+    """The original and its pruned copies; with ``--finetune``, a trained example's copies are
+    fine-tuned the way the demo fine-tunes (:func:`mbdlprune.workflows.demo.finetune_settings`)."""
     o = case["original"]
     round_to = case["round_to"]
     entries = [o]
+    tune = args.finetune and case["trained"]
     for r in ratios:
+        label = f"{o.label}-r{r:g}"
+        if tune:
+            entries.append(finetuned_copy(case, r, label, args))
+            continue
         res = prune_model(copy.deepcopy(o.model), o.arch, o.operator, ratio=r, round_to=round_to, allow_partial=True)
-        entries.append(LoadedModel(res.model, res.meta, o.operator, arch=o.arch, label=f"{o.label}-r{r:g}", role="pruned"))
+        entries.append(LoadedModel(res.model, res.meta, o.operator, arch=o.arch, label=label, role="pruned"))
     return entries
+
+
+def finetuned_copy(case: dict, ratio: float, label: str, args) -> LoadedModel:
+    """Prune at ``ratio`` and fine-tune with the demo's settings (files in the run's temporary folder)."""
+    from mbdlprune.workflows.chain import load_original, prune_and_finetune
+    from mbdlprune.workflows.demo import DemoSettings, finetune_settings
+
+    o = case["original"]
+    original = load_original(o.path)
+    folder = Path(args.tmp) / f"{case['case']}-r{ratio:g}"
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    step = prune_and_finetune(
+        original, {"ratio": ratio, "round_to": case["round_to"], "allow_partial": True}, label=label,
+        finetuned_label=f"{label}-ft", pruned_out=folder / "pruned.safetensors",
+        finetune=finetune_settings(DemoSettings(), case["finetune_data"], o.path), finetuned_out=folder / "ft.safetensors",
+        eval_data=case["data"])
+    print(f"  {label}: pruned and fine-tuned in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return step.model
 
 
 def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
@@ -190,7 +220,7 @@ def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
             "timed_iterations": m.timing.iterations_mean, "median_ms": m.timing.median_ms,
             "psnr": m.psnr_mean if case["trained"] else None,
             "psnr_drop": m.psnr_drop if case["trained"] and r else None,
-            "trained": case["trained"],
+            "trained": case["trained"], "finetuned": bool(r and args.finetune and case["trained"]),
         }
         if m.fast_timing is not None:  # quality is scored on the eager models, once
             row["compiled_median_ms"] = m.fast_timing.median_ms
@@ -198,13 +228,23 @@ def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
             row["compiled_over_eager"] = m.timing.median_ms / m.fast_timing.median_ms
             row["compile_s"] = (m.fast_path or {}).get("compile_s")
         rows.append(row)
+    mark_best(rows, args.max_psnr_drop)
     bench_notes = list(rep.notes)
     if case["bench"].get("tol") == 1e-30:  # fixed iterations on purpose: one note instead of one per model
         bench_notes = [x for x in bench_notes if "stopped at max_iter before reaching tol" not in x]
         bench_notes.append(f"every DEQ solve runs exactly {case['bench']['max_iter']} iterations (tol 1e-30, on purpose)")
     return {"case": case["case"], "title": case["title"], "device": rep.environment["device"], "round_to": case["round_to"],
             "context": rep.context_line(), "solver": rep.solver_line(), "notes": bench_notes,
-            "seconds": seconds, "rows": rows}
+            "seconds": seconds, "rows": rows, "max_psnr_drop": args.max_psnr_drop}
+
+
+def mark_best(rows: list[dict], max_drop: float) -> None:
+    """``best``: the fastest pruned row of a trained case within ``max_drop`` dB of the original."""
+    ok = [r for r in rows if r["ratio"] and r["psnr_drop"] is not None and r["psnr_drop"] <= max_drop
+          and r["speedup"] is not None]
+    best = max(ok, key=lambda r: r["speedup"], default=None)
+    for r in rows:
+        r["best"] = r is best
 
 
 # ------------------------------------------------------------------------------ output
@@ -232,11 +272,17 @@ def print_run(run: dict, compiled: bool) -> None:
                 f"{_f(r['prior_macs_reduction'], '.2f', 'x'):>6} "
                 f"{sp:>20} {_f(r['realised_per_macs'], '.2f'):>9} {_f(r['per_call_realised_per_macs'], '.2f'):>9} "
                 f"{_f(r['iterations'], '.1f'):>6} {_f(r['median_ms'], '.1f'):>8} "
-                f"{('—' if not r['ratio'] else _f(r['psnr_drop'], '+.2f')) if r['trained'] else 'untrained':>9}")
+                f"{('—' if not r['ratio'] else _f(r['psnr_drop'], '+.2f')) if r['trained'] else 'untrained':>9}"
+                f"{' ●' if r.get('best') else '  '}")
         if compiled and "compiled_speedup" in r:
             line += (f" {_f(r['compiled_speedup'], '.2f', 'x'):>9} {_f(r['compiled_over_eager'], '.2f', 'x'):>7} "
                      f"{_f(r['compile_s'], '.1f'):>9}")
         print(line)
+    best = [r for r in run["rows"] if r.get("best")]
+    if best:
+        what = "fine-tuned" if best[0]["finetuned"] else "not fine-tuned"
+        print(f"● the fastest point within {run['max_psnr_drop']:g} dB of the original ({what}): ratio {best[0]['ratio']:g}, "
+              f"{best[0]['speedup']:.2f}x, PSNR drop {best[0]['psnr_drop']:+.2f} dB")
     for note in run["notes"]:
         print(f"note: {note}")
 
@@ -257,8 +303,13 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=None, help="timed interleaved runs (default 20; --quick 5)")
     ap.add_argument("--iterations", type=int, default=None, help="random-weight DEQ: fixed iteration count (default 10; --quick 3)")
     ap.add_argument("--round-to", type=int, default=None,
-                    help="width multiple (default: 8 for the 32-wide shipped examples, so that the ratios differ; "
+                    help="width multiple (default: 4 for the 32-wide shipped examples, so that the ratios differ; "
                          "the pruner's 16 for the paper-size models)")
+    ap.add_argument("--finetune", action="store_true",
+                    help="fine-tune every pruned copy of a shipped example the way the demo does (about a minute each "
+                         "on 2 CPU cores), so PSNR drop is after fine-tuning")
+    ap.add_argument("--max-psnr-drop", type=float, default=0.1,
+                    help="mark (●) the fastest point within this PSNR drop in dB (default 0.1)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1: steadier on a shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write every row (and each run's context) as JSON to this file")
@@ -291,7 +342,7 @@ def main(argv=None) -> int:
             print("note: this installation ships no varnet example; skipped", file=sys.stderr)
         try:
             for case in cases(args):
-                entries = pruned_copies(case, args.ratios)
+                entries = pruned_copies(case, args.ratios, args)
                 for dev in args.devices:
                     run = run_case(case, entries, dev, args)
                     print_run(run, args.compile)

@@ -15,18 +15,36 @@ def _as_complex(t: torch.Tensor) -> torch.Tensor:
     return torch.complex(t[..., 0], t[..., 1])
 
 
+def as_complex(t: torch.Tensor) -> torch.Tensor:
+    """A (..., 2) real tensor as a complex one: a view when its layout allows (contiguous float32 or
+    float64), else a copy."""
+    if t.shape[-1] != 2:
+        raise ValueError(f"expected a trailing (re, im) dimension of size 2, got shape {tuple(t.shape)}")
+    if t.dtype in (torch.float32, torch.float64) and t.stride(-1) == 1 and t.is_contiguous():
+        return torch.view_as_complex(t)
+    return torch.complex(t[..., 0], t[..., 1])
+
+
+def fft2c_complex(z: torch.Tensor) -> torch.Tensor:
+    """Centered orthonormal 2-D FFT over the last two dims of a complex tensor."""
+    z = torch.fft.ifftshift(z, dim=(-2, -1))
+    return torch.fft.fftshift(torch.fft.fft2(z, norm="ortho"), dim=(-2, -1))
+
+
+def ifft2c_complex(z: torch.Tensor) -> torch.Tensor:
+    """Centered orthonormal 2-D inverse FFT over the last two dims of a complex tensor."""
+    z = torch.fft.ifftshift(z, dim=(-2, -1))
+    return torch.fft.fftshift(torch.fft.ifft2(z, norm="ortho"), dim=(-2, -1))
+
+
 def fft2c(t: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D FFT of (..., H, W, 2): ifftshift -> fft2(norm="ortho") -> fftshift."""
-    z = torch.fft.ifftshift(_as_complex(t), dim=(-2, -1))
-    z = torch.fft.fftshift(torch.fft.fft2(z, norm="ortho"), dim=(-2, -1))
-    return torch.view_as_real(z)
+    return torch.view_as_real(fft2c_complex(_as_complex(t)))
 
 
 def ifft2c(t: torch.Tensor) -> torch.Tensor:
     """Centered orthonormal 2-D inverse FFT of (..., H, W, 2); the exact adjoint of :func:`fft2c`."""
-    z = torch.fft.ifftshift(_as_complex(t), dim=(-2, -1))
-    z = torch.fft.fftshift(torch.fft.ifft2(z, norm="ortho"), dim=(-2, -1))
-    return torch.view_as_real(z)
+    return torch.view_as_real(ifft2c_complex(_as_complex(t)))
 
 
 def complex_mul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

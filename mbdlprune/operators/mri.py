@@ -18,7 +18,8 @@ from . import register_operator
 from .base import Operator
 from .common import (COMMON_KEYS, get_float, get_image_size, get_int, get_noise_sigma, get_str,
                      reject_with, where_of)
-from .fft import chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, ifft2c
+from .fft import (as_complex, chan_to_complex, complex_conj, complex_mul, complex_to_chan, fft2c, fft2c_complex,
+                  ifft2c, ifft2c_complex)
 from .files import SpecFiles, binary_mask, check_mask_coverage, is_embedded_ref, looks_like_path
 from .masks import (LEGACY_MASK_RULE, MASK_RULE, MASK_RULES, MASK_TYPES, RULE_MASK_TYPES, current_equivalent,
                     fastmri_low_frequencies, fraction_center_lines, make_mask, uniform_center_lines,
@@ -116,15 +117,26 @@ class MRIOperator(Operator):
         return full * self.mask.shape[0] / max(float(self.mask.sum()) * per_col, 1.0)
 
     def sens_expand(self, x: torch.Tensor) -> torch.Tensor:
-        """Coil k-spaces F(S x) of images (N, 2, H, W) -> (N, coils, H, W, 2), no mask."""
+        """Coil k-spaces F(S x) of images (N, 2, H, W) -> (N, coils, H, W, 2), no mask.
+
+        In native complex arithmetic (the real/imaginary channel planes made one complex image,
+        no permuted copies): the operator runs at every solver iteration, so its overhead is part
+        of every model's fixed per-iteration cost.
+        """
         self.check_image(x)
-        return fft2c(complex_mul(self.coil_maps, chan_to_complex(x).unsqueeze(1)))
+        if not _native_complex(x, self.coil_maps):
+            return fft2c(complex_mul(self.coil_maps, chan_to_complex(x).unsqueeze(1)))
+        z = torch.complex(x[:, 0], x[:, 1]).unsqueeze(1)  # (N, 1, H, W)
+        return torch.view_as_real(fft2c_complex(as_complex(self.coil_maps) * z))
 
     def sens_reduce(self, k: torch.Tensor) -> torch.Tensor:
         """Coil combination sum_c conj(S_c) F^{-1} k_c of (N, coils, H, W, 2) -> (N, 2, H, W), no mask."""
         self._check_measurement(k)
-        img = complex_mul(complex_conj(self.coil_maps), ifft2c(k)).sum(1)
-        return complex_to_chan(img).contiguous()
+        if not _native_complex(k, self.coil_maps):
+            img = complex_mul(complex_conj(self.coil_maps), ifft2c(k)).sum(1)
+            return complex_to_chan(img).contiguous()
+        img = (as_complex(self.coil_maps).conj() * ifft2c_complex(as_complex(k))).sum(1)  # (N, H, W)
+        return torch.stack((img.real, img.imag), 1)
 
     def A(self, x: torch.Tensor) -> torch.Tensor:  # noqa: N802
         return self.sens_expand(x) * self.mask
@@ -146,6 +158,12 @@ class MRIOperator(Operator):
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, coils={self.coils}, acceleration={self.acceleration:.2f}, "
                 f"num_low_frequencies={self.num_low_frequencies}")
+
+
+def _native_complex(data: torch.Tensor, maps: torch.Tensor) -> bool:
+    """Whether images or k-space and coil maps can take the complex-dtype path (float32/float64,
+    the same dtype); other dtypes (half precision) keep the real (re, im) arithmetic."""
+    return data.dtype == maps.dtype and data.dtype in (torch.float32, torch.float64)
 
 
 def simulate_coil_maps(coils: int, height: int, width: int) -> np.ndarray:

@@ -48,6 +48,8 @@ class DemoSettings:
     lr: float = 1e-3
     lr_schedule: str = "cosine"
     loss: str = "l1"
+    #: loss weights on top of the mode's (FinetuneConfig.weights)
+    weights: dict[str, float] = field(default_factory=dict)
     batch_size: int = 1
     #: use only the first N fine-tuning slices (None: all of them)
     finetune_slices: int | None = None
@@ -263,6 +265,20 @@ def _spinner(status, msg: str):
     return status(msg) if status is not None else contextlib.nullcontext()
 
 
+def finetune_settings(cfg: DemoSettings, data: dict[str, Path], teacher: str | Path, device: str = "cpu",
+                      progress: bool = False) -> dict[str, Any]:
+    """The demo's fine-tuning of one example (FinetuneConfig fields plus ``data``, ``val_data`` and
+    ``teacher``), as :func:`.chain.prune_and_finetune` takes it; ``data`` maps ``finetune`` and
+    ``finetune-val`` to files (benchmarks/frontier.py fine-tunes its points the same way)."""
+    return {
+        "data": str(data["finetune"]), "teacher": str(teacher),
+        "val_data": str(data["finetune-val"]) if cfg.validate else None, "progress": progress, "mode": cfg.mode,
+        "epochs": cfg.epochs, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "loss": cfg.loss,
+        "weights": dict(cfg.weights), "batch_size": cfg.batch_size, "seed": cfg.seed, "device": device,
+        "val_fraction": 0.0,
+    }
+
+
 def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, device: str,
              say: Callable[[str], None], progress: bool, status, force: bool = False) -> DemoModelResult:
     from ..benchmark import BenchConfig, compare
@@ -287,12 +303,7 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
         say(f"  fine-tuning ({cfg.mode} from the original, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
             f"{data['finetune'].name}" + (f", validating on {data['finetune-val'].name}" if cfg.validate else ""))
 
-    finetune = {
-        "data": str(data["finetune"]), "teacher": str(original_path),
-        "val_data": str(data["finetune-val"]) if cfg.validate else None, "progress": progress, "mode": cfg.mode,
-        "epochs": cfg.epochs, "lr": cfg.lr, "lr_schedule": cfg.lr_schedule, "loss": cfg.loss,
-        "batch_size": cfg.batch_size, "seed": cfg.seed, "device": device, "val_fraction": 0.0,
-    }
+    finetune = finetune_settings(cfg, data, original_path, device, progress)
     t = time.perf_counter()
     say(f"  pruning the prior at ratio {prune['ratio']}"  # no spinner: the fine-tuning bar follows in the same call
         + (f", widths multiples of {prune['round_to']}" if "round_to" in prune else ""))
