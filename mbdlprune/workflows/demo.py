@@ -1,9 +1,9 @@
 """``mbdlprune demo``: prune -> fine-tune -> bench on the example models shipped with the package.
 
 For each example model (``deq``, ``unrolled``): prune the prior at the example's ratio
-(:data:`PRUNING`; DepGraph, group L1, uniform per layer), fine-tune the pruned model by distillation from the unpruned original
-on the shipped fine-tuning slices (training-distribution slices, never the evaluation slices),
-then bench original vs pruned vs pruned + fine-tuned on the held-out evaluation slices with the
+(:data:`PRUNING`; DepGraph, group L1, uniform per layer), fine-tune the pruned model by
+distillation from the unpruned original plus a supervised term on the shipped fine-tuning
+slices (training-distribution slices with ground truth, never the evaluation slices), then bench original vs pruned vs pruned + fine-tuned on the held-out evaluation slices with the
 same measurements and identical DEQ solver settings. Every file goes into one output folder.
 """
 
@@ -48,8 +48,10 @@ class DemoSettings:
     lr: float = 1e-3
     lr_schedule: str = "cosine"
     loss: str = "l1"
-    #: loss weights on top of the mode's (FinetuneConfig.weights)
-    weights: dict[str, float] = field(default_factory=dict)
+    #: loss terms added to the mode's (FinetuneConfig.weights): the fine-tuning slices have ground
+    #: truth, so the student is anchored to it as well as to the teacher (in the trials of the
+    #: unrolled example at 0.5: -0.08 dB with distillation alone, 0.00 dB with both)
+    weights: dict[str, float] = field(default_factory=lambda: {"supervised": 1.0})
     batch_size: int = 1
     #: use only the first N fine-tuning slices (None: all of them)
     finetune_slices: int | None = None
@@ -300,7 +302,8 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
         rep = res.report
         say(f"  pruned at {prune['ratio']}: {rep['params_before']:,} -> {rep['params_after']:,} parameters "
             f"({time.perf_counter() - t:.1f} s) -> {pruned_path}")
-        say(f"  fine-tuning ({cfg.mode} from the original, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
+        terms = "".join(f" + {k}" + (f" x{w:g}" if w != 1 else "") for k, w in cfg.weights.items() if w)
+        say(f"  fine-tuning ({cfg.mode} from the original{terms}, {cfg.loss} loss, {cfg.epochs} epoch(s), lr {cfg.lr:g}) on "
             f"{data['finetune'].name}" + (f", validating on {data['finetune-val'].name}" if cfg.validate else ""))
 
     finetune = finetune_settings(cfg, data, original_path, device, progress)
