@@ -432,6 +432,36 @@ def test_sweep_with_finetune_keeps_lineage(models, tmp_path):
               eval_data=_images(), **FAST)
 
 
+def test_sweep_fine_tunes_points_in_parallel_workers_with_the_same_results(models, tmp_path):
+    """Two worker processes (here two CPU workers; several GPUs in use) write the weights a
+    sequential sweep writes (up to the rounding of another thread count); the bench of all of
+    them stays one run in this process."""
+    from safetensors.torch import load_file
+
+    from mbdlprune.workflows.parallel import resolve_finetune_devices
+    from mbdlprune.workflows.sweep import sweep
+
+    _, _, raw = models["deq-edsr"]
+    common = dict(arch="deq-edsr", arch_args=DEQ_ARGS, operator=models["dir"] / "op.toml", ratios=[0.25, 0.5],
+                  finetune={"mode": "supervised", "epochs": 1, "val_fraction": 0.0, "batch_size": 3},
+                  data=str(models["dir"] / "train.npy"), eval_data=str(models["dir"] / "eval.npy"), round_to=1, **FAST)
+    seq = sweep(raw, out_dir=tmp_path / "seq", finetune_devices="none", **common)
+    par = sweep(raw, out_dir=tmp_path / "par", finetune_devices="cpu,cpu", **common)
+    assert [p.label for p in par.points] == [p.label for p in seq.points]
+    for a, b in zip(seq.points[1:], par.points[1:]):
+        wa, wb = load_file(a.path), load_file(b.path)
+        assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+        assert b.psnr_mean == pytest.approx(a.psnr_mean, abs=1e-3)
+    assert par.bench.models[1].finetune["mode"] == "supervised" and len(par.bench.models) == 3
+    n = torch.cuda.device_count()
+    assert resolve_finetune_devices("auto") == ([f"cuda:{i}" for i in range(n)] if n >= 2 else [])
+    assert resolve_finetune_devices("none") == [] and resolve_finetune_devices("cpu, cpu") == ["cpu", "cpu"]
+    with pytest.raises(MbdlError, match="CUDA device"):
+        resolve_finetune_devices(f"cuda:{torch.cuda.device_count()}")
+    with pytest.raises(MbdlError, match="unknown device"):
+        resolve_finetune_devices("tpu")
+
+
 def test_plain_original_checkpoint_benches_beside_pruned_file(models):
     """A raw .pt original is built with the architecture the pruned file records."""
     orig_sf, pruned, raw = models["deq-edsr"]

@@ -160,6 +160,7 @@ def sweep_cmd(
     epochs: int = typer.Option(1, "--epochs", help="Fine-tuning epochs per ratio."),
     finetune_args: Optional[str] = typer.Option(None, "--finetune-args", help='More fine-tune settings as JSON, e.g. \'{"lr": 1e-4}\'.'),
     max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="Write the fastest model within this PSNR drop (dB) to OUT_DIR/best.safetensors; exit 1 if none."),
+    finetune_devices: str = typer.Option("auto", "--finetune-devices", help="Fine-tune the ratios in parallel, one worker per device: auto (every CUDA device when 2 or more are visible), none (one after another), or a list such as cuda:0,cuda:1. The bench still runs on --device."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Folder for the pruned models, sweep.json and sweep.md."),
     device: str = DeviceOpt,
     batch_size: int = BatchOpt,
@@ -218,6 +219,7 @@ def sweep_cmd(
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
         kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
         key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None, figure=figure,
+        finetune_devices=finetune_devices,
     )
     from ..io import json_safe, write_text
 

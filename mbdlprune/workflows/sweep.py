@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from ..benchmark import BenchReport
 from ..render import fmt, si
 from .chain import checkpoint_stem, load_original, prune_and_finetune  # noqa: F401  (checkpoint_stem: re-exported)
+from .parallel import resolve_finetune_devices
 from ..errors import MbdlError
 
 
@@ -256,6 +257,7 @@ def sweep(
     figure: str | Path | None = None,
     compile: bool = False,
     channels_last: bool = False,
+    finetune_devices: str | Sequence[str] | None = "auto",
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
@@ -265,6 +267,9 @@ def sweep(
     ``max_psnr_drop``: copy the fastest model within that PSNR drop to ``out_dir/best.safetensors``.
     ``figure``: write the speed-vs-PSNR frontier there as a PNG (needs matplotlib; refused before
     any work if it exists, unless ``force``); the report's ``files`` names everything written.
+    ``finetune_devices``: fine-tune the points in parallel, one worker process per device
+    (:mod:`.parallel`; ``auto``: every CUDA device when two or more are visible, ``none``: one
+    after another); the bench then runs all models side by side on ``device`` as always.
     """
     from ..benchmark import BenchConfig, compare
     from ..io import prepare_output_dir, rollback_on_error, write_file, write_json, write_text
@@ -284,6 +289,7 @@ def sweep(
             raise MbdlError("fine-tuning in a sweep needs training data", "pass --data PATH (separate from --eval-data)")
         if out_dir is None:
             raise MbdlError("fine-tuning in a sweep writes models", "pass --out-dir FOLDER")
+    workers = resolve_finetune_devices(finetune_devices) if ft and len(ratio_list) > 1 else []  # checked before any work
     out = Path(out_dir) if out_dir is not None else None
     names = sweep_output_names(checkpoint_stem(checkpoint), ratio_list, bool(ft), max_psnr_drop is not None)
     if out is not None:  # every name the sweep will write, refused before any work unless --force
@@ -315,7 +321,19 @@ def sweep(
         stem = original.label
         opts = dict(prune_options or {})
         user_arch = arch if arch and ":" in arch else None
-        for r in ratio_list:
+        if workers:
+            from .parallel import run_points
+
+            say(f"fine-tuning {len(ratio_list)} points in parallel on {', '.join(workers)}")
+            load = {"checkpoint": checkpoint, "arch": arch, "arch_args": arch_args, "operator": operator,
+                    "unsafe_pickle": unsafe_pickle, "key_map": key_map}
+            tasks = [{"original": load, "prune": {"ratio": r, "importance": importance, "round_to": round_to, **opts},
+                      "finetune": ft, "label": f"{stem}-r{r:g}", "pruned_out": out / f"{stem}-r{r:g}.safetensors",
+                      "finetuned_out": out / f"{stem}-r{r:g}-ft.safetensors", "arch": user_arch, "eval_data": eval_data,
+                      "force": force} for r in ratio_list]
+            for res in run_points(tasks, workers, say):
+                entries.append(_loaded(res["finetuned"], f"{res['label']}-ft", user_arch, op))
+        for r in ratio_list if not workers else ():
             say(f"pruning at ratio {r:g}")
             label = f"{stem}-r{r:g}"
             step = prune_and_finetune(
@@ -379,6 +397,15 @@ def sweep(
             write_json(out / "sweep.json", sr.to_dict(), force=force)
             write_text(out / "sweep.md", sr.markdown(), force=force)
         return sr
+
+
+def _loaded(path: str, label: str, arch: str | None, operator: Any):
+    """A point fine-tuned by a worker, as the chain would have returned it: the written file,
+    rebuilt, with the original's operator, role "pruned"."""
+    from ..io import LoadedModel, load_model
+
+    lm = load_model(path, arch=arch)
+    return LoadedModel(lm.model, dict(lm.meta), operator, path, arch=lm.arch, file_meta=lm.file_meta, label=label, role="pruned")
 
 
 def _save(path: Path, bm, force: bool) -> str:
