@@ -44,17 +44,21 @@ Columns:
 Devices: the CPU, and CUDA too when ``torch.cuda.is_available()`` (``--devices`` chooses).
 ``--json OUT`` writes every row and the context of each run.
 
-A row of real output (``python benchmarks/frontier.py --quick --threads 1``: 103 s for all five
-cases, 62 s of CPU time, on a 2-core Xeon VM shared with other jobs, load 6; torch 2.13.0 CPU)::
+Real output (``python benchmarks/frontier.py --quick --threads 1 --cases deq``: 19 s on a 2-core
+Xeon VM; torch 2.13.0 CPU)::
 
-    deq (shipped, trained), round_to 8, on cpu: cpu (Intel(R) Xeon(R) Processor), torch 2.13.0+cpu, 1 threads, ...
+    deq (shipped, trained), round_to 4, on cpu: cpu (Intel(R) Xeon(R) Processor), torch 2.13.0+cpu, 1 threads, ...
     DEQ solver for every model: anderson, tol 0.001, max_iter 50 (from deq_edsr_mri4x (first DEQ))
     ratio model                      widths       removed  MACs↓    speedup [p10–p90] real/MACs call/MACs  iters       ms PSNR drop
-    0     deq_edsr_mri4x             original       0.000  1.00x      1.00x [0.9–1.1]      1.00      1.00   20.0   1574.2         —
-    0.5   deq_edsr_mri4x-r0.5        32→16          0.497  3.95x      6.11x [5.7–7.6]      1.55      0.62    8.0    257.6     +5.49
+    0     deq_edsr_mri4x             original       0.000  1.00x      1.00x [0.6–1.5]      1.00      1.00   20.0    911.3         —
+    0.3   deq_edsr_mri4x-r0.3        32→24          0.248  1.77x      2.90x [1.8–3.7]      1.64      0.65    7.5    314.8     +4.48
+    0.5   deq_edsr_mri4x-r0.5        32→16          0.497  3.95x     7.29x [4.3–10.5]      1.85      0.74    8.0    125.0     +5.49
+    0.7   deq_edsr_mri4x-r0.7        32→8           0.745 15.37x   27.53x [14.3–35.8]      1.79      0.36    4.5     33.1     +8.42
 
 (the DEQ's realised speedup exceeds the MACs reduction because the pruned, not fine-tuned DEQ
-stops after far fewer solver iterations, 8 instead of 20; ``call/MACs`` is the per-iteration figure.)
+stops after far fewer solver iterations, 8 instead of 20; ``call/MACs`` is the per-iteration figure;
+``removed`` is what rounding to multiples of 4 achieved, 0.248 where 0.3 was asked. With
+``--finetune`` the pruned copies are fine-tuned first: docs/quickstart.md has that table.)
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ def _wide(c):
 
 def demo_cmd(
     out: Path = typer.Option(Path("mbdlprune-demo"), "--out", "-o", help="Folder for every file the demo writes (must be empty or new)."),
-    model: str = typer.Option("default", "--model", help="Which example: default (deq and unrolled), deq, unrolled, varnet (multi-coil raw k-space, about 4 more minutes) or all."),
+    model: str = typer.Option("default", "--model", help="Which example: default (deq and unrolled), deq, unrolled, varnet (multi-coil raw k-space, about 2 more minutes) or all."),
     force: bool = typer.Option(False, "--force", help="Reuse a non-empty output folder (the demo's files in it are overwritten)."),
     quick: bool = typer.Option(False, "--quick", help="Tiny budgets (seconds): a smoke test, the numbers mean little."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
