@@ -40,7 +40,7 @@ def test_channels_last_is_timed_beside_eager_and_undone():
         assert m.fast_timing is not None and m.fast_timing.median_ms > 0
         assert m.fast_path["channels_last"] and m.fast_path["compiled"] == []
     assert report.models[0].fast_speedup == pytest.approx(1.0)
-    assert report.to_dict()["settings"]["fast_path"] == {"compile": False, "channels_last": True}
+    assert report.to_dict()["settings"]["fast_path"] == {"compile": False, "channels_last": True, "bf16": False}
     assert "Fast inference path (channels-last)" in report.markdown()
     # undone: contiguous parameters, no hook left, same values
     for p, q in zip(b.model.parameters(), before):
@@ -64,3 +64,33 @@ def test_compile_replaces_only_the_priors_and_restores_them():
     y = a.operator.A(_images(1))
     with torch.no_grad():
         torch.testing.assert_close(b.model(y, b.operator), b.model(y, b.operator))
+
+
+@pytest.mark.parametrize("arch", ["unrolled", "deq-edsr"])
+def test_bf16_path_is_timed_and_scored_and_undone(arch):
+    """bf16: the priors run under bfloat16 autocast and hand float32 back (data consistency and
+    solver stay float32); its quality is scored beside the eager one, close to it; afterwards the
+    models are float32 and eager again, with the same weights."""
+    a, b = _pair(arch)
+    before = {k: v.detach().clone() for k, v in b.model.state_dict().items()}
+    report = mbdlprune.bench([a, b], _images(), bf16=True, **FAST)
+    for m in report.models:
+        assert m.fast_timing is not None and m.fast_path["bf16"] == list(b.model.prior_paths())
+        assert m.fast_psnr_mean is not None and abs(m.fast_psnr_mean - m.psnr_mean) < 1.0
+        assert m.fast_psnr_mean != m.psnr_mean  # bf16 outputs really differ: the path ran in bf16
+        if arch == "deq-edsr":
+            assert m.fast_timing.iterations_mean is not None
+    d = report.to_dict()
+    assert d["settings"]["fast_path"]["bf16"] and d["models"][1]["fast_psnr_mean"] == report.models[1].fast_psnr_mean
+    assert "fast PSNR dB" in report.markdown() and "bf16" in report.markdown()
+    assert all(type(m).__name__ != "Bf16Prior" for m in b.model.modules())
+    after = b.model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert all(p.dtype == torch.float32 for p in b.model.parameters())
+
+
+def test_bf16_refuses_a_non_boolean_setting():
+    from mbdlprune.errors import MbdlError
+
+    with pytest.raises(MbdlError, match="bf16"):
+        mbdlprune.bench(["a.safetensors", "b.safetensors"], _images(), bf16="yes")

@@ -65,23 +65,32 @@ def compare(models: Sequence[Any], data: Any, config: BenchConfig | None = None,
         torch.set_num_threads(before_threads)
 
 
-def _fast_timings(entries, y, op, dev, cfg: BenchConfig, notes: list[str], say):
-    """Every model timed again on the fast inference path (compiled / channels-last priors), or Nones."""
+def _fast_timings(entries, y, op, dev, cfg: BenchConfig, notes: list[str], say, score=None):
+    """Every model timed again on the fast inference path (compiled / channels-last / bf16 priors),
+    or Nones; with bf16 also ``score(entry)`` of each model on that path (its outputs differ)."""
     n = len(entries)
-    if not (cfg.compile or cfg.channels_last):
-        return [None] * n, [None] * n
-    from .fastpath import fast_path, first_calls
+    if not (cfg.compile or cfg.channels_last or cfg.bf16):
+        return [None] * n, [None] * n, [None] * n
+    from .fastpath import fast_path, first_calls, native_bf16
     from .timing import _timing_batch
 
+    if cfg.bf16 and not native_bf16(dev):
+        notes.append(f"{dev} has no native bfloat16 kernels (CPU: AMX or AVX512-BF16; CUDA: Ampere or later): "
+                     "the bf16 path is emulated there and is expected to be slower")
     models = [e.model for e in entries]
-    with fast_path(models, compile=cfg.compile, channels_last=cfg.channels_last, notes=notes) as records:
+    scores = [None] * n
+    with fast_path(models, compile=cfg.compile, channels_last=cfg.channels_last, bf16=cfg.bf16, device=dev,
+                   notes=notes) as records:
         if cfg.compile:
             say(f"compiling the priors of {n} models (timed apart)")
             if not first_calls(models, _timing_batch(y, cfg.batch_size).to(dev), op, records, dev, notes):
-                return [None] * n, [None] * n
+                return [None] * n, [None] * n, [None] * n
+        if cfg.bf16 and score is not None:
+            say("scoring the bf16 path")
+            scores = [score(e) for e in entries]
         say("timing the fast inference path")
         timings = time_models(models, y, op, dev, cfg.warmup, cfg.repeats, cfg.batch_size, cfg.interleave)
-    return timings, records
+    return timings, records, scores
 
 
 def _device_of(model):
@@ -140,7 +149,15 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         truth = ev.images[:1].clone()
     say(f"timing {len(entries)} models: {warmup} warm-up + {repeats} interleaved runs, batch {batch_size}")
     timings = time_models([e.model for e in entries], y, op, dev, warmup, repeats, batch_size, interleave)
-    fast_timings, fast_records = _fast_timings(entries, y, op, dev, cfg, notes, say)
+    from .costs import NoCosts
+
+    if raw:  # the fast path's quality (bf16): the same scoring, its costs already counted eagerly
+        def score(e):
+            return score_raw(e, rev, dev, batch_size, metric_def, NoCosts)
+    else:
+        def score(e):
+            return reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, NoCosts)
+    fast_timings, fast_records, fast_scores = _fast_timings(entries, y, op, dev, cfg, notes, say, score)
 
     results: list[ModelResult] = []
     for e, sc, tm in zip(entries, scored, timings):
@@ -165,8 +182,13 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
             psnr=sc["psnr"], ssim=sc["ssim"], psnr_mean=pm, psnr_std=ps, ssim_mean=sm, ssim_std=ss, deq=deq,
             volumes=vols,
         ))
-    for r, ft, fr in zip(results, fast_timings, fast_records):
+    for r, ft, fr, fs in zip(results, fast_timings, fast_records, fast_scores):
         r.fast_timing, r.fast_path = ft, fr
+        if fs is not None:
+            vols = fs.get("volumes")
+            per_volume = bool(vols) and metric_def.per_volume
+            r.fast_psnr_mean = _stats([v["psnr"] for v in vols] if per_volume else fs["psnr"])[0]
+            r.fast_ssim_mean = _stats([v["ssim"] for v in vols] if per_volume else fs["ssim"])[0]
     ref = results[0]
     for r in results:
         if r.fast_timing is not None and ref.fast_timing is not None and r.fast_timing.median_ms > 0:
@@ -210,7 +232,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
             "warmup": warmup, "repeats": repeats, "batch_size": batch_size, "dtype": "float32", "seed": seed,
             "interleaved": interleave, "timing_method": timings[0].method if timings else "",
             "min_speedup": min_speedup, "max_psnr_drop": max_psnr_drop,
-            "fast_path": {"compile": cfg.compile, "channels_last": cfg.channels_last},
+            "fast_path": {"compile": cfg.compile, "channels_last": cfg.channels_last, "bf16": cfg.bf16},
         },
         solver=solver_settings,
         operator={"kind": getattr(op, "kind", type(op).__name__), "image_shape": list(op.image_shape),

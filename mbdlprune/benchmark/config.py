@@ -32,9 +32,10 @@ class BenchConfig(StepConfig):
     ``metric``: a definition of :data:`mbdlprune.metrics.METRICS`, or ``auto`` (``fastmri`` on raw
     k-space, ``plain`` on images). ``kspace_scale`` and ``coil_maps`` apply to raw k-space data
     (:mod:`.rawdata`): how k-space is scaled for the models, and how coil maps are estimated for
-    models that take them from the operator. ``compile`` / ``channels_last``: also time every
-    model on the fast inference path (:mod:`.fastpath`: priors compiled / channels-last), side by
-    side with the eager timings.
+    models that take them from the operator. ``compile`` / ``channels_last`` / ``bf16``: also time
+    every model on the fast inference path (:mod:`.fastpath`: priors compiled / channels-last /
+    in bfloat16), side by side with the eager timings; with ``bf16`` the fast path's quality is
+    scored too, since its outputs differ.
     """
 
     device: str = "auto"
@@ -56,6 +57,7 @@ class BenchConfig(StepConfig):
     coil_maps: str = "acs"
     compile: bool = False
     channels_last: bool = False
+    bf16: bool = False
 
     WHERE = "bench settings"
 
@@ -96,7 +98,7 @@ class BenchConfig(StepConfig):
         for key, allowed in (("kspace_scale", KSPACE_SCALES), ("coil_maps", COIL_MAP_METHODS)):
             if getattr(self, key) not in allowed:
                 raise MbdlError(f"{ctx}: unknown {name(key)} {getattr(self, key)!r}", f"use one of: {', '.join(allowed)}")
-        for key in ("interleave", "compile", "channels_last"):
+        for key in ("interleave", "compile", "channels_last", "bf16"):
             if not isinstance(getattr(self, key), bool):
                 raise MbdlError(f"{ctx}: {name(key)} must be true or false, got {getattr(self, key)!r}",
                                 f"write {key} = true or false")

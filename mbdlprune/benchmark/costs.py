@@ -78,13 +78,29 @@ def solver_summary(its: list, res: list, conv: list) -> dict[str, float] | None:
             "residual_max": max(res), "converged_fraction": statistics.fmean(conv)}
 
 
-def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_size: int, metric) -> dict[str, Any]:
-    """Reconstruct every measurement (batched), score against ``images``, count prior costs."""
+class NoCosts:
+    """A stand-in for :class:`_CostCounter` that counts nothing: scoring a model on the fast
+    inference path, whose priors are wrapped or compiled (their costs were counted eagerly)."""
+
+    def __init__(self, model):
+        pass
+
+    def remove(self) -> None:
+        pass
+
+    def summary(self, n_images: int, batches: int) -> dict[str, Any]:
+        return {}
+
+
+def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_size: int, metric,
+                          counter_cls=None) -> dict[str, Any]:
+    """Reconstruct every measurement (batched), score against ``images``, count prior costs
+    (``counter_cls``: :class:`_CostCounter` by default, :class:`NoCosts` to count nothing)."""
     import torch
 
     from ..metrics import compute_metrics
 
-    counter = _CostCounter(bm.model)
+    counter = (counter_cls or _CostCounter)(bm.model)
     psnrs: list[float] = []
     ssims: list[float] = []
     its: list[float] = []

@@ -57,6 +57,9 @@ class ModelResult:
     fast_speedup: float | None = None  # fast vs the original on the fast path: the fair comparison
     fast_speedup_vs_eager_original: float | None = None  # what a user adopting both gets
     fast_path: dict[str, Any] | None = None  # what was applied, and compile_s
+    #: quality on the fast path, scored when its outputs differ from the eager ones (bf16)
+    fast_psnr_mean: float | None = None
+    fast_ssim_mean: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("timing", "fast_timing")}
@@ -282,7 +285,7 @@ class BenchReport:
         parts = [speed, quality]
         if self._fast_rows():
             fast = Table(title=f"fast inference path ({self.fast_path_name()})", title_justify="left")
-            for h in self.FAST_HEADERS:
+            for h in self.fast_headers():
                 fast.add_column(h, justify="left" if h == "model" else "right", no_wrap=True)
             for row in self._fast_rows():
                 fast.add_row(*row)
@@ -294,18 +297,29 @@ class BenchReport:
 
     def fast_path_name(self) -> str:
         fp = (self.settings or {}).get("fast_path") or {}
-        return " + ".join(k.replace("_", "-") for k in ("compile", "channels_last") if fp.get(k)) or "none"
+        return " + ".join(k.replace("_", "-") for k in ("compile", "channels_last", "bf16") if fp.get(k)) or "none"
+
+    def _fast_scored(self) -> bool:
+        return any(m.fast_psnr_mean is not None for m in self.models)
+
+    def fast_headers(self) -> tuple[str, ...]:
+        """The fast table's columns: with a scored fast path (bf16), its PSNR and DEQ iterations too."""
+        return self.FAST_HEADERS + (("fast PSNR dB", "fast iters") if self._fast_scored() else ())
 
     def _fast_rows(self) -> list[list[str]]:
         rows = []
+        scored = self._fast_scored()
         for m in self.models:
             t = m.fast_timing
             if t is None:
                 continue
-            rows.append([m.label, fmt(m.timing.median_ms, ".2f"), f"{fmt(t.median_ms, '.2f')} [{fmt(t.p10_ms, '.2f')}–{fmt(t.p90_ms, '.2f')}]",
-                         fmt(m.timing.median_ms / t.median_ms if t.median_ms else None, ".2f") + "x",
-                         fmt(m.fast_speedup, ".2f") + "x", fmt(m.fast_speedup_vs_eager_original, ".2f") + "x",
-                         fmt((m.fast_path or {}).get("compile_s"), ".1f")])
+            row = [m.label, fmt(m.timing.median_ms, ".2f"), f"{fmt(t.median_ms, '.2f')} [{fmt(t.p10_ms, '.2f')}–{fmt(t.p90_ms, '.2f')}]",
+                   fmt(m.timing.median_ms / t.median_ms if t.median_ms else None, ".2f") + "x",
+                   fmt(m.fast_speedup, ".2f") + "x", fmt(m.fast_speedup_vs_eager_original, ".2f") + "x",
+                   fmt((m.fast_path or {}).get("compile_s"), ".1f")]
+            if scored:
+                row += [fmt(m.fast_psnr_mean, ".2f"), fmt(t.iterations_mean, ".1f") if t.iterations_mean is not None else "—"]
+            rows.append(row)
         return rows
 
     def print(self, console=None) -> None:
@@ -325,7 +339,7 @@ class BenchReport:
             out += [f"**{status}**", ""]
         tables = [(None, self.SPEED_HEADERS, self._speed_rows()), (None, self.QUALITY_HEADERS, self._quality_rows())]
         if self._fast_rows():
-            tables.append((f"Fast inference path ({self.fast_path_name()}); compile time apart", self.FAST_HEADERS,
+            tables.append((f"Fast inference path ({self.fast_path_name()}); compile time apart", self.fast_headers(),
                            self._fast_rows()))
         for title, headers, rows in tables:
             if title:

@@ -30,6 +30,7 @@ MetricOpt = typer.Option("auto", "--metric", help=metric_help())
 KspaceScaleOpt = typer.Option("auto", "--kspace-scale", help="Raw k-space: none (raw units, fastMRI's VarNet), max (each slice to 1), volume; auto: none for e2e-varnet, else max.")
 CompileOpt = typer.Option(False, "--compile", help="Also time every model with its priors compiled (torch.compile, inductor; FFTs and solver stay eager), side by side; compile time reported apart.")
 ChannelsLastOpt = typer.Option(False, "--channels-last", help="Also time every model with its priors in channels-last memory format (with --compile: both).")
+Bf16Opt = typer.Option(False, "--bf16", help="Also run every model with its priors in bfloat16 (autocast; data consistency and solver stay float32), timed and scored side by side (combines with --compile and --channels-last).")
 CoilMapsOpt = typer.Option("acs", "--coil-maps", help="Raw multi-coil k-space, models that take coil maps from the operator: acs (low-resolution estimate) or espirit (sigpy); E2E-VarNet estimates its own.")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the simulated measurement noise (image data; raw k-space gets no noise, its masks are seeded per file as fastMRI does).")
 MaxImagesOpt = typer.Option(None, "--max-images", help="Use only the first N evaluation images.")
@@ -105,6 +106,7 @@ def bench_cmd(
     coil_maps: str = CoilMapsOpt,
     compile: bool = CompileOpt,
     channels_last: bool = ChannelsLastOpt,
+    bf16: bool = Bf16Opt,
     seed: int = SeedOpt,
     max_images: Optional[int] = MaxImagesOpt,
     fit: str = FitOpt,
@@ -135,7 +137,7 @@ def bench_cmd(
         [str(m) for m in models], [str(d) for d in data] if len(data) > 1 else str(data[0]), operator=operator,
         device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
         batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads, arch=arch,
-        kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last,
+        kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, bf16=bf16,
         min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
         progress=_progress(quiet or json_out == "-"), control_data=[str(d) for d in control_data] or None, force=force,
         key_map=key_map, unsafe_pickle=unsafe_pickle,
@@ -174,6 +176,7 @@ def sweep_cmd(
     coil_maps: str = CoilMapsOpt,
     compile: bool = CompileOpt,
     channels_last: bool = ChannelsLastOpt,
+    bf16: bool = Bf16Opt,
     seed: int = SeedOpt,
     max_images: Optional[int] = MaxImagesOpt,
     fit: str = FitOpt,
@@ -217,7 +220,7 @@ def sweep_cmd(
         data=[str(d) for d in data] or None, eval_data=ev, max_psnr_drop=max_psnr_drop, out_dir=out_dir,
         importance=importance, round_to=round_to, device=device, solver=solver, tol=tol, max_iter=max_iter,
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
-        kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
+        kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, bf16=bf16, fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
         key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None, figure=figure,
         finetune_devices=finetune_devices,
     )
