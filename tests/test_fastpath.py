@@ -80,6 +80,9 @@ def test_bf16_path_is_timed_and_scored_and_undone(arch):
         assert m.fast_psnr_mean != m.psnr_mean  # bf16 outputs really differ: the path ran in bf16
         if arch == "deq-edsr":
             assert m.fast_timing.iterations_mean is not None
+    if arch == "deq-edsr":  # a cap the bf16 path hits is said in a note
+        capped = mbdlprune.bench([a, b], _images(), bf16=True, tol=1e-9, max_iter=3, **FAST)
+        assert any("on the bf16 path the DEQ solver ran to max_iter (3)" in n for n in capped.notes)
     d = report.to_dict()
     assert d["settings"]["fast_path"]["bf16"] and d["models"][1]["fast_psnr_mean"] == report.models[1].fast_psnr_mean
     assert "fast PSNR dB" in report.markdown() and "bf16" in report.markdown()

@@ -221,6 +221,11 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         note = nonfinite_note(r.psnr, f"reconstructions of {r.label}") if r.psnr else None
         if note:
             notes.append(note)
+        ft = r.fast_timing
+        cap = (solver_settings or {}).get("max_iter")
+        if cfg.bf16 and r.deq and ft is not None and cap and ft.iterations_mean is not None and ft.iterations_mean >= cap:
+            notes.append(f"{r.label}: on the bf16 path the DEQ solver ran to max_iter ({cap}) without reaching tol: "
+                         "bf16 rounding in the prior keeps the residual above it; compare at a looser --tol")
         if r.deq and r.deq.get("converged_fraction", 1.0) < 1.0:
             notes.append(f"{r.label}: the DEQ solver stopped at max_iter before reaching tol on "
                          f"{(1 - r.deq['converged_fraction']) * 100:.0f}% of the batches")
