@@ -300,6 +300,7 @@ def bench(models: Sequence[Any], data: Any, config: Any = None, *, operator: Any
 def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
     """Per-prior and per-reconstruction cost before/after, requested and achieved removal, for tables and JSON."""
     from .pruning import join_name, removed_fraction, requested_fraction
+    from .pruning.achieved import rounding_notes
 
     priors = {}
     per_recon = [0, 0]
@@ -342,6 +343,7 @@ def summarize(model, record: Mapping[str, Any]) -> dict[str, Any]:
         "seconds": record["seconds"],
         "held_back": held_back,
         "priors": priors,
+        "notes": rounding_notes(priors, record["round_to"]),
     }
 
 

@@ -128,6 +128,8 @@ def render_prune(report: dict, out, c) -> None:
     if held:
         names = ", ".join(list(held)[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
         c.print(f"--allow-partial: {len(held)} layer(s) removed less than asked ({names}); `--layers` shows why")
+    for note in report.get("notes") or ():
+        c.print(f"note: {note}", style="yellow", highlight=False)
     if out:
         c.print(f"wrote {out}")
 

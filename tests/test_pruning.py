@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -298,3 +299,18 @@ def test_shortfall_allows_rounding_only(before, after, requested, round_to, mult
     from mbdlprune.pruning import shortfall
 
     assert shortfall(before, after, requested, round_to, multiple) is short
+
+
+def test_rounding_that_removes_far_less_than_asked_says_so():
+    """48 channels at ratio 0.5 with widths rounded to 16: the nearest multiple is 32 (a tie kept
+    wide), 33% removed where 50% was asked: not refused (the nearest multiple is the rule), but
+    the report says so and names a --round-to that meets the request; an exact request stays quiet."""
+    op = load_operator({"kind": "mri", "image_size": list(SMALL_IMAGE_SIZE), "acceleration": 4})
+    args = {"prior": "dncnn", "steps": 2, "prior_args": {"features": 48, "depth": 3, "batchnorm": False}}
+    torch.manual_seed(0)
+    model, spec = build_arch("unrolled", args)
+    res = prune_model(copy.deepcopy(model), spec, op, ratio=0.5, round_to=16)
+    (note,) = res.report["notes"]
+    assert re.search(r"33% of the channels removed where (49|50)% was asked", note) and "--round-to 8" in note
+    assert prune_model(copy.deepcopy(model), spec, op, ratio=0.5, round_to=8).report["notes"] == []
+    assert prune_model(copy.deepcopy(model), spec, op, ratio=0.5, round_to=1).report["notes"] == []

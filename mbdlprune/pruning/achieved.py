@@ -184,3 +184,40 @@ def achieved_ratios(record: dict[str, Any]) -> dict[str, float]:
         for layer, (before, after) in rec["widths"].items():
             out[join_name(prior, layer)] = 1.0 - after / before if before else 0.0
     return out
+
+
+#: A prior whose achieved removal falls this far (fraction of its channels) below the request
+#: gets a note, even where rounding to the nearest multiple explains it.
+ROUNDING_NOTE = 0.05
+
+
+def rounding_notes(priors: dict[str, dict[str, Any]], round_to: Any) -> list[str]:
+    """One line per kind of shortfall that rounding alone caused (not refused: the nearest
+    multiple is the rule), naming the achieved and requested removal and a ``--round-to`` that
+    comes within :data:`SHORTFALL_TOLERANCE` of the request, when one exists.
+
+    ``priors``: :func:`mbdlprune.api.summarize`'s per-prior entries (with ``layers``).
+    """
+    if not isinstance(round_to, int) or isinstance(round_to, bool) or round_to <= 1:
+        return []  # exact widths, or widths chosen by timing (never less than asked)
+    short: dict[tuple, list[str]] = {}
+    for name, p in priors.items():
+        req, ach = p.get("requested_channel_ratio"), p.get("achieved_channel_ratio")
+        if req is None or ach is None or req - ach <= ROUNDING_NOTE:
+            continue
+        key = (round(req, 3), round(ach, 3), tuple(p["widths_before"]), tuple(p["widths_after"]))
+        short.setdefault(key, []).append(name)
+    notes = []
+    for (req, ach, before, after), names in short.items():
+        layers = [lay for n in names for lay in priors[n]["layers"].values() if lay.get("requested")]
+        step = next((s for s in (8, 4, 2, 1) if s < round_to and all(
+            abs((1 - kept_width(lay["before"] * (1 - lay["requested"]), lay["before"], s) / lay["before"])
+                - lay["requested"]) <= SHORTFALL_TOLERANCE for lay in layers)), None)
+        who = names[0] if len(names) == 1 else f"{len(names)} priors ({names[0]}, ...)"
+        fix = f"--round-to {step} comes within {SHORTFALL_TOLERANCE:.0%} of the request" if step else \
+            "a smaller --round-to comes closer"
+        notes.append(f"{who}: {ach:.0%} of the channels removed where {req:.0%} was asked: widths are rounded to the "
+                     f"nearest multiple of {round_to} ({list(before)} -> {list(after)}); {fix}, or --round-to auto "
+                     "picks widths by timing them")
+    return notes
+
