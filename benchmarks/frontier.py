@@ -193,7 +193,8 @@ def finetuned_copy(case: dict, ratio: float, label: str, args) -> LoadedModel:
     step = prune_and_finetune(
         original, {"ratio": ratio, "round_to": case["round_to"], "allow_partial": True}, label=label,
         finetuned_label=f"{label}-ft", pruned_out=folder / "pruned.safetensors",
-        finetune=finetune_settings(DemoSettings(), case["finetune_data"], o.path), finetuned_out=folder / "ft.safetensors",
+        finetune=finetune_settings(DemoSettings(), case["finetune_data"], o.path, name=case["case"]),
+        finetuned_out=folder / "ft.safetensors",
         eval_data=case["data"])
     print(f"  {label}: pruned and fine-tuned in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return step.model
