@@ -137,3 +137,14 @@ def test_help_does_not_import_torch():
     assert out == ["False", "False"]
     r = subprocess.run([sys.executable, "-m", "mbdlprune.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "prune" in r.stdout
+
+
+def test_sweep_refuses_unknown_finetune_devices_before_any_work(tmp_path):
+    from mbdlprune.examples import example_path
+
+    out = tmp_path / "sw"
+    r = runner.invoke(app, ["sweep", str(example_path("unrolled")), "--ratios", "0.3,0.5", "--eval-data",
+                            str(example_path("eval")), "--finetune", "distill", "--data", str(example_path("finetune")),
+                            "--out-dir", str(out), "--finetune-devices", "tpu:0"])
+    assert r.exit_code == 2 and "unknown device 'tpu:0' in --finetune-devices" in r.output
+    assert "Traceback" not in r.output and not out.exists()
