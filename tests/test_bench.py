@@ -14,6 +14,8 @@ import mbdlprune.config
 from mbdlprune import benchmark as B
 from mbdlprune.errors import ConfigError, DataError, MbdlError
 
+from blob_images import blob_images
+
 SIZE = 16
 OP_SPEC = {"kind": "denoise", "image_size": [SIZE, SIZE], "noise_sigma": 0.05, "channels": 2}
 DEQ_ARGS = {"n_feats": 8, "n_blocks": 1, "gamma": 0.5, "alpha": 0.2, "max_iter": 6, "tol": 1e-3}
@@ -22,13 +24,7 @@ FAST = {"warmup": 0, "repeats": 2, "device": "cpu"}
 
 
 def _images(n=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    out = []
-    for i in range(n):
-        blob = torch.exp(-((yy - 8 - i) ** 2 + (xx - 8) ** 2) / 20.0)
-        out.append(torch.stack([blob + 0.05 * torch.rand(SIZE, SIZE, generator=g), torch.zeros(SIZE, SIZE)]))
-    return torch.stack(out).float()
+    return blob_images(n, SIZE, seed)
 
 
 def _save_npy(path: Path, n=3, seed=0):

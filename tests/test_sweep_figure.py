@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from mbdlprune.errors import MbdlError
 
+from blob_images import blob_images
+
 SIZE = 16
 UNROLLED_ARGS = {"prior": "dncnn", "steps": 2, "prior_args": {"features": 8, "depth": 3}}
 FAST = {"warmup": 0, "repeats": 3, "device": "cpu"}
@@ -17,13 +19,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _images(n=3):
-    g = torch.Generator().manual_seed(0)
-    yy, xx = torch.meshgrid(torch.arange(SIZE), torch.arange(SIZE), indexing="ij")
-    out = []
-    for i in range(n):
-        blob = torch.exp(-((yy - 8 - i) ** 2 + (xx - 8) ** 2) / 20.0)
-        out.append(torch.stack([blob + 0.05 * torch.rand(SIZE, SIZE, generator=g), torch.zeros(SIZE, SIZE)]))
-    return torch.stack(out).float()
+    return blob_images(n, SIZE)
 
 
 @pytest.fixture(scope="module")
