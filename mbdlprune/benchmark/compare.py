@@ -93,6 +93,14 @@ def _fast_timings(entries, y, op, dev, cfg: BenchConfig, notes: list[str], say, 
     return timings, records, scores
 
 
+def _quality_stats(scores: dict[str, Any], metric_def) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(mean, std) of PSNR and of SSIM: over the volumes' scores where the metric is per volume
+    (fastMRI reports the mean of the volumes' scores), else over the images'."""
+    vols = scores.get("volumes")
+    per_volume = bool(vols) and metric_def.per_volume
+    return tuple(_stats([v[k] for v in vols] if per_volume else scores[k]) for k in ("psnr", "ssim"))
+
+
 def _device_of(model):
     import torch
 
@@ -166,9 +174,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         calls = float(sum(p["calls_per_reconstruction"] for p in priors.values()))
         recon = float(sum(p["macs_per_reconstruction"] for p in priors.values()))
         vols = sc.get("volumes")
-        per_volume = bool(vols) and metric_def.per_volume  # fastMRI reports the mean of the volumes' scores
-        pm, ps = _stats([v["psnr"] for v in vols] if per_volume else sc["psnr"])
-        sm, ss = _stats([v["ssim"] for v in vols] if per_volume else sc["ssim"])
+        (pm, ps), (sm, ss) = _quality_stats(sc, metric_def)
         deq = sc["deq"]
         if deq is not None and tm.iterations_mean is not None:
             deq = {**deq, "timed_iterations_mean": tm.iterations_mean, "timed_residual_final": tm.residual_final}
@@ -185,10 +191,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
     for r, ft, fr, fs in zip(results, fast_timings, fast_records, fast_scores):
         r.fast_timing, r.fast_path = ft, fr
         if fs is not None:
-            vols = fs.get("volumes")
-            per_volume = bool(vols) and metric_def.per_volume
-            r.fast_psnr_mean = _stats([v["psnr"] for v in vols] if per_volume else fs["psnr"])[0]
-            r.fast_ssim_mean = _stats([v["ssim"] for v in vols] if per_volume else fs["ssim"])[0]
+            (r.fast_psnr_mean, _), (r.fast_ssim_mean, _) = _quality_stats(fs, metric_def)
     ref = results[0]
     for r in results:
         if r.fast_timing is not None and ref.fast_timing is not None and r.fast_timing.median_ms > 0:

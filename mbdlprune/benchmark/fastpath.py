@@ -36,26 +36,23 @@ def _parent(model, path: str):
     return (model.get_submodule(head) if head else model), name
 
 
-class _Bf16Prior:
-    """Build lazily (torch is imported on use): a module running ``prior`` under bfloat16 autocast
-    and returning float32, installed where the prior sits while the fast path is active."""
+def _bf16_prior(prior, device_type: str):
+    """A module running ``prior`` under bfloat16 autocast and handing float32 back, installed where
+    the prior sits while the fast path is active (torch is imported here, on use)."""
+    import torch
+    from torch import nn
 
-    @staticmethod
-    def wrap(prior, device_type: str):
-        import torch
-        from torch import nn
+    class Bf16Prior(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
 
-        class Bf16Prior(nn.Module):
-            def __init__(self, inner):
-                super().__init__()
-                self.inner = inner
+        def forward(self, *args, **kwargs):
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                out = self.inner(*args, **kwargs)
+            return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
 
-            def forward(self, *args, **kwargs):
-                with torch.autocast(device_type, dtype=torch.bfloat16):
-                    out = self.inner(*args, **kwargs)
-                return out.float() if torch.is_tensor(out) and out.is_floating_point() else out
-
-        return Bf16Prior(prior)
+    return Bf16Prior(prior)
 
 
 def native_bf16(device: str) -> bool:
@@ -111,7 +108,7 @@ def fast_path(models: Sequence[Any], *, compile: bool = False, channels_last: bo
                 if bf16 and parent is None:
                     notes.append(f"{type(m).__name__} names no prior (prior_paths()): it keeps float32 on the bf16 path")
                 elif bf16:
-                    installed = _Bf16Prior.wrap(prior, torch.device(device).type)
+                    installed = _bf16_prior(prior, torch.device(device).type)
                     rec["bf16"].append(path)
                 if compile:
                     installed = torch.compile(installed, dynamic=False)

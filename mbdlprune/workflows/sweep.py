@@ -322,27 +322,29 @@ def sweep(
         stem = original.label
         opts = dict(prune_options or {})
         user_arch = arch if arch and ":" in arch else None
+
+        def point(r: float) -> dict[str, Any]:
+            """One ratio's label, pruning settings and files: the same in this process and in a worker."""
+            label = f"{stem}-r{r:g}"
+            return {"label": label, "prune": {"ratio": r, "importance": importance, "round_to": round_to, **opts},
+                    "pruned_out": out / f"{label}.safetensors" if out is not None else None,
+                    "finetuned_out": out / f"{label}-ft.safetensors" if ft else None,
+                    "arch": user_arch, "eval_data": eval_data, "force": force}
+
         if workers:
             from .parallel import run_points
 
             say(f"fine-tuning {len(ratio_list)} points in parallel on {', '.join(workers)}")
             load = {"checkpoint": checkpoint, "arch": arch, "arch_args": arch_args, "operator": operator,
                     "unsafe_pickle": unsafe_pickle, "key_map": key_map}
-            tasks = [{"original": load, "prune": {"ratio": r, "importance": importance, "round_to": round_to, **opts},
-                      "finetune": ft, "label": f"{stem}-r{r:g}", "pruned_out": out / f"{stem}-r{r:g}.safetensors",
-                      "finetuned_out": out / f"{stem}-r{r:g}-ft.safetensors", "arch": user_arch, "eval_data": eval_data,
-                      "force": force} for r in ratio_list]
-            for res in run_points(tasks, workers, say):
+            for res in run_points([{**point(r), "original": load, "finetune": ft} for r in ratio_list], workers, say):
                 entries.append(_loaded(res["finetuned"], f"{res['label']}-ft", user_arch, op))
-        for r in ratio_list if not workers else ():
-            say(f"pruning at ratio {r:g}")
-            label = f"{stem}-r{r:g}"
-            step = prune_and_finetune(
-                original, {"ratio": r, "importance": importance, "round_to": round_to, **opts}, label=label,
-                pruned_out=out / f"{label}.safetensors" if out is not None else None, finetune=ft or None,
-                finetuned_out=out / f"{label}-ft.safetensors" if ft else None, arch=user_arch, eval_data=eval_data,
-                force=force, say=say)
-            entries.append(step.model)
+        else:
+            for r in ratio_list:
+                say(f"pruning at ratio {r:g}")
+                pt = point(r)
+                step = prune_and_finetune(original, pt.pop("prune"), finetune=ft or None, say=say, **pt)
+                entries.append(step.model)
         report = compare(entries, eval_data, bcfg, operator=op, progress=progress)
 
         points = []
