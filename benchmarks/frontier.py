@@ -81,6 +81,7 @@ from mbdlprune.errors import MbdlError
 from mbdlprune.io import LoadedModel
 from mbdlprune.models.user import build_arch
 from mbdlprune.operators import load_operator
+from mbdlprune.workflows.chain import load_original
 from mbdlprune.workflows.sweep import speedup_interval
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -141,8 +142,7 @@ def cases(args) -> list[dict]:
     for name in ("deq", "unrolled", "varnet"):
         if name not in examples.EXAMPLES or name not in args.cases:
             continue
-        original = mbdlprune.load_model(examples.example_path(name))
-        original.label, original.role = examples.example_path(name).stem, "original"
+        original = load_original(examples.example_path(name))  # label: the file's stem; role: original
         if name in examples.RAW_MODEL_EXAMPLES:
             folder = Path(args.tmp) / "raw"
             folder.mkdir(exist_ok=True)
@@ -182,16 +182,15 @@ def pruned_copies(case: dict, ratios: list[float], args) -> list[LoadedModel]:
 
 def finetuned_copy(case: dict, ratio: float, label: str, args) -> LoadedModel:
     """Prune at ``ratio`` and fine-tune with the demo's settings (files in the run's temporary folder)."""
-    from mbdlprune.workflows.chain import load_original, prune_and_finetune
+    from mbdlprune.workflows.chain import prune_and_finetune
     from mbdlprune.workflows.demo import DemoSettings, finetune_settings
 
     o = case["original"]
-    original = load_original(o.path)
     folder = Path(args.tmp) / f"{case['case']}-r{ratio:g}"
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     step = prune_and_finetune(
-        original, {"ratio": ratio, "round_to": case["round_to"], "allow_partial": True}, label=label,
+        o, {"ratio": ratio, "round_to": case["round_to"], "allow_partial": True}, label=label,
         finetuned_label=f"{label}-ft", pruned_out=folder / "pruned.safetensors",
         finetune=finetune_settings(DemoSettings(), case["finetune_data"], o.path, name=case["case"]),
         finetuned_out=folder / "ft.safetensors",

@@ -4,8 +4,9 @@ For each example model (``deq``, ``unrolled``): prune the prior at the example's
 (:data:`PRUNING`; DepGraph, group L1, uniform per layer), fine-tune the pruned model by
 distillation from the unpruned original (plus a supervised term where it helps,
 :data:`FINETUNE_WEIGHTS`) on the shipped fine-tuning slices (training-distribution slices with
-ground truth, never the evaluation slices), then bench original vs pruned vs pruned + fine-tuned on the held-out evaluation slices with the
-same measurements and identical DEQ solver settings. Every file goes into one output folder.
+ground truth, never the evaluation slices), then bench original vs pruned vs pruned +
+fine-tuned on the held-out evaluation slices with the same measurements and identical DEQ
+solver settings. Every file goes into one output folder.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ MODEL_CHOICES = ("default", "deq", "unrolled", "varnet", "all")
 DEFAULT_MODELS = ("deq", "unrolled")
 ALL_MODELS = ("deq", "unrolled", "varnet")
 #: Each example's pruning: its fastest point within 0.1 dB PSNR of the original after the demo's
-#: fine-tuning, read off a fine-tuned sweep (``mbdlprune sweep EXAMPLE --finetune distill
-#: --max-psnr-drop 0.1``, the table in docs/quickstart.md). The 32-wide DEQ keeps 12 channels
+#: fine-tuning, read off ``benchmarks/frontier.py --finetune`` (the table in docs/quickstart.md).
+#: The 32-wide DEQ keeps 12 channels
 #: (a multiple of 16 would allow only 16); the varnet's layers are 12-48 wide, so a multiple of 2
 #: halves them exactly (16 would leave nothing to prune).
 PRUNING: dict[str, dict[str, Any]] = {
@@ -50,7 +51,7 @@ LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)",
 
 @dataclass
 class DemoSettings:
-    """Budgets of one demo run (the defaults take about 100 s on 2 idle CPU cores, 3 minutes on busy ones)."""
+    """Budgets of one demo run (the defaults take 2 to 2.5 minutes on 2 CPU cores, 3 on busy ones)."""
 
     #: pruning ratio of every example (None: each example's own, :data:`PRUNING`)
     ratio: float | None = None
