@@ -20,9 +20,10 @@ class FinetuneConfig(StepConfig):
     ``loss`` is the pixel loss of the supervised/distill terms (l1, l2, smoothl1, ssim);
     ``weights`` overrides the mode's term weights (e.g. ``{"equivariance": 0.5}``);
     ``deq_backward`` ``None`` keeps the checkpoint's setting. ``metric``: the validation PSNR's
-    definition (``auto``: ``fastmri`` on raw k-space, ``plain`` on images). ``spectral_target``: the
-    largest singular value of a DEQ iteration's Jacobian the ``spectral`` term lets pass unpenalised. ``kspace_scale`` and
-    ``coil_maps`` apply to raw k-space training data, as in :class:`~mbdlprune.benchmark.BenchConfig`.
+    definition (``auto``: ``fastmri`` on raw k-space, ``plain`` on images). ``spectral_target``:
+    the largest singular value of a DEQ iteration's Jacobian the ``spectral`` term lets pass
+    unpenalised. ``kspace_scale`` and ``coil_maps`` apply to raw k-space training data, as in
+    :class:`~mbdlprune.benchmark.BenchConfig`.
     """
 
     mode: str = "supervised"
