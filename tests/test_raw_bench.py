@@ -259,3 +259,21 @@ def test_single_coil_fastmri_files_are_evaluated_on_their_esc_target(tmp_path):
     assert d["protocol"]["coil_maps"] == "single coil"
     assert d["per_volume"][0]["target_source"] == "reconstruction_esc"
     assert all(math.isfinite(v) for v in report.models[0].psnr)
+
+
+def test_warm_starts_on_raw_kspace_follow_each_files_slices(raw_files):
+    """--warm-start on raw k-space: each file's slices in order with that batch's operator, timed and scored."""
+    folder, files = raw_files
+    op = _op()
+    entries = []
+    for i in range(2):
+        torch.manual_seed(0)
+        deq, spec = build_arch("deq-edsr", {"n_feats": 8, "n_blocks": 1, "alpha": 0.5, "max_iter": 30, "tol": 1e-4})
+        entries.append(mbdlprune.LoadedModel(deq.eval(), {"arch": spec.to_dict(), "operator": op.spec}, op,
+                                             label=f"deq{i}", role="original" if i == 0 else "pruned"))
+    report = mbdlprune.bench(entries, str(folder), warm_start=True, **FAST)
+    for m in report.models:
+        w = m.warm_start
+        assert w["timed_batches"] == 2 and math.isfinite(w["psnr_mean"]) and w["warm_ms"] > 0
+        assert w["warm_iterations_mean"] <= w["cold_iterations_mean"]
+    assert report.models[1].warm_start["psnr_drop"] == pytest.approx(0.0, abs=1e-9)  # the same weights

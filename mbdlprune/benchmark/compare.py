@@ -54,7 +54,11 @@ def compare(models: Sequence[Any], data: Any, config: BenchConfig | None = None,
     dev = env["device"]
     op, op_source = common_operator(entries, operator)
     op = op.to(dev)
-    solver_settings = common_solver_settings(entries, cfg.solver, cfg.tol, cfg.max_iter)
+    solver_settings = common_solver_settings(entries, cfg.solver, cfg.tol, cfg.max_iter, cfg.check_every)
+    if cfg.warm_start:
+        from .warmstart import check_warm_start
+
+        check_warm_start(entries)
     devices = [_device_of(e.model) for e in entries]
     try:
         with solver_settings_applied(entries, solver_settings):
@@ -129,6 +133,10 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         data_record = {"source": ev.source, "kind": "images", "n_images": int(ev.images.shape[0]), "seed": seed,
                        "sha256": ev.hashes, "files": ev.files}
     check_finetune_overlap(entries, hashes)
+    if cfg.warm_start:  # the volume to time warm starts on, refused before any work when there is none
+        from .warmstart import raw_sequence, sequence_starts
+
+        sequence = raw_sequence(rev, batch_size) if raw else sequence_starts(ev.volume_index, len(ev.images), batch_size)
     notes: list[str] = []
     if env["note"]:
         notes.append(env["note"])
@@ -166,6 +174,18 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         def score(e):
             return reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, NoCosts)
     fast_timings, fast_records, fast_scores = _fast_timings(entries, y, op, dev, cfg, notes, say, score)
+    if cfg.warm_start:
+        from .warmstart import image_sequence, time_passes
+
+        say("warm starts: reconstructing every volume in slice order, each solve from the previous slice's fixed point")
+        if raw:
+            warm_scores = [score_raw(e, rev, dev, batch_size, metric_def, NoCosts, warm=True) for e in entries]
+        else:
+            warm_scores = [reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, NoCosts, warm=True,
+                                                 volume_index=ev.volume_index) for e in entries]
+            sequence = image_sequence(y, op, sequence, batch_size)
+        say(f"timing cold and warm passes over {len(sequence) - 1} batches of one volume")
+        warm_passes = time_passes([e.model for e in entries], sequence, dev, repeats, interleave)
 
     results: list[ModelResult] = []
     for e, sc, tm in zip(entries, scored, timings):
@@ -192,6 +212,10 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         r.fast_timing, r.fast_path = ft, fr
         if fs is not None:
             (r.fast_psnr_mean, _), (r.fast_ssim_mean, _) = _quality_stats(fs, metric_def)
+    if cfg.warm_start:
+        from .warmstart import combine
+
+        combine(results, warm_passes, [(q[0][0], q[1][0]) for q in (_quality_stats(w, metric_def) for w in warm_scores)])
     ref = results[0]
     for r in results:
         if r.fast_timing is not None and ref.fast_timing is not None and r.fast_timing.median_ms > 0:
@@ -241,6 +265,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
             "interleaved": interleave, "timing_method": timings[0].method if timings else "",
             "min_speedup": min_speedup, "max_psnr_drop": max_psnr_drop,
             "fast_path": {"compile": cfg.compile, "channels_last": cfg.channels_last, "bf16": cfg.bf16},
+            "warm_start": cfg.warm_start,
         },
         solver=solver_settings,
         operator={"kind": getattr(op, "kind", type(op).__name__), "image_shape": list(op.image_shape),

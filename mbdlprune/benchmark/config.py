@@ -18,7 +18,7 @@ _NUMBERS = {
     "threads": (True, 1, True), "batch_size": (True, 1, False), "warmup": (True, 0, False),
     "repeats": (True, 1, False), "max_images": (True, 1, True), "seed": (True, 0, False),
     "max_iter": (True, 1, True), "tol": (False, None, True), "min_speedup": (False, None, True),
-    "max_psnr_drop": (False, None, True),
+    "max_psnr_drop": (False, None, True), "check_every": (True, 1, True),
 }
 
 
@@ -35,7 +35,10 @@ class BenchConfig(StepConfig):
     models that take them from the operator. ``compile`` / ``channels_last`` / ``bf16``: also time
     every model on the fast inference path (:mod:`.fastpath`: priors compiled / channels-last /
     in bfloat16), side by side with the eager timings; with ``bf16`` the fast path's quality is
-    scored too, since its outputs differ.
+    scored too, since its outputs differ. ``check_every``: every DEQ's solver reads its residual
+    on the host only every k iterations (fewer GPU synchronisations; the same results).
+    ``warm_start``: also reconstruct and time every volume's slices in order, each DEQ solve
+    started from the previous slice's fixed point (:mod:`.warmstart`), reported apart.
     """
 
     device: str = "auto"
@@ -58,6 +61,8 @@ class BenchConfig(StepConfig):
     compile: bool = False
     channels_last: bool = False
     bf16: bool = False
+    check_every: int | None = None
+    warm_start: bool = False
 
     WHERE = "bench settings"
 
@@ -98,7 +103,7 @@ class BenchConfig(StepConfig):
         for key, allowed in (("kspace_scale", KSPACE_SCALES), ("coil_maps", COIL_MAP_METHODS)):
             if getattr(self, key) not in allowed:
                 raise MbdlError(f"{ctx}: unknown {name(key)} {getattr(self, key)!r}", f"use one of: {', '.join(allowed)}")
-        for key in ("interleave", "compile", "channels_last", "bf16"):
+        for key in ("interleave", "compile", "channels_last", "bf16", "warm_start"):
             if not isinstance(getattr(self, key), bool):
                 raise MbdlError(f"{ctx}: {name(key)} must be true or false, got {getattr(self, key)!r}",
                                 f"write {key} = true or false")

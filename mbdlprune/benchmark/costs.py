@@ -93,12 +93,17 @@ class NoCosts:
 
 
 def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_size: int, metric,
-                          counter_cls=None) -> dict[str, Any]:
+                          counter_cls=None, warm: bool = False, volume_index=None) -> dict[str, Any]:
     """Reconstruct every measurement (batched), score against ``images``, count prior costs
-    (``counter_cls``: :class:`_CostCounter` by default, :class:`NoCosts` to count nothing)."""
+    (``counter_cls``: :class:`_CostCounter` by default, :class:`NoCosts` to count nothing).
+
+    ``warm``: each DEQ solve starts from the previous batch's fixed point within a volume
+    (``volume_index``: the volume of each image, None = one volume; see :mod:`.warmstart`).
+    """
     import torch
 
     from ..metrics import compute_metrics
+    from .warmstart import WarmChain, batch_volume
 
     counter = (counter_cls or _CostCounter)(bm.model)
     psnrs: list[float] = []
@@ -108,11 +113,16 @@ def reconstruct_and_score(bm: LoadedModel, y, images, op, device: str, batch_siz
     conv: list[bool] = []
     example = None
     batches = 0
+    chain, last = WarmChain(bm.model, warm), None
     try:
         with torch.inference_mode():
             for s in range(0, y.shape[0], batch_size):
                 yb = y[s:s + batch_size].to(device)
-                xh = bm.model(yb, op)
+                vol = batch_volume(volume_index, s, s + batch_size)
+                if vol is None or vol != last:
+                    chain.reset()
+                last = vol
+                xh = chain(yb, op)
                 batches += 1
                 record_solver_info(bm.model, its, res, conv)
                 xh = xh.float().cpu()

@@ -17,6 +17,8 @@ class EvalData:
     hashes: list[str]
     files: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. slices dropped for NaN/Inf or all-zero values
+    #: the volume of each image, in slice order (None: one stack, e.g. a tensor); for warm starts
+    volume_index: list[int] | None = None
 
 
 def tensor_sha256(t) -> str:
@@ -48,7 +50,9 @@ def load_eval_data(data: Any, op, max_images: int | None = None, fit: str = "err
             "set the operator's image_size/channels to the data, or resample the data",
         )
     if max_images is not None and ev.images.shape[0] > max_images:
-        ev = EvalData(ev.images[:max_images], ev.source + f" (first {max_images} images)", ev.hashes, ev.files, ev.notes)
+        index = ev.volume_index[:max_images] if ev.volume_index is not None else None
+        ev = EvalData(ev.images[:max_images], ev.source + f" (first {max_images} images)", ev.hashes, ev.files,
+                      ev.notes, index)
     return ev
 
 
@@ -71,10 +75,12 @@ def _load_volumes(data: Any, op, fit: str = "error") -> EvalData:
     if kinds != {"image"}:
         raise DataError("evaluation data must be images (ground truth), not k-space",
                         "pass image files (NIfTI, NumPy, fastMRI reconstruction_rss) as --data")
-    imgs = torch.cat([D.slices_to_images(v, op, fit=fit) for v in volumes]).float()
+    stacks = [D.slices_to_images(v, op, fit=fit) for v in volumes]
+    imgs = torch.cat(stacks).float()
+    index = [i for i, stack in enumerate(stacks) for _ in range(int(stack.shape[0]))]
     hashes = sorted({v.sha256 for v in volumes if getattr(v, "sha256", None)})
     files = sorted({str(getattr(v, "path", "")) for v in volumes})
-    return EvalData(imgs, ", ".join(map(str, paths)), hashes, files, D.volume_notes(volumes))
+    return EvalData(imgs, ", ".join(map(str, paths)), hashes, files, D.volume_notes(volumes), index)
 
 
 def simulate_measurements(images, op, seed: int = 0):

@@ -18,14 +18,26 @@ from ..io.model_file import LoadedModel
 
 
 def common_solver_settings(models: Sequence[LoadedModel], solver: str | None = None, tol: float | None = None,
-                           max_iter: int | None = None) -> dict[str, Any] | None:
-    """The solver settings every DEQ will run with: the first DEQ's, with overrides for all."""
+                           max_iter: int | None = None, check_every: int | None = None) -> dict[str, Any] | None:
+    """The solver settings every DEQ will run with: the first DEQ's, with overrides for all.
+
+    ``check_every`` (how often the solver reads its residual on the host) changes no result,
+    only synchronisation; it is refused when a DEQ has no such setting, since the models would
+    then not run alike.
+    """
     deqs = [m for m in models if is_deq(m.model)]
     if not deqs:
-        if any(v is not None for v in (solver, tol, max_iter)):
-            raise MbdlError("--solver/--tol/--max-iter apply to DEQ models, and none of these models is one",
+        if any(v is not None for v in (solver, tol, max_iter, check_every)):
+            raise MbdlError("--solver/--tol/--max-iter/--check-every apply to DEQ models, and none of these models is one",
                             "drop those options")
         return None
+    if check_every is not None:
+        if int(check_every) < 1:
+            raise MbdlError(f"--check-every must be >= 1, got {check_every}", "use e.g. --check-every 4")
+        lacking = [m.label for m in deqs if not hasattr(m.model, "check_every")]
+        if lacking:
+            raise MbdlError(f"--check-every: {', '.join(lacking)} has no check_every setting (its solver reads the "
+                            "residual itself)", "drop --check-every, or give that DEQ a check_every attribute")
     ref = deqs[0].model
     settings = {"solver": ref.solver, "tol": float(ref.tol), "max_iter": int(ref.max_iter)}
     overridden = []
@@ -41,9 +53,18 @@ def common_solver_settings(models: Sequence[LoadedModel], solver: str | None = N
 
     if settings["solver"] not in SOLVERS:
         raise MbdlError(f"unknown --solver {settings['solver']!r}", f"use one of: {', '.join(SOLVERS.names())}")
+    if check_every is not None:
+        settings["check_every"] = int(check_every)
+        overridden.append("check_every")
     settings["source"] = f"{deqs[0].label} (first DEQ)" + (f"; overridden for all: {', '.join(overridden)}" if overridden else "")
     settings["stored"] = {m.label: {k: getattr(m.model, k) for k in SOLVER_KEYS} for m in deqs}
     return settings
+
+
+def _chosen(settings: Mapping[str, Any]) -> SolverSettings:
+    every = settings.get("check_every")
+    return SolverSettings(settings["solver"], float(settings["tol"]), int(settings["max_iter"]),
+                          None if every is None else int(every))
 
 
 @contextmanager
@@ -52,19 +73,17 @@ def solver_settings_applied(models: Sequence[LoadedModel], settings: Mapping[str
     if not settings:
         yield
         return
-    chosen = SolverSettings(settings["solver"], float(settings["tol"]), int(settings["max_iter"]))
-    with solver_settings([m.model for m in models], chosen):
+    with solver_settings([m.model for m in models], _chosen(settings)):
         yield
 
 
 def apply_solver_settings(models: Sequence[LoadedModel], settings: Mapping[str, Any] | None) -> None:
+    """Set ``settings`` on every DEQ for good (:func:`solver_settings_applied` restores them)."""
     if not settings:
         return
     for m in models:
         if is_deq(m.model):
-            m.model.solver = settings["solver"]
-            m.model.tol = float(settings["tol"])
-            m.model.max_iter = int(settings["max_iter"])
+            _chosen(settings).apply(m.model)
 
 
 def _canonical(spec: Any) -> str:

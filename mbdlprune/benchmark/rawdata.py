@@ -179,12 +179,17 @@ def load_raw_eval(data: Any, op, models: Sequence[Any], *, scale: str = "auto", 
     return RawEvalData(out, ", ".join(map(str, paths)), hashes, files, protocol, notes)
 
 
-def score_raw(entry, rev: RawEvalData, device: str, batch_size: int, metric, counter_cls) -> dict[str, Any]:
-    """Reconstruct every volume (batched), map outputs to target units, score per volume and per slice."""
+def score_raw(entry, rev: RawEvalData, device: str, batch_size: int, metric, counter_cls,
+              warm: bool = False) -> dict[str, Any]:
+    """Reconstruct every volume (batched), map outputs to target units, score per volume and per slice.
+
+    ``warm``: each DEQ solve starts from the previous batch's fixed point of the same volume.
+    """
     import torch
 
     from ..metrics import compute_metrics, get_definition, volume_metrics
     from .costs import record_solver_info, solver_summary
+    from .warmstart import WarmChain
 
     d = get_definition(metric)
     counter = counter_cls(entry.model)
@@ -192,14 +197,16 @@ def score_raw(entry, rev: RawEvalData, device: str, batch_size: int, metric, cou
     its, res, conv = [], [], []
     example = truth = None
     batches = 0
+    chain = WarmChain(entry.model, warm)
     try:
         with torch.inference_mode():
             for v in rev.volumes:
                 preds = []
                 n = int(v.y.shape[0])
+                chain.reset()
                 for s in range(0, n, batch_size):
                     op_b = v.op.batch(s, min(s + batch_size, n)).to(device)
-                    xh = entry.model(v.y[s:s + batch_size].to(device), op_b)
+                    xh = chain(v.y[s:s + batch_size].to(device), op_b)
                     batches += 1
                     record_solver_info(entry.model, its, res, conv)
                     preds.append(xh.float().cpu())

@@ -60,6 +60,8 @@ class ModelResult:
     #: quality on the fast path, scored when its outputs differ from the eager ones (bf16)
     fast_psnr_mean: float | None = None
     fast_ssim_mean: float | None = None
+    #: warm starts across slices (``--warm-start``): cold and warm passes, gains kept apart
+    warm_start: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k not in ("timing", "fast_timing")}
@@ -208,7 +210,9 @@ class BenchReport:
         if not self.solver:
             return None
         s = self.solver
-        return f"DEQ solver for every model: {s['solver']}, tol {s['tol']:g}, max_iter {s['max_iter']} (from {s['source']})"
+        every = f", residual read every {s['check_every']} iterations" if s.get("check_every") else ""
+        return (f"DEQ solver for every model: {s['solver']}, tol {s['tol']:g}, max_iter {s['max_iter']}{every} "
+                f"(from {s['source']})")
 
     SPEED_HEADERS = ["model", "role", "params", "prior MACs", "prior calls/recon", "MACs/recon",
                      "median ms [p10–p90]", "img/s", "work mem MB", "speedup", "prior MACs ↓", "speedup / MACs ↓",
@@ -290,6 +294,10 @@ class BenchReport:
             for row in self._fast_rows():
                 fast.add_row(*row)
             parts.append(fast)
+        from .warmstart import warm_table
+
+        if warm_table(self.models) is not None:
+            parts.append(warm_table(self.models))
         return Group(*parts, *lines)
 
     FAST_HEADERS = ("model", "eager ms", "fast ms [p10–p90]", "fast/eager", "speedup (both fast)",
@@ -341,6 +349,9 @@ class BenchReport:
         if self._fast_rows():
             tables.append((f"Fast inference path ({self.fast_path_name()}); compile time apart", self.fast_headers(),
                            self._fast_rows()))
+        from .warmstart import warm_markdown
+
+        tables += warm_markdown(self.models)
         for title, headers, rows in tables:
             if title:
                 out += [f"**{title}**", ""]

@@ -23,7 +23,10 @@ BACKWARDS = ("jfb", "implicit")
 class DEQ(nn.Module):
     """Deep equilibrium model around one prior CNN, held at ``prior``.
 
-    ``solver``, ``tol`` and ``max_iter`` may be changed at run time. After each forward,
+    ``solver``, ``tol``, ``max_iter`` and ``check_every`` (how often the solver reads its
+    residual on the host; see :mod:`.solvers`) may be changed at run time. ``forward(y, op, x0)``
+    starts the solve from ``x0`` instead of A^H y (a warm start, e.g. the fixed point of the
+    adjacent slice of a volume); the fixed point sought is the same. After each forward,
     ``last_info = {"iterations", "residual", "converged"}`` describes the forward solve.
     A training forward (grad enabled) also keeps its fixed point (detached) for
     :meth:`fixed_point`, so a regulariser at x* (e.g. the Jacobian penalty) need not solve again.
@@ -36,7 +39,7 @@ class DEQ(nn.Module):
     """
 
     def __init__(self, prior: nn.Module, gamma: float = 1.0, alpha: float = 0.2, solver: str = "anderson",
-                 tol: float = 1e-4, max_iter: int = 100, backward: str = "jfb"):
+                 tol: float = 1e-4, max_iter: int = 100, backward: str = "jfb", check_every: int = 1):
         super().__init__()
         if backward not in BACKWARDS:
             raise ConfigError(f"unknown DEQ backward {backward!r}", f"use one of: {', '.join(BACKWARDS)}")
@@ -49,6 +52,7 @@ class DEQ(nn.Module):
         self.tol = float(tol)
         self.max_iter = int(max_iter)
         self.backward = backward
+        self.check_every = int(check_every)
         self.in_channels = getattr(prior, "in_channels", None)
         self.out_channels = getattr(prior, "out_channels", None)
         self.last_info: dict[str, Any] = {"iterations": 0, "residual": float("nan"), "converged": False}
@@ -58,11 +62,17 @@ class DEQ(nn.Module):
         z = x - self.gamma * op.A_adjoint(op.A(x) - y)
         return self.alpha * self.prior(z) + (1 - self.alpha) * z
 
-    def forward(self, y: torch.Tensor, op: nn.Module) -> torch.Tensor:
-        solve = get_solver(self.solver)
+    def _solve(self, f, x0: torch.Tensor):
+        return get_solver(self.solver)(f, x0, self.max_iter, self.tol, check_every=self.check_every)
+
+    def forward(self, y: torch.Tensor, op: nn.Module, x0: torch.Tensor | None = None) -> torch.Tensor:
         with torch.no_grad():
-            x0 = op.A_adjoint(y)
-            x_star, info = solve(lambda x: self.step(x, y, op), x0, self.max_iter, self.tol)
+            start = op.A_adjoint(y)
+            if x0 is not None:
+                if tuple(x0.shape) != tuple(start.shape):
+                    raise ValueError(f"warm start x0 has shape {tuple(x0.shape)}, the iterate {tuple(start.shape)}")
+                start = x0.to(dtype=start.dtype, device=start.device)
+            x_star, info = self._solve(lambda x: self.step(x, y, op), start)
         self.last_info = info
         if not (torch.is_grad_enabled() and self.training):
             self._last_fixed_point = None
@@ -84,7 +94,7 @@ class DEQ(nn.Module):
         if cached is not None and cached[0] is y:
             return cached[1]
         with torch.no_grad():
-            x_star, _ = get_solver(self.solver)(lambda x: self.step(x, y, op), op.A_adjoint(y), self.max_iter, self.tol)
+            x_star, _ = self._solve(lambda x: self.step(x, y, op), op.A_adjoint(y))
         return x_star.detach()
 
     def _adjoint_hook(self, x_star: torch.Tensor, y: torch.Tensor, op: nn.Module):
@@ -92,14 +102,11 @@ class DEQ(nn.Module):
         xs = x_star.clone().requires_grad_()
         with torch.enable_grad():
             fx = self.step(xs, y, op)
-        solve = get_solver(self.solver)
-        max_iter, tol = self.max_iter, self.tol
-
         def hook(grad: torch.Tensor) -> torch.Tensor:
             def adjoint_map(u: torch.Tensor) -> torch.Tensor:
                 return torch.autograd.grad(fx, xs, u, retain_graph=True)[0] + grad
 
-            u, info = solve(adjoint_map, grad, max_iter, tol)
+            u, info = self._solve(adjoint_map, grad)
             self.last_backward_info = info
             return u
 
@@ -112,7 +119,8 @@ class DEQ(nn.Module):
         return list(self.prior.output_layers())
 
     def extra_repr(self) -> str:
-        return f"solver={self.solver!r}, tol={self.tol}, max_iter={self.max_iter}, backward={self.backward!r}"
+        every = f", check_every={self.check_every}" if self.check_every != 1 else ""
+        return f"solver={self.solver!r}, tol={self.tol}, max_iter={self.max_iter}{every}, backward={self.backward!r}"
 
 
 @register_arch("deq-edsr", kind="mbdl")

@@ -9,6 +9,10 @@ An MBDL model is an ``nn.Module`` with ``forward(y, op) -> x``. Optional parts o
 * ``solver``, ``tol``, ``max_iter``: a DEQ's solver settings (:func:`is_deq`), which may be
   changed between calls; :func:`solver_settings` applies settings for a block of code and
   restores the model's own afterwards, so no caller leaves a model changed;
+* ``check_every``: how often a DEQ's solver reads its residual on the host (1: every
+  iteration; more: fewer GPU synchronisations, the same result), set like the solver settings;
+* ``forward(y, op, x0=None)``: a DEQ that can start its solve from a given iterate
+  (:func:`accepts_warm_start`), e.g. the fixed point of the adjacent slice;
 * ``legacy_state_keys() -> list[str]``: keys older checkpoints hold that the model no longer
   keeps (dropped by the loader when present).
 """
@@ -34,24 +38,39 @@ def is_deq(model: Any) -> bool:
     return all(hasattr(model, k) for k in SOLVER_KEYS)
 
 
+def accepts_warm_start(model: Any) -> bool:
+    """True for a DEQ whose ``forward`` takes an initial iterate ``x0`` (see the module docstring)."""
+    import inspect
+
+    if not is_deq(model):
+        return False
+    try:
+        return "x0" in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass(frozen=True)
 class SolverSettings:
-    """A DEQ's solver, tolerance and iteration cap; ``None`` leaves that setting as it is."""
+    """A DEQ's solver, tolerance, iteration cap and residual-check interval; ``None`` leaves
+    that setting as it is (``check_every`` applies only to models that have the attribute)."""
 
     solver: str | None = None
     tol: float | None = None
     max_iter: int | None = None
+    check_every: int | None = None
 
     @classmethod
     def of(cls, model: Any) -> "SolverSettings":
-        return cls(model.solver, float(model.tol), int(model.max_iter))
+        every = getattr(model, "check_every", None)
+        return cls(model.solver, float(model.tol), int(model.max_iter), None if every is None else int(every))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter}
+        return {"solver": self.solver, "tol": self.tol, "max_iter": self.max_iter, "check_every": self.check_every}
 
     def apply(self, model: Any) -> None:
         for key, value in self.to_dict().items():
-            if value is not None:
+            if value is not None and (key in SOLVER_KEYS or hasattr(model, key)):
                 setattr(model, key, value)
 
 

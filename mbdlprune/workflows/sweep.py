@@ -259,6 +259,7 @@ def sweep(
     channels_last: bool = False,
     bf16: bool = False,
     finetune_devices: str | Sequence[str] | None = "auto",
+    check_every: int | None = None,
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
@@ -279,7 +280,8 @@ def sweep(
     ratio_list = parse_ratios(ratios)
     bcfg = BenchConfig(device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
                        batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads,
-                       kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, bf16=bf16)
+                       kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, bf16=bf16,
+                       check_every=check_every)
     bcfg.validate()
     if eval_data is None:
         raise MbdlError("a sweep needs evaluation data", "pass --eval-data PATH (images the models never trained on)")
