@@ -139,6 +139,8 @@ def test_demo_quick(tmp_path):
         assert meta["pruning"]["round_to"] == PRUNING[name].get("round_to", 16)
     deq = summary["models"][0]["summary"]
     assert all(v["deq_iterations_mean"] > 0 for v in deq.values())  # same solver settings, iterations reported
+    assert all(v["warm_start"]["warm_ms"] > 0 for v in deq.values())  # the DEQ also benched warm-started
+    assert all("warm_start" not in v for v in summary["models"][1]["summary"].values())  # not for unrolled models
     assert (out / "demo.json").is_file()
     varnet = json.loads((out / "varnet" / "bench.json").read_text())
     assert varnet["data"]["kind"] == "raw k-space" and varnet["metric"]["name"] == "fastmri"

@@ -18,9 +18,12 @@ def test_solver_settings_are_applied_in_the_block_and_restored_after_an_error():
     own = SolverSettings.of(deq)
     with pytest.raises(RuntimeError):
         with solver_settings([deq, unrolled], SolverSettings("fixed_point", 1e-2, 3)):
-            assert SolverSettings.of(deq) == SolverSettings("fixed_point", 1e-2, 3)
+            assert SolverSettings.of(deq) == SolverSettings("fixed_point", 1e-2, 3, 1)
             raise RuntimeError("stop")
     assert SolverSettings.of(deq) == own and not is_deq(unrolled)
     with solver_settings(deq, SolverSettings(max_iter=1)):
         assert deq.max_iter == 1 and deq.tol == own.tol
     assert SolverSettings.of(deq) == own
+    with solver_settings([deq, unrolled], SolverSettings(check_every=4)):  # only where the model has it
+        assert deq.check_every == 4 and not hasattr(unrolled, "check_every")
+    assert SolverSettings.of(deq) == own and own.check_every == 1

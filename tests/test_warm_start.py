@@ -27,11 +27,11 @@ DEQ_ARGS = {"n_feats": 8, "n_blocks": 1, "gamma": 0.5, "alpha": 0.5, "max_iter":
 FAST = {"warmup": 0, "repeats": 2, "device": "cpu", "threads": 1}
 
 
-def _nonlinear_contraction(n=3, d=24, seed=0):
+def _nonlinear_contraction(n=3, d=24, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
-    a = q @ torch.diag(torch.linspace(-0.5, 0.9, d, dtype=torch.float64)) @ q.T
-    b = torch.randn(n, 2, 3, 4, generator=g, dtype=torch.float64)
+    a = (q @ torch.diag(torch.linspace(-0.5, 0.9, d, dtype=torch.float64)) @ q.T).to(device)
+    b = torch.randn(n, 2, 3, 4, generator=g, dtype=torch.float64).to(device)
     return (lambda x: (x.reshape(n, d) @ a.T).reshape(x.shape) + b + 0.1 * torch.tanh(x)), b
 
 
@@ -76,6 +76,27 @@ def test_the_host_reads_the_residual_only_every_k_iterations(solver, monkeypatch
     assert n1 >= iters  # one read per iteration
     assert n6 <= math.ceil(iters / 6) + 3  # one per 6 iterations, and the final info
     assert iters > 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("solver", ["anderson", "fixed_point"])
+def test_on_cuda_the_solver_loop_synchronises_only_every_k_iterations(solver):
+    """torch's sync debug mode warns at every host synchronisation; count them over one solve."""
+    import warnings
+
+    f, bc = _nonlinear_contraction(device="cuda")
+    f(torch.zeros_like(bc))  # kernels loaded before counting
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, info = SOLVERS.get(solver)(f, torch.zeros_like(bc), max_iter=40, tol=0.0, check_every=10)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    assert info["iterations"] == 40
+    assert len(syncs) <= 40 // 10 + 3, [str(w.message) for w in syncs[:5]]
 
 
 def test_deq_check_every_is_a_runtime_setting_with_the_same_output():

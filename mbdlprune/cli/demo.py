@@ -53,6 +53,8 @@ def demo_cmd(
         m.report.print(c)
     c.rule("summary")
     c.print(result.summary_table())
+    for line in result.warm_start_lines():
+        c.print(line)
     c.print(f"wall time {result.wall_time_s:.0f} s; files in {result.out.resolve()}/ "
             f"({', '.join(m.name + '/' for m in result.models)}: pruned and fine-tuned models, bench.json, bench.md"
             f"{', bench.png' if any('figure' in m.files for m in result.models) else ''}; demo.json)")
