@@ -31,7 +31,8 @@ import numpy as np
 from ..errors import DataError
 from ..errors import first_line as _first_line
 from ..operators.masks import fastmri_low_frequencies
-from .raw import EvalSlices, RawVolume, ifft2c_np
+from .raw_protocol import EvalSlices, ifft2c_np
+from .raw_volume import RawVolume
 
 METHODS = ("espirit", "acs")
 ESPIRIT_DEFAULTS = {"kernel_width": 6, "thresh": 0.02, "crop": 0.95, "max_iter": 100}

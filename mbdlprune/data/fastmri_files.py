@@ -107,7 +107,7 @@ def simulate_kspace(images: Any, *, coils: int = 4, oversample: int = 2, rotatio
     import torch
 
     from ..operators.fft import fft2c
-    from .raw import center_crop, rss_target
+    from .raw_protocol import center_crop, rss_target
 
     x = check_images(images)
     _check_setup(coils, oversample)

@@ -23,7 +23,7 @@ def build_raw_dataset(volumes: Sequence[Any], op, *, targets: bool, scale: str, 
     when ``targets``; extras ``mask`` (N, W), ``maps`` (with ``coil_maps``), ``maxval`` (N,)."""
     import torch
 
-    from . import raw as R
+    from . import raw_protocol as R
     from .samples import PreparedData, ReconDataset
 
     if not volumes:

@@ -42,7 +42,8 @@ def _prepare_data(cfg: FinetuneConfig, op, data, val_data, eval_data, d: _Dist, 
     are raw k-space (:mod:`mbdlprune.data.raw_dataset`); image files are read as before.
     """
     from ..data import build_dataset, check_no_overlap, file_hashes, list_data_files, read_volumes, split_by_file
-    from ..data.raw import is_raw, read_raw
+    from ..data.raw import read_raw
+    from ..data.raw_reader import is_raw
     from ..io import sha256_file
 
     if val_data is not None and is_raw(val_data) != is_raw(data):

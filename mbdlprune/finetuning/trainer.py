@@ -216,7 +216,7 @@ class Trainer:
         """How raw k-space would be prepared for this model: targets only for a loss that needs them,
         the k-space scaling (``auto``: raw units for an e2e-varnet) and coil maps for models that
         take them from the operator."""
-        from ..data.raw import resolve_kspace_scale
+        from ..data.raw_protocol import resolve_kspace_scale
         from ..models.protocol import estimates_coil_maps
 
         cfg = self.cfg
