@@ -63,11 +63,11 @@ _LAZY = {
     "norm_parametrizations_removed": "guards",
     "output_layers": "guards",
     "IMPORTANCES": "importances",
-    "WidthTimer": "widths",
+    "WidthTimer": "width_timer",
     "candidate_widths": "widths",
     "choose_width": "widths",
     "choose_widths": "widths",
-    "default_cache_dir": "widths",
+    "default_cache_dir": "width_timer",
     "layer_input_shapes": "widths",
 }
 

@@ -22,7 +22,7 @@ from .guards import check_finite_weights, check_patterns, grads_enabled, join_na
 def prune_site(model: nn.Module, site: PriorSite, cfg: PruneConfig, timer=None) -> dict[str, Any]:
     """Prune one prior in place; return its record (widths requested and achieved, params, MACs, history).
 
-    ``round_to="auto"``: ``timer`` (a :class:`.widths.WidthTimer`) times the prior's layers at
+    ``round_to="auto"``: ``timer`` (a :class:`.width_timer.WidthTimer`) times the prior's layers at
     the shapes its real input gives them; the record's ``widths_timing`` holds, per group (by
     its root layer), the candidate widths, their milliseconds and the width kept.
     """
@@ -85,7 +85,7 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig, timer=None) 
     """Prune every prior of ``model`` (traced with ``inputs``) and verify the whole model.
 
     ``round_to="auto"``: widths are timed with ``timer`` (default: a
-    :class:`.widths.WidthTimer` on CUDA when available, else the CPU, cached in the user cache
+    :class:`.width_timer.WidthTimer` on CUDA when available, else the CPU, cached in the user cache
     folder); the record's ``widths_device`` says where and how.
 
     Returns the pruning record stored in checkpoints. Raises PruningError when nothing was
@@ -101,7 +101,7 @@ def prune_priors(model: nn.Module, inputs: tuple, cfg: PruneConfig, timer=None) 
     check_patterns(sites, cfg)
     auto = is_auto(cfg.round_to)
     if auto and timer is None:
-        from .widths import WidthTimer
+        from .width_timer import WidthTimer
 
         timer = WidthTimer()
     try:

@@ -131,7 +131,7 @@ def prune_groups(prior: nn.Module, inputs: tuple, cfg: PruneConfig, fixed: dict[
 
     ``round_to="auto"``: widths are multiples of the channel groups only, and in the last step
     each group keeps the width :func:`.widths.choose_widths` measures best with ``timer`` (a
-    :class:`.widths.WidthTimer`) on the layers' real input ``shapes``
+    :class:`.width_timer.WidthTimer`) on the layers' real input ``shapes``
     (:func:`.widths.layer_input_shapes`), never more than the request allows.
     """
     import torch_pruning as tp
@@ -241,7 +241,7 @@ def _measured_widths(scored: list, cfg: PruneConfig, timer, shapes: dict, names:
     if not groups:
         return {}
     if timer is None:
-        from .widths import WidthTimer
+        from .width_timer import WidthTimer
 
         timer = WidthTimer()
     chosen = choose_widths(groups, shapes, timer, names)

@@ -10,28 +10,37 @@ candidate the device runs most efficiently: the fewest milliseconds per multiply
 picks the narrowest width (fewer channels, fewer MACs), which would remove far more than asked.
 
 Timings are medians of :data:`REPEATS` runs after :data:`WARMUP` warm-up runs, a group's
-candidates timed in turn (one run each per round), under ``torch.inference_mode`` (CUDA: events
-and synchronize), float32, cached as JSON per device
-name, dtype, torch version and layer signature in ``$XDG_CACHE_HOME/mbdlprune/widths`` (or
-``~/.cache/mbdlprune/widths``). A cache file is untrusted input: one that fails any check is
-ignored with a note and rewritten.
+candidates timed in turn (layer signatures, MACs and the measurement: :mod:`.layer_timing`),
+cached as JSON per device name, dtype, torch version and layer signature in
+``$XDG_CACHE_HOME/mbdlprune/widths``; a cache file is untrusted input, ignored with a note and
+rewritten when it fails any check (:class:`WidthTimer`: :mod:`.width_timer`). This module
+follows the real input shapes and chooses the widths; it re-exports the other two's names.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import statistics
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..machine import cpu_name
+from .layer_timing import (REPEATS, ROUND_BYTES, WARMUP, layer_signature, measure_many, measure_ms, signature_key,
+                           signature_macs)
+from .width_timer import (CACHE_FORMAT, CACHE_VERSION, MAX_CACHE_BYTES, MAX_CACHE_ENTRIES, WidthTimer, default_cache_dir,
+                          device_info, resolve_device)
+
+__all__ = [
+    # this module
+    "MAX_CANDIDATES", "MIN_KEEP", "PASSES", "TIE", "WidthGroup", "candidate_widths", "choose_width", "choose_widths",
+    "layer_input_shapes",
+    # .layer_timing
+    "REPEATS", "ROUND_BYTES", "WARMUP", "layer_signature", "measure_many", "measure_ms", "signature_key", "signature_macs",
+    # .width_timer
+    "CACHE_FORMAT", "CACHE_VERSION", "MAX_CACHE_BYTES", "MAX_CACHE_ENTRIES", "WidthTimer", "default_cache_dir",
+    "device_info", "resolve_device",
+]
 
 #: Candidates per group at most (multiples of 32, 16 and 8 in the range are always among them).
 MAX_CANDIDATES = 12
@@ -39,317 +48,8 @@ MAX_CANDIDATES = 12
 TIE = 0.03
 #: Candidates are no narrower than this fraction of the width the ratio allows.
 MIN_KEEP = 0.75
-WARMUP = 3
-REPEATS = 5
 #: Coordinate passes over the groups (each group's choice depends on its neighbours' widths).
 PASSES = 3
-
-CACHE_FORMAT = "mbdlprune-widths"
-CACHE_VERSION = 1
-#: A cache file larger than this, or with more entries, is not read.
-MAX_CACHE_BYTES = 8 << 20
-MAX_CACHE_ENTRIES = 50_000
-_MAX_KEY_CHARS = 2000
-_MAX_MS = 1e7
-
-_DEFAULT = "default"
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/mbdlprune/widths`` (:func:`mbdlprune.io.user_cache_dir`)."""
-    from ..io.writer import user_cache_dir
-
-    return user_cache_dir("widths")
-
-
-def resolve_device(device: str | None = None) -> torch.device:
-    """The device widths are measured on: ``device``, or CUDA when available, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def device_info(device: torch.device) -> dict[str, Any]:
-    """What timings depend on besides the layer: device name (CPU: model and threads), dtype, torch version."""
-    if device.type == "cuda":
-        idx = device.index if device.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(idx)
-        name = f"cuda: {torch.cuda.get_device_name(idx)} (sm_{major}{minor}, tf32 {bool(torch.backends.cudnn.allow_tf32)})"
-    else:
-        name = f"{device.type}: {cpu_name()} ({torch.get_num_threads()} threads)"
-    return {"device": device.type, "name": name, "dtype": "float32", "torch": torch.__version__}
-
-
-# -- layer signatures ---------------------------------------------------------------------------
-def _ints(v) -> list[int]:
-    return [int(i) for i in (v if isinstance(v, (tuple, list)) else (v,))]
-
-
-def layer_signature(m: nn.Module, cin: int, cout: int, groups: int, shape: tuple[int, ...]) -> dict[str, Any] | None:
-    """What a layer's time depends on, at ``cin``/``cout`` channels and an input shaped ``shape``
-    (channels included). None for a layer that cannot be timed so."""
-    if isinstance(m, nn.Linear):
-        return {"op": "linear", "in": cin, "out": cout, "bias": m.bias is not None, "shape": [*shape[:-1], cin]}
-    if not isinstance(m, nn.modules.conv._ConvNd):
-        return None
-    nd = len(m.kernel_size)
-    if nd not in (1, 2, 3) or len(shape) != nd + 2 or groups < 1 or cin % groups or cout % groups:
-        return None
-    transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
-    sig = {"op": f"conv_transpose{nd}d" if transposed else f"conv{nd}d", "in": cin, "out": cout,
-           "kernel": _ints(m.kernel_size), "stride": _ints(m.stride),
-           "padding": m.padding if isinstance(m.padding, str) else _ints(m.padding),
-           "dilation": _ints(m.dilation), "groups": groups, "bias": m.bias is not None,
-           "shape": [int(shape[0]), cin, *(int(s) for s in shape[2:])]}
-    if transposed:
-        sig["output_padding"] = _ints(m.output_padding)
-    return sig
-
-
-def signature_key(sig: dict[str, Any]) -> str:
-    return json.dumps(sig, sort_keys=True, separators=(",", ":"))
-
-
-def _tensors(sig: dict[str, Any], device, dtype=torch.float32, make=torch.randn):
-    x = make(sig["shape"], device=device, dtype=dtype)
-    if sig["op"] == "linear":
-        w = make((sig["out"], sig["in"]), device=device, dtype=dtype)
-    elif sig["op"].startswith("conv_transpose"):
-        w = make((sig["in"], sig["out"] // sig["groups"], *sig["kernel"]), device=device, dtype=dtype)
-    else:
-        w = make((sig["out"], sig["in"] // sig["groups"], *sig["kernel"]), device=device, dtype=dtype)
-    b = make((sig["out"],), device=device, dtype=dtype) if sig["bias"] else None
-    return x, w, b
-
-
-def _call(sig: dict[str, Any], x, w, b):
-    op = sig["op"]
-    if op == "linear":
-        return torch.nn.functional.linear(x, w, b)
-    fn = getattr(torch.nn.functional, op)
-    kw = dict(stride=sig["stride"], padding=sig["padding"], dilation=sig["dilation"], groups=sig["groups"])
-    if op.startswith("conv_transpose"):
-        return fn(x, w, b, output_padding=sig["output_padding"], **kw)
-    return fn(x, w, b, **kw)
-
-
-_MACS: dict[str, int] = {}
-
-
-def signature_macs(sig: dict[str, Any]) -> int:
-    """Multiply-accumulates of one call (computed on the meta device: no compute)."""
-    key = signature_key(sig)
-    if key not in _MACS:
-        _MACS[key] = _macs(sig)
-    return _MACS[key]
-
-
-def _macs(sig: dict[str, Any]) -> int:
-    with torch.no_grad():
-        out = _call(sig, *_tensors(sig, "meta", make=torch.empty))
-    if sig["op"] == "linear":
-        return int(out.numel() * sig["in"])
-    k = math.prod(sig["kernel"])
-    if sig["op"].startswith("conv_transpose"):
-        return int(math.prod(sig["shape"]) * sig["out"] // sig["groups"] * k)
-    return int(out.numel() * (sig["in"] // sig["groups"]) * k)
-
-
-def measure_ms(sig: dict[str, Any], device: torch.device, warmup: int = WARMUP, repeats: int = REPEATS) -> float:
-    """Median milliseconds of one call of the layer ``sig`` on ``device`` (float32, inference mode)."""
-    return measure_many([sig], device, warmup, repeats)[0]
-
-
-#: Tensors of one interleaved round at most (bytes); more signatures are timed in several rounds.
-ROUND_BYTES = 512 << 20
-
-
-def _bytes(sig: dict[str, Any]) -> int:
-    return 4 * (math.prod(sig["shape"]) * 3 + sig["in"] * sig["out"] * math.prod(sig.get("kernel", [1])))
-
-
-def measure_many(sigs: list[dict[str, Any]], device: torch.device, warmup: int = WARMUP, repeats: int = REPEATS) -> list[float]:
-    """Median milliseconds of each layer of ``sigs`` on ``device`` (float32, inference mode).
-
-    The layers are timed in turn, one run each per round (after their warm-up runs), so that a
-    burst of load from other processes slows every candidate alike instead of one of them.
-    """
-    out: list[float] = []
-    chunk: list[dict[str, Any]] = []
-    size = 0
-    for sig in sigs:
-        if chunk and size + _bytes(sig) > ROUND_BYTES:
-            out += _interleaved(chunk, device, warmup, repeats)
-            chunk, size = [], 0
-        chunk.append(sig)
-        size += _bytes(sig)
-    if chunk:
-        out += _interleaved(chunk, device, warmup, repeats)
-    return out
-
-
-def _interleaved(sigs: list[dict[str, Any]], device: torch.device, warmup: int, repeats: int) -> list[float]:
-    gen_state = torch.random.get_rng_state()  # timing must not move the pruning's random stream
-    cuda = device.type == "cuda"
-    try:
-        with torch.inference_mode():
-            data = [_tensors(sig, device) for sig in sigs]
-            for sig, args in zip(sigs, data):
-                for _ in range(max(int(warmup), 0)):
-                    _call(sig, *args)
-            times: list[list[float]] = [[] for _ in sigs]
-            if cuda:
-                torch.cuda.synchronize(device)
-            for _ in range(max(int(repeats), 1)):
-                for i, (sig, args) in enumerate(zip(sigs, data)):
-                    if cuda:
-                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        _call(sig, *args)
-                        end.record()
-                        torch.cuda.synchronize(device)
-                        times[i].append(float(start.elapsed_time(end)))
-                    else:
-                        t0 = time.perf_counter()
-                        _call(sig, *args)
-                        times[i].append((time.perf_counter() - t0) * 1e3)
-    finally:
-        torch.random.set_rng_state(gen_state)
-    return [float(statistics.median(t)) for t in times]
-
-
-# -- the timer and its cache --------------------------------------------------------------------
-class WidthTimer:
-    """Milliseconds per layer signature on one device, from memory, the cache file, or measured.
-
-    ``cache_dir``: the folder of cache files (default :func:`default_cache_dir`; None: no file,
-    memory only). ``measure``: a function ``sig -> ms`` replacing the real timing (tests).
-    ``notes`` lists cache files that were ignored.
-    """
-
-    def __init__(self, device: str | torch.device | None = None, cache_dir: str | Path | None = _DEFAULT,
-                 measure: Callable[[dict[str, Any]], float] | None = None, warmup: int = WARMUP, repeats: int = REPEATS):
-        self.device = resolve_device(str(device) if device is not None else None)
-        self.info = device_info(self.device)
-        self.cache_dir = default_cache_dir() if cache_dir == _DEFAULT else (Path(cache_dir).expanduser() if cache_dir is not None else None)
-        self._measure = measure
-        self.warmup, self.repeats = warmup, repeats
-        self.notes: list[str] = []
-        self.measured = 0
-        self.from_cache = 0
-        self._memory: dict[str, float] = {}
-        self._new: dict[str, float] = {}
-        self._file_keys: set[str] = set()
-        self._loaded = False
-        self._rewrite = False
-
-    @property
-    def cache_path(self) -> Path | None:
-        if self.cache_dir is None:
-            return None
-        digest = hashlib.sha256(json.dumps(self.info, sort_keys=True).encode()).hexdigest()[:24]
-        return self.cache_dir / f"{digest}.json"
-
-    def ms(self, sig: dict[str, Any]) -> float:
-        """Milliseconds of one call of the layer ``sig``."""
-        return self.ms_many([sig])[0]
-
-    def ms_many(self, sigs: list[dict[str, Any]]) -> list[float]:
-        """Milliseconds of each layer of ``sigs``; those not known yet are measured together (interleaved)."""
-        if not self._loaded:
-            self._loaded = True
-            self._memory.update(self._read())
-            self._file_keys = set(self._memory)
-        keys = [signature_key(sig) for sig in sigs]
-        missing: dict[str, dict[str, Any]] = {}
-        for key, sig in zip(keys, sigs):
-            if key in self._memory:
-                if key in self._file_keys:  # counted once per signature
-                    self.from_cache += 1
-                    self._file_keys.discard(key)
-            else:
-                missing.setdefault(key, sig)
-        if missing:
-            todo = list(missing.values())
-            if self._measure is not None:
-                got = [float(self._measure(sig)) for sig in todo]
-            else:
-                got = measure_many(todo, self.device, self.warmup, self.repeats)
-            for key, ms in zip(missing, got):
-                if not (math.isfinite(ms) and ms >= 0):
-                    raise ValueError(f"timing of {key} gave {ms!r}")
-                self.measured += 1
-                self._memory[key] = self._new[key] = ms
-        return [self._memory[k] for k in keys]
-
-    def _read(self) -> dict[str, float]:
-        """The entries of the cache file, checked; {} (with a note) for a file that fails a check."""
-        p = self.cache_path
-        if p is None or not p.is_file():
-            return {}
-        try:
-            entries = _checked_entries(p, self.info)
-        except _Unusable as e:
-            self.notes.append(f"ignored widths cache file {p.name}: {e}; it is rewritten")
-            self._rewrite = True
-            return {}
-        return entries
-
-    def flush(self) -> None:
-        """Write the new timings to the cache file (atomically, merged with what it holds now)."""
-        p = self.cache_path
-        if p is None or not (self._new or self._rewrite):
-            return
-        from ..io import write_file
-
-        try:
-            current = _checked_entries(p, self.info) if p.is_file() else {}
-        except _Unusable:
-            current = {}
-        entries = {**current, **self._new}
-        if len(entries) > MAX_CACHE_ENTRIES:  # keep the newest
-            entries = dict(list(entries.items())[-MAX_CACHE_ENTRIES:])
-        doc = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "header": self.info, "entries": entries}
-        text = json.dumps(doc, sort_keys=True, indent=0)
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            write_file(p, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), force=True)
-        except Exception as e:  # noqa: BLE001 - a cache that cannot be written costs a re-measurement, not the prune
-            self.notes.append(f"could not write widths cache {str(p)!r}: {e}")
-            return
-        self._new = {}
-        self._rewrite = False
-
-
-class _Unusable(Exception):
-    """A cache file that cannot be used (the reason is its message)."""
-
-
-def _checked_entries(p: Path, info: dict[str, Any]) -> dict[str, float]:
-    try:
-        size = p.stat().st_size
-        if size > MAX_CACHE_BYTES:
-            raise _Unusable(f"{size} bytes, more than {MAX_CACHE_BYTES}")
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except _Unusable:
-        raise
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _Unusable(f"not readable JSON ({type(e).__name__})") from None
-    if not isinstance(doc, dict) or doc.get("format") != CACHE_FORMAT or doc.get("version") != CACHE_VERSION:
-        raise _Unusable("not an mbdlprune widths cache of this version")
-    if doc.get("header") != info:
-        raise _Unusable("recorded for another device, dtype or torch version")
-    entries = doc.get("entries")
-    if not isinstance(entries, dict) or len(entries) > MAX_CACHE_ENTRIES:
-        raise _Unusable("entries are not a table of timings")
-    out = {}
-    for k, v in entries.items():
-        if not isinstance(k, str) or len(k) > _MAX_KEY_CHARS or not k.startswith("{"):
-            raise _Unusable("an entry is not a layer signature")
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v < _MAX_MS:
-            raise _Unusable(f"an entry's time is not a number of milliseconds in [0, {_MAX_MS:g})")
-        out[k] = float(v)
-    return out
 
 
 # -- real input shapes --------------------------------------------------------------------------
