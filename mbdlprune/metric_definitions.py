@@ -93,7 +93,8 @@ class MetricDefinition:
 
     def prepare(self, x_hat: Any, x: Any):
         """Apply this definition's preprocessing; returns the images the metrics compare (tensors)."""
-        from .metrics import _pair, magnitude, paper_normalize, width_crop
+        from .metric_preprocess import paper_normalize, width_crop
+        from .metric_primitives import _pair, magnitude
 
         if self.name == "paper":
             return paper_normalize(x_hat, x, crop=self.crop)

@@ -43,12 +43,12 @@ PIXEL_LOSSES = ("l1", "l2", "smoothl1", "ssim")
 
 # ----------------------------------------------------------------------------- pixels
 def _ssim_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from .. import metrics
+    from ..metric_primitives import magnitude, ssim
 
-    ma, mb = metrics.magnitude(a), metrics.magnitude(b)
+    ma, mb = magnitude(a), magnitude(b)
     h, w = ma.shape[-2:]
     window = min(11, min(h, w) - (1 - min(h, w) % 2))
-    return 1.0 - metrics.ssim(ma, mb, window=window).mean()
+    return 1.0 - ssim(ma, mb, window=window).mean()
 
 
 def pixel_loss(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
