@@ -39,7 +39,11 @@ Columns:
   inference path (its prior(s) compiled with ``torch.compile``; ``docs/bench.md``), ``c.speedup``
   = compiled original / compiled pruned, ``c/eager`` = the model's eager / compiled time, and the
   compile time (each model's first call) reported on its own (10-60 s per model on a 2-core VM);
-  where compilation fails, bench's note says so and only eager timings are given.
+  where compilation fails, bench's note says so and only eager timings are given;
+* with ``--warm-start`` (trained DEQ cases): the same run also benches warm starts across slices
+  (``bench --warm-start``, ``docs/bench.md``): ``warm gain`` = the model's cold / warm time on the
+  same slices (the solver's gain), ``w.speedup`` = warm original / warm pruned (pruning's gain with
+  both warm), ``w/cold orig`` = cold original / warm pruned, ``w.iters`` and ``w.drop`` (PSNR).
 
 Devices: the CPU, and CUDA too when ``torch.cuda.is_available()`` (``--devices`` chooses).
 ``--json OUT`` writes every row and the context of each run.
@@ -204,8 +208,11 @@ def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
     same run also times every model on bench's fast inference path (compiled priors)."""
     ratios = [0.0] + args.ratios
     say = (lambda m: print(f"  {m}", file=sys.stderr)) if args.verbose else None
+    from mbdlprune.models.protocol import is_deq
+
+    warm = bool(args.warm_start and case["trained"] and is_deq(entries[0].model))  # random weights: fixed iterations
     opts = {"warmup": args.warmup, "repeats": args.repeats, "threads": args.threads, "seed": args.seed,
-            "compile": args.compile, **case["bench"]}
+            "compile": args.compile, "warm_start": warm, **case["bench"]}
     t0 = time.perf_counter()
     rep = mbdlprune.bench(entries, case["data"], device=device, progress=say, **opts)
     seconds = time.perf_counter() - t0
@@ -231,6 +238,11 @@ def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
             row["compiled_speedup"] = m.fast_speedup
             row["compiled_over_eager"] = m.timing.median_ms / m.fast_timing.median_ms
             row["compile_s"] = (m.fast_path or {}).get("compile_s")
+        if m.warm_start:  # the solver's gain apart from pruning's (bench --warm-start)
+            w = m.warm_start
+            row.update({"warm_start_gain": w["warm_start_gain"], "warm_speedup": w["speedup_warm"],
+                        "warm_vs_cold_original": w["speedup_vs_cold_original"],
+                        "warm_iterations": w["warm_iterations_mean"], "warm_psnr_drop": w["psnr_drop"] if r else None})
         rows.append(row)
     mark_best(rows, args.max_psnr_drop)
     bench_notes = list(rep.notes)
@@ -265,6 +277,9 @@ def print_run(run: dict, compiled: bool) -> None:
            f"{'call/MACs':>9} {'iters':>6} {'ms':>8} {'PSNR drop':>9}")
     if compiled:
         hdr += f" {'c.speedup':>9} {'c/eager':>7} {'compile s':>9}"
+    warm = any("warm_start_gain" in r for r in run["rows"])
+    if warm:
+        hdr += f" {'warm gain':>9} {'w.speedup':>9} {'w/cold orig':>11} {'w.iters':>7} {'w.drop':>6}"
     print(hdr)
     print("-" * len(hdr))
     for r in run["rows"]:
@@ -281,6 +296,10 @@ def print_run(run: dict, compiled: bool) -> None:
         if compiled and "compiled_speedup" in r:
             line += (f" {_f(r['compiled_speedup'], '.2f', 'x'):>9} {_f(r['compiled_over_eager'], '.2f', 'x'):>7} "
                      f"{_f(r['compile_s'], '.1f'):>9}")
+        if warm and "warm_start_gain" in r:
+            line += (f" {_f(r['warm_start_gain'], '.2f', 'x'):>9} {_f(r['warm_speedup'], '.2f', 'x'):>9} "
+                     f"{_f(r['warm_vs_cold_original'], '.2f', 'x'):>11} {_f(r['warm_iterations'], '.1f'):>7} "
+                     f"{_f(r['warm_psnr_drop'], '+.2f'):>6}")
         print(line)
     best = [r for r in run["rows"] if r.get("best")]
     if best:
@@ -314,6 +333,9 @@ def parse(argv=None) -> argparse.Namespace:
                          "on 2 CPU cores), so PSNR drop is after fine-tuning")
     ap.add_argument("--max-psnr-drop", type=float, default=0.1,
                     help="mark (●) the fastest point within this PSNR drop in dB (default 0.1)")
+    ap.add_argument("--warm-start", action="store_true",
+                    help="trained DEQ cases: also bench warm starts across slices (bench --warm-start): the solver's gain "
+                         "(warm gain), pruning's with both warm (w.speedup), and warm pruned vs cold original")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1: steadier on a shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="write every row (and each run's context) as JSON to this file")
