@@ -15,7 +15,7 @@ from mbdlprune.errors import ConfigError, MbdlError
 from mbdlprune.operators import list_operator_kinds, load_operator
 from mbdlprune.operators.small import SMALL_SPECS, small_spec
 from mbdlprune.operators.fft import (chan_to_complex, complex_abs, complex_conj, complex_mul, complex_to_chan,
-                                     fft2c, ifft2c, rss, rss_complex)
+                                     fft2c, fft2c_complex, ifft2c, rss, rss_complex)
 from mbdlprune.operators.masks import center_run
 
 KINDS = list_operator_kinds()
@@ -365,6 +365,44 @@ def test_complex_helpers():
     k = torch.randn(2, 4, 6, 7, 2)
     assert torch.allclose(rss_complex(k), rss(complex_abs(k)))
     assert rss_complex(k).shape == (2, 6, 7)
+
+
+def _formula_mul(a, b):
+    re = a[..., 0] * b[..., 0] - a[..., 1] * b[..., 1]
+    im = a[..., 0] * b[..., 1] + a[..., 1] * b[..., 0]
+    return torch.stack((re, im), dim=-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_complex_products_equal_the_formula(dtype):
+    """complex_mul runs in native complex arithmetic: broadcast, permuted (non-contiguous) and
+    conjugated operands give the real-arithmetic formula to the last bit or one ulp (torch's scalar
+    remainder of a vectorised loop), and fft2c on a view gives what it gives on a copy."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 1, 9, 8, 2, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(2, 4, 9, 8, 2, generator=g, dtype=torch.float64).to(dtype)
+    bt = b.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
+    assert not bt.is_contiguous()
+    ulp = torch.finfo(dtype).eps * float(a.abs().max() * b.abs().max()) * 2
+    for other in (b, bt):
+        torch.testing.assert_close(complex_mul(a, other), _formula_mul(a, other), rtol=0, atol=ulp)
+        torch.testing.assert_close(complex_mul(other, a, conj_b=True), _formula_mul(other, complex_conj(a)),
+                                   rtol=0, atol=ulp)
+    big = torch.randn(1, 8, 64, 64, 2, generator=g, dtype=torch.float64).to(dtype)  # whole vectors: exact
+    assert torch.equal(complex_mul(big[:, :1], big), _formula_mul(big[:, :1], big))
+    h = a.to(torch.bfloat16)  # no native complex type: the formula itself
+    assert torch.equal(complex_mul(h, h, conj_b=True), _formula_mul(h, complex_conj(h)))
+    k = torch.randn(3, 10, 12, 2, generator=g, dtype=torch.float64).to(dtype)
+    zk = torch.complex(k[..., 0], k[..., 1])
+    assert torch.equal(fft2c(k), torch.view_as_real(fft2c_complex(zk)))
+    assert torch.equal(fft2c(k.transpose(0, 1).contiguous().transpose(0, 1)), fft2c(k))
+
+
+def test_complex_mul_gradients():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(2, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(1, 3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda u, v: complex_mul(u, v, conj_b=True), (a, b))
 
 
 # -- other kinds -----------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def sens_expand(x: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
 
 def sens_reduce(k: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
     """R = E^H: coil k-space -> sum_c conj(S_c) F^-1(k_c), shape (N, 1, H, W, 2)."""
-    return complex_mul(ifft2c(k), complex_conj(sens)).sum(dim=1, keepdim=True)
+    return complex_mul(ifft2c(k), sens, conj_b=True).sum(dim=1, keepdim=True)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -161,7 +161,8 @@ class VarNetBlock(nn.Module):
                                       error_msgs)
 
     def forward(self, current: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor, sens: torch.Tensor) -> torch.Tensor:
-        soft_dc = torch.where(mask, current - ref, self.zero) * self.dc_weight
+        # fastMRI's where(mask, current - ref, 0), without the broadcast select (the same values)
+        soft_dc = (current - ref).masked_fill_(~mask, 0.0) * self.dc_weight
         return current - soft_dc - sens_expand(self.model(sens_reduce(current, sens)), sens)
 
 
