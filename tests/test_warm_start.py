@@ -99,12 +99,16 @@ def test_on_cuda_the_solver_loop_synchronises_only_every_k_iterations(solver):
     assert len(syncs) <= 40 // 10 + 3, [str(w.message) for w in syncs[:5]]
 
 
-def test_deq_check_every_is_a_runtime_setting_with_the_same_output():
+def _deq_problem():
+    """A small DEQ (eval mode), its operator and the measurements of two blob images."""
     op = load_operator(OP_SPEC)
     torch.manual_seed(0)
     model, _ = build_arch("deq-edsr", DEQ_ARGS)
-    model.eval()
-    y = op.measure(blob_images(2, SIZE))
+    return model.eval(), op, op.measure(blob_images(2, SIZE))
+
+
+def test_deq_check_every_is_a_runtime_setting_with_the_same_output():
+    model, op, y = _deq_problem()
     with torch.no_grad():
         ref = model(y, op)
         ref_info = dict(model.last_info)
@@ -116,11 +120,7 @@ def test_deq_check_every_is_a_runtime_setting_with_the_same_output():
 
 # ------------------------------------------------------------------------------ warm starts
 def test_a_deq_started_at_its_fixed_point_stops_at_once():
-    op = load_operator(OP_SPEC)
-    torch.manual_seed(0)
-    model, _ = build_arch("deq-edsr", DEQ_ARGS)
-    model.eval()
-    y = op.measure(blob_images(2, SIZE))
+    model, op, y = _deq_problem()
     with torch.no_grad():
         x_star = model(y, op)
         cold = model.last_info["iterations"]
