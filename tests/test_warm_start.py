@@ -231,6 +231,10 @@ def test_bench_command_warm_start_and_check_every(files):
 
     args = ["bench", str(files / "deq.safetensors"), str(files / "deq-p50.safetensors"), "--data",
             str(files / "vol_a.npy"), "--device", "cpu", "--warmup", "0", "--repeats", "2"]
+    r = CliRunner().invoke(app, args + ["--warm-start", "--warm-batches", "2", "--check-every", "3", "--json", "-"])
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.stdout)
+    assert all(m["warm_start"]["timed_batches"] == 2 for m in d["models"]) and d["solver"]["check_every"] == 3
     r = CliRunner().invoke(app, args + ["--warm-start", "--check-every", "3"])
     assert r.exit_code == 0, r.output
     assert "warm starts across slices" in r.output and "residual read every 3 iterations" in r.output

@@ -136,7 +136,8 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
     if cfg.warm_start:  # the volume to time warm starts on, refused before any work when there is none
         from .warmstart import raw_sequence, sequence_starts
 
-        sequence = raw_sequence(rev, batch_size) if raw else sequence_starts(ev.volume_index, len(ev.images), batch_size)
+        sequence = (raw_sequence(rev, batch_size, cfg.warm_batches) if raw
+                    else sequence_starts(ev.volume_index, len(ev.images), batch_size, cfg.warm_batches))
     notes: list[str] = []
     if env["note"]:
         notes.append(env["note"])

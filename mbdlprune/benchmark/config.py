@@ -18,7 +18,7 @@ _NUMBERS = {
     "threads": (True, 1, True), "batch_size": (True, 1, False), "warmup": (True, 0, False),
     "repeats": (True, 1, False), "max_images": (True, 1, True), "seed": (True, 0, False),
     "max_iter": (True, 1, True), "tol": (False, None, True), "min_speedup": (False, None, True),
-    "max_psnr_drop": (False, None, True), "check_every": (True, 1, True),
+    "max_psnr_drop": (False, None, True), "check_every": (True, 1, True), "warm_batches": (True, 1, False),
 }
 
 
@@ -38,7 +38,8 @@ class BenchConfig(StepConfig):
     scored too, since its outputs differ. ``check_every``: every DEQ's solver reads its residual
     on the host only every k iterations (fewer GPU synchronisations; the same results).
     ``warm_start``: also reconstruct and time every volume's slices in order, each DEQ solve
-    started from the previous slice's fixed point (:mod:`.warmstart`), reported apart.
+    started from the previous slice's fixed point (:mod:`.warmstart`), reported apart;
+    ``warm_batches``: how many batches of one volume its cold and warm passes time.
     """
 
     device: str = "auto"
@@ -63,6 +64,7 @@ class BenchConfig(StepConfig):
     bf16: bool = False
     check_every: int | None = None
     warm_start: bool = False
+    warm_batches: int = 8
 
     WHERE = "bench settings"
 

@@ -12,8 +12,8 @@ the report keeps the two gains apart (:func:`warm_rows`):
 
 Quality: every volume is reconstructed in slice order, warm-started, and scored like the cold
 pass. Timing: the slices of the first volume that has at least two batches (up to
-:data:`MAX_TIMED_BATCHES` + 1), cold and warm, every model in each round (rotating order). A
-warm pass solves its first batch cold and untimed (its fixed point starts the next), so both
+``warm_batches`` + 1, default :data:`WARM_BATCHES` + 1), cold and warm, every model in each
+round (rotating order). A warm pass solves its first batch cold and untimed (its fixed point starts the next), so both
 passes time the same batches. With ``--batch-size B`` a batch starts from the previous batch's
 fixed points row by row (slice s from slice s - B); a batch that spans two volumes runs cold.
 """
@@ -27,8 +27,8 @@ from typing import Any, Sequence
 from ..errors import MbdlError
 from ..models.protocol import accepts_warm_start, is_deq
 
-#: timed batches per pass (after the untimed first one)
-MAX_TIMED_BATCHES = 8
+#: timed batches per pass by default (after the untimed first one): ``BenchConfig.warm_batches``
+WARM_BATCHES = 8
 
 
 def check_warm_start(entries: Sequence[Any]) -> None:
@@ -79,7 +79,8 @@ def _too_short(batch_size: int) -> MbdlError:
                      "data has none", "evaluate on whole volumes, or lower --batch-size")
 
 
-def sequence_starts(volume_index: Sequence[int] | None, n: int, batch_size: int) -> list[int]:
+def sequence_starts(volume_index: Sequence[int] | None, n: int, batch_size: int,
+                    warm_batches: int = WARM_BATCHES) -> list[int]:
     """Where the timed batches start: the first volume of at least two batches, in slice order
     (capped); an error in one line when no volume is long enough (checked before any work)."""
     idx = list(volume_index) if volume_index is not None else [0] * n
@@ -88,7 +89,7 @@ def sequence_starts(volume_index: Sequence[int] | None, n: int, batch_size: int)
         first, last = rows[0], rows[-1] + 1  # a volume's slices are consecutive
         starts = list(range(first, last - batch_size + 1, batch_size))
         if len(starts) >= 2:
-            return starts[:MAX_TIMED_BATCHES + 1]
+            return starts[:warm_batches + 1]
     raise _too_short(batch_size)
 
 
@@ -97,13 +98,13 @@ def image_sequence(y, op, starts: Sequence[int], batch_size: int) -> list[tuple[
     return [(y[s:s + batch_size], op) for s in starts]
 
 
-def raw_sequence(rev, batch_size: int) -> list[tuple[Any, Any]]:
+def raw_sequence(rev, batch_size: int, warm_batches: int = WARM_BATCHES) -> list[tuple[Any, Any]]:
     """The timed batches of raw k-space: the first volume of at least two full batches, with each batch's operator."""
     for v in rev.volumes:
         n = int(v.y.shape[0])
         starts = list(range(0, n - batch_size + 1, batch_size))
         if len(starts) >= 2:
-            return [(v.y[s:s + batch_size], v.op.batch(s, s + batch_size)) for s in starts[:MAX_TIMED_BATCHES + 1]]
+            return [(v.y[s:s + batch_size], v.op.batch(s, s + batch_size)) for s in starts[:warm_batches + 1]]
     raise _too_short(batch_size)
 
 

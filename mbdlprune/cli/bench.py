@@ -27,6 +27,7 @@ TolOpt = typer.Option(None, "--tol", help="DEQ tolerance for EVERY model (defaul
 MaxIterOpt = typer.Option(None, "--max-iter", help="DEQ iteration cap for EVERY model (default: the first model's).")
 SolverOpt = typer.Option(None, "--solver", help="DEQ solver for EVERY model (default: the first model's).")
 CheckEveryOpt = typer.Option(None, "--check-every", help="DEQ solvers read their residual on the host only every K iterations, for EVERY model: fewer GPU synchronisations, identical results, up to K-1 extra iterations of work (default: the models' own, 1).")
+WarmBatchesOpt = typer.Option(8, "--warm-batches", help="With --warm-start: how many batches of one volume the cold and warm passes time (after an untimed first one).")
 WarmStartOpt = typer.Option(False, "--warm-start", help="Also reconstruct each volume's slices in order, every DEQ solve started from the previous slice's fixed point, scored and timed cold and warm on the same slices: the solver's gain reported apart from pruning's.")
 MetricOpt = typer.Option("auto", "--metric", help=metric_help())
 KspaceScaleOpt = typer.Option("auto", "--kspace-scale", help="Raw k-space: none (raw units, fastMRI's VarNet), max (each slice to 1), volume; auto: none for e2e-varnet, else max.")
@@ -105,6 +106,7 @@ def bench_cmd(
     solver: Optional[str] = SolverOpt,
     check_every: Optional[int] = CheckEveryOpt,
     warm_start: bool = WarmStartOpt,
+    warm_batches: int = WarmBatchesOpt,
     metric: str = MetricOpt,
     kspace_scale: str = KspaceScaleOpt,
     coil_maps: str = CoilMapsOpt,
@@ -142,7 +144,7 @@ def bench_cmd(
         device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
         batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads, arch=arch,
         kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, bf16=bf16,
-        check_every=check_every, warm_start=warm_start, min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
+        check_every=check_every, warm_start=warm_start, warm_batches=warm_batches, min_speedup=min_speedup, max_psnr_drop=max_psnr_drop, control=control, control_out=control_out,
         progress=_progress(quiet or json_out == "-"), control_data=[str(d) for d in control_data] or None, force=force,
         key_map=key_map, unsafe_pickle=unsafe_pickle,
     )

@@ -72,8 +72,10 @@ class DemoSettings:
     repeats: int = 10
     #: evaluation slices used by the bench (None: all of them)
     max_images: int | None = None
-    #: DEQ examples: also bench warm starts across slices, reported apart from pruning
+    #: DEQ examples: also bench warm starts across slices, reported apart from pruning, timed
+    #: on this many slices of the evaluation volume
     warm_start: bool = True
+    warm_batches: int = 4
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -362,7 +364,8 @@ def _run_one(name: str, folder: Path, data: dict[str, Path], cfg: DemoSettings, 
     with _spinner(status, f"{name}: benchmarking original vs pruned vs pruned+finetuned"):
         report = compare([original, step.pruned_model, step.model], str(data["eval"]),
                          BenchConfig(device=device, warmup=cfg.warmup, repeats=cfg.repeats, max_images=cfg.max_images,
-                                     seed=cfg.seed, warm_start=cfg.warm_start and is_deq(original.model)))
+                                     seed=cfg.seed, warm_start=cfg.warm_start and is_deq(original.model),
+                                     warm_batches=cfg.warm_batches))
     seconds["bench"] = time.perf_counter() - t
     files = {"pruned": pruned_path, "pruned_finetuned": ft_path}
     files["bench_json"] = report.write_json(sub / "bench.json", force=force)
