@@ -41,7 +41,7 @@ def demo_cmd(
         return
     err = _wide(console(stderr=True))
     err.print(f"[bold]mbdlprune demo[/bold]: prune -> fine-tune -> bench on the example models shipped with the package "
-              f"({'quick budgets' if quick else 'about 2 minutes on 2 idle CPU cores'})")
+              f"({'quick budgets' if quick else 'about 3 minutes on 2 idle CPU cores'})")
 
     def say(msg: str) -> None:
         err.print(msg, highlight=False)

@@ -21,7 +21,7 @@ from ..errors import MbdlError
 
 DEFAULT_OUT = "mbdlprune-demo"
 MODEL_CHOICES = ("default", "deq", "unrolled", "varnet", "all")
-#: what ``--model default`` runs: the two single-coil examples, about 2 minutes on 2 idle CPU cores;
+#: what ``--model default`` runs: the two single-coil examples, about 3 minutes on 2 idle CPU cores;
 #: the multi-coil varnet (raw k-space) adds about 2 more, so it runs when asked (``varnet``, ``all``)
 DEFAULT_MODELS = ("deq", "unrolled")
 ALL_MODELS = ("deq", "unrolled", "varnet")
