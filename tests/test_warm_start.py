@@ -274,3 +274,18 @@ def test_warm_start_needs_deqs_that_take_a_starting_iterate(files):
         mbdlprune.bench(own, str(files / "vol_a.npy"), warm_start=True, **FAST)
     with pytest.raises(MbdlError, match="has no check_every setting"):
         mbdlprune.bench(own, str(files / "vol_a.npy"), check_every=2, **FAST)
+
+
+def test_sweep_warm_start_shows_the_solver_gain_per_ratio(files, tmp_path):
+    from mbdlprune.cli import app
+
+    out = tmp_path / "sweep"
+    r = CliRunner().invoke(app, ["sweep", str(files / "deq.safetensors"), "--ratios", "0.5", "--eval-data",
+                                 str(files / "vol_a.npy"), "--device", "cpu", "--warmup", "0", "--repeats", "2",
+                                 "--round-to", "1", "--warm-start", "--warm-batches", "2", "--out-dir", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "warm starts across slices" in r.output
+    d = json.loads((out / "sweep.json").read_text())
+    assert [p["warm_start"]["timed_batches"] for p in d["points"]] == [2, 2]
+    assert d["points"][1]["warm_start"]["speedup_warm"] > 0
+    assert "Warm starts across slices" in (out / "sweep.md").read_text()

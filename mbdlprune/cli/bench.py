@@ -178,6 +178,8 @@ def sweep_cmd(
     max_iter: Optional[int] = MaxIterOpt,
     solver: Optional[str] = SolverOpt,
     check_every: Optional[int] = CheckEveryOpt,
+    warm_start: bool = WarmStartOpt,
+    warm_batches: int = WarmBatchesOpt,
     metric: str = MetricOpt,
     kspace_scale: str = KspaceScaleOpt,
     coil_maps: str = CoilMapsOpt,
@@ -229,7 +231,7 @@ def sweep_cmd(
         warmup=warmup, repeats=repeats, batch_size=batch_size, metric=metric, seed=seed, max_images=max_images,
         kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, bf16=bf16, fit=fit, threads=threads, force=force, unsafe_pickle=unsafe_pickle, progress=_progress(quiet or json_out == "-"),
         key_map=key_map, prune_options={"allow_partial": True} if allow_partial else None, figure=figure,
-        finetune_devices=finetune_devices, check_every=check_every,
+        finetune_devices=finetune_devices, check_every=check_every, warm_start=warm_start, warm_batches=warm_batches,
     )
     from ..io import json_safe, write_text
 

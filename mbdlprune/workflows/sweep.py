@@ -77,6 +77,8 @@ class SweepPoint:
     speedup_low: float | None = None  # original's p10 / this model's p90 (see speedup_interval)
     speedup_high: float | None = None  # original's p90 / this model's p10
     psnr_drop_paired_std: float | None = None
+    #: with ``warm_start``: the bench's warm-start figures for this model (:mod:`mbdlprune.benchmark.warmstart`)
+    warm_start: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -160,7 +162,10 @@ class SweepReport:
         for n in self.bench.notes + self.notes:
             lines.append(Text("note: " + n, style="yellow"))
         lines.append(Text(self.summary_line(), style="bold"))
-        return Group(t, *lines)
+        from ..benchmark.warmstart import warm_table
+
+        warm = warm_table(self.bench.models)
+        return Group(t, *([warm] if warm is not None else []), *lines)
 
     def print(self, console=None) -> None:
         from rich.console import Console
@@ -173,6 +178,12 @@ class SweepReport:
         out.append("|" + "|".join("---" if h == "model" else "---:" for h in self.HEADERS) + "|")
         for row in self._rows():
             out.append("| " + " | ".join(row) + " |")
+        from ..benchmark.warmstart import warm_markdown
+
+        for title, headers, rows in warm_markdown(self.bench.models):
+            out += ["", f"**{title}**", "", "| " + " | ".join(headers) + " |",
+                    "|" + "|".join("---" if h == "model" else "---:" for h in headers) + "|"]
+            out += ["| " + " | ".join(row) + " |" for row in rows]
         out += ["", f"- **Device:** {self.bench.context_line()}"]
         if self.bench.solver_line():
             out.append(f"- **Solver:** {self.bench.solver_line()}")
@@ -260,6 +271,8 @@ def sweep(
     bf16: bool = False,
     finetune_devices: str | Sequence[str] | None = "auto",
     check_every: int | None = None,
+    warm_start: bool = False,
+    warm_batches: int = 8,
 ) -> SweepReport:
     """Prune ``checkpoint`` at each ratio, optionally fine-tune each, and bench them all at once.
 
@@ -272,6 +285,8 @@ def sweep(
     ``finetune_devices``: fine-tune the points in parallel, one worker process per device
     (:mod:`.parallel`; ``auto``: every CUDA device when two or more are visible, ``none``: one
     after another); the bench then runs all models side by side on ``device`` as always.
+    ``check_every``, ``warm_start``, ``warm_batches``: as in :class:`~mbdlprune.benchmark.BenchConfig`
+    (with ``warm_start`` each point also carries its warm-start figures, and a table shows them).
     """
     from ..benchmark import BenchConfig, compare
     from ..io import prepare_output_dir, rollback_on_error, write_file, write_json, write_text
@@ -281,7 +296,7 @@ def sweep(
     bcfg = BenchConfig(device=device, solver=solver, tol=tol, max_iter=max_iter, warmup=warmup, repeats=repeats,
                        batch_size=batch_size, metric=metric, seed=seed, max_images=max_images, fit=fit, threads=threads,
                        kspace_scale=kspace_scale, coil_maps=coil_maps, compile=compile, channels_last=channels_last, bf16=bf16,
-                       check_every=check_every)
+                       check_every=check_every, warm_start=warm_start, warm_batches=warm_batches)
     bcfg.validate()
     if eval_data is None:
         raise MbdlError("a sweep needs evaluation data", "pass --eval-data PATH (images the models never trained on)")
@@ -361,6 +376,7 @@ def sweep(
                 prior_calls=m.prior_calls_per_reconstruction,
                 per_call_speedup_per_macs_reduction=m.per_call_speedup_per_macs_reduction,
                 speedup_low=lo, speedup_high=hi, psnr_drop_paired_std=m.psnr_drop_paired_std,
+                warm_start=m.warm_start,
             ))
         pareto_front(points)
         best = None
