@@ -136,8 +136,8 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
     if cfg.warm_start:  # the volume to time warm starts on, refused before any work when there is none
         from .warmstart import raw_sequence, sequence_starts
 
-        sequence = (raw_sequence(rev, batch_size, cfg.warm_batches) if raw
-                    else sequence_starts(ev.volume_index, len(ev.images), batch_size, cfg.warm_batches))
+        warm_timed = (raw_sequence(rev, batch_size, cfg.warm_batches) if raw  # (y, op) batches
+                      else sequence_starts(ev.volume_index, len(ev.images), batch_size, cfg.warm_batches))  # starts
     notes: list[str] = []
     if env["note"]:
         notes.append(env["note"])
@@ -168,25 +168,24 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
     timings = time_models([e.model for e in entries], y, op, dev, warmup, repeats, batch_size, interleave)
     from .costs import NoCosts
 
-    if raw:  # the fast path's quality (bf16): the same scoring, its costs already counted eagerly
-        def score(e):
-            return score_raw(e, rev, dev, batch_size, metric_def, NoCosts)
+    # quality again, its costs already counted eagerly: on the fast path (bf16), or warm-started
+    if raw:
+        def score(e, warm=False):
+            return score_raw(e, rev, dev, batch_size, metric_def, NoCosts, warm=warm)
     else:
-        def score(e):
-            return reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, NoCosts)
+        def score(e, warm=False):
+            return reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, NoCosts, warm=warm,
+                                         volume_index=ev.volume_index)
     fast_timings, fast_records, fast_scores = _fast_timings(entries, y, op, dev, cfg, notes, say, score)
     if cfg.warm_start:
         from .warmstart import image_sequence, time_passes
 
         say("warm starts: reconstructing every volume in slice order, each solve from the previous slice's fixed point")
-        if raw:
-            warm_scores = [score_raw(e, rev, dev, batch_size, metric_def, NoCosts, warm=True) for e in entries]
-        else:
-            warm_scores = [reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, NoCosts, warm=True,
-                                                 volume_index=ev.volume_index) for e in entries]
-            sequence = image_sequence(y, op, sequence, batch_size)
-        say(f"timing cold and warm passes over {len(sequence) - 1} batches of one volume")
-        warm_passes = time_passes([e.model for e in entries], sequence, dev, repeats, interleave)
+        warm_scores = [score(e, warm=True) for e in entries]
+        if not raw:
+            warm_timed = image_sequence(y, op, warm_timed, batch_size)
+        say(f"timing cold and warm passes over {len(warm_timed) - 1} batches of one volume")
+        warm_passes = time_passes([e.model for e in entries], warm_timed, dev, repeats, interleave)
 
     results: list[ModelResult] = []
     for e, sc, tm in zip(entries, scored, timings):
