@@ -296,8 +296,9 @@ class BenchReport:
             parts.append(fast)
         from .warmstart import warm_table
 
-        if warm_table(self.models) is not None:
-            parts.append(warm_table(self.models))
+        warm = warm_table(self.models)
+        if warm is not None:
+            parts.append(warm)
         return Group(*parts, *lines)
 
     FAST_HEADERS = ("model", "eager ms", "fast ms [p10–p90]", "fast/eager", "speedup (both fast)",

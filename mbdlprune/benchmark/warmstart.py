@@ -159,11 +159,11 @@ def time_passes(models: Sequence[Any], sequence: list[tuple[Any, Any]], device: 
 
 def combine(results: Sequence[Any], passes: Sequence[dict[str, Any]], scores: Sequence[tuple[float, float]]) -> None:
     """Fill each result's ``warm_start`` from its timed passes and warm-started scores (first = the original)."""
+    def ratio(a, b):
+        return a / b if b and b > 0 else None
+
     ref, (ref_psnr, _) = passes[0], scores[0]
     for r, p, (psnr, ssim) in zip(results, passes, scores):
-        def ratio(a, b):
-            return a / b if b and b > 0 else None
-
         r.warm_start = {
             **p,
             "warm_start_gain": ratio(p["cold_ms"], p["warm_ms"]),
