@@ -51,7 +51,8 @@ LABELS = {"deq": "DEQ (deq-edsr)", "unrolled": "unrolled (5 x shared DnCNN)",
 
 @dataclass
 class DemoSettings:
-    """Budgets of one demo run (the defaults take 2 to 2.5 minutes on 2 CPU cores, 3 on busy ones)."""
+    """Budgets of one demo run (the defaults take about 3 minutes on 2 CPU cores, the DEQ's
+    warm-start bench included)."""
 
     #: pruning ratio of every example (None: each example's own, :data:`PRUNING`)
     ratio: float | None = None
