@@ -3,6 +3,7 @@
     python benchmarks/frontier.py --quick --threads 1
     python benchmarks/frontier.py --threads 1 --json frontier.json            # paper sizes (slow on a CPU)
     python benchmarks/frontier.py --compile --ratios 0.3,0.5 --devices cuda
+    python benchmarks/frontier.py --cases deq-paper,varnet-paper --compile --channels-last --prune-sensitivity
     python benchmarks/frontier.py --finetune --cases deq,unrolled --ratios 0.5,0.625,0.75   # the demo's frontier
 
 Models, each pruned at every ``--ratios`` (default 0.3,0.5,0.7; L1, uniform, ``--round-to``):
@@ -35,11 +36,15 @@ Columns:
   demo's fine-tuning of each pruned copy (``mbdlprune.workflows.demo.finetune_settings``: distill
   from the original on the shipped fine-tuning slices, best epoch on the validation slices), so
   the ``●`` row, the fastest within ``--max-psnr-drop`` (0.1 dB), is the point the demo runs;
-* with ``--compile``: the same ``mbdlprune.bench`` run also times every model on bench's fast
-  inference path (its prior(s) compiled with ``torch.compile``; ``docs/bench.md``), ``c.speedup``
-  = compiled original / compiled pruned, ``c/eager`` = the model's eager / compiled time, and the
+* with ``--compile`` and/or ``--channels-last``: the same ``mbdlprune.bench`` run also times
+  every model on bench's fast inference path (its prior(s) compiled with ``torch.compile``, in
+  channels-last format, or both; ``docs/bench.md``): ``f.speedup`` = fast original / fast pruned,
+  ``f.real/MACs`` = f.speedup / MACs↓, ``f/eager`` = the model's eager / fast time, and the
   compile time (each model's first call) reported on its own (10-60 s per model on a 2-core VM);
   where compilation fails, bench's note says so and only eager timings are given;
+* with ``--prune-sensitivity`` (E2E-VarNet cases): the sensitivity U-Net is pruned besides the
+  cascades, and bench counts its MACs (and puts it on the fast path) for every model, the
+  original included, so MACs↓ and real/MACs cover every network that runs;
 * with ``--warm-start`` (trained DEQ cases): the same run also benches warm starts across slices
   (``bench --warm-start``, ``docs/bench.md``): ``warm gain`` = the model's cold / warm time on the
   same slices (the solver's gain), ``w.speedup`` = warm original / warm pruned (pruning's gain with
@@ -167,6 +172,13 @@ def cases(args) -> list[dict]:
     return out
 
 
+def prune_extra(case: dict, args) -> dict:
+    """``--prune-sensitivity``: an E2E-VarNet's sensitivity U-Net is pruned besides its cascades
+    (bench then counts, and puts on the fast path, that network for every model alike)."""
+    o = case["original"]
+    return {"prune_sensitivity": True} if args.prune_sensitivity and getattr(o.model, "sens_net", None) is not None else {}
+
+
 def pruned_copies(case: dict, ratios: list[float], args) -> list[LoadedModel]:
     """The original and its pruned copies; with ``--finetune``, a trained example's copies are
     fine-tuned the way the demo fine-tunes (:func:`mbdlprune.workflows.demo.finetune_settings`)."""
@@ -174,12 +186,13 @@ def pruned_copies(case: dict, ratios: list[float], args) -> list[LoadedModel]:
     round_to = case["round_to"]
     entries = [o]
     tune = args.finetune and case["trained"]
+    extra = prune_extra(case, args)
     for r in ratios:
         label = f"{o.label}-r{r:g}"
         if tune:
             entries.append(finetuned_copy(case, r, label, args))
             continue
-        res = prune_model(copy.deepcopy(o.model), o.arch, o.operator, ratio=r, round_to=round_to, allow_partial=True)
+        res = prune_model(copy.deepcopy(o.model), o.arch, o.operator, ratio=r, round_to=round_to, allow_partial=True, **extra)
         entries.append(LoadedModel(res.model, res.meta, o.operator, arch=o.arch, label=label, role="pruned"))
     return entries
 
@@ -194,7 +207,7 @@ def finetuned_copy(case: dict, ratio: float, label: str, args) -> LoadedModel:
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     step = prune_and_finetune(
-        o, {"ratio": ratio, "round_to": case["round_to"], "allow_partial": True}, label=label,
+        o, {"ratio": ratio, "round_to": case["round_to"], "allow_partial": True, **prune_extra(case, args)}, label=label,
         finetuned_label=f"{label}-ft", pruned_out=folder / "pruned.safetensors",
         finetune=finetune_settings(DemoSettings(), case["finetune_data"], o.path, name=case["case"]),
         finetuned_out=folder / "ft.safetensors",
@@ -204,15 +217,15 @@ def finetuned_copy(case: dict, ratio: float, label: str, args) -> LoadedModel:
 
 
 def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
-    """Bench the original and its pruned copies in one interleaved run; with ``--compile`` the
-    same run also times every model on bench's fast inference path (compiled priors)."""
+    """Bench the original and its pruned copies in one interleaved run; with ``--compile`` or
+    ``--channels-last`` the same run also times every model on bench's fast inference path."""
     ratios = [0.0] + args.ratios
     say = (lambda m: print(f"  {m}", file=sys.stderr)) if args.verbose else None
     from mbdlprune.models.protocol import is_deq
 
     warm = bool(args.warm_start and case["trained"] and is_deq(entries[0].model))  # random weights: fixed iterations
     opts = {"warmup": args.warmup, "repeats": args.repeats, "threads": args.threads, "seed": args.seed,
-            "compile": args.compile, "warm_start": warm, **case["bench"]}
+            "compile": args.compile, "channels_last": args.channels_last, "warm_start": warm, **case["bench"]}
     t0 = time.perf_counter()
     rep = mbdlprune.bench(entries, case["data"], device=device, progress=say, **opts)
     seconds = time.perf_counter() - t0
@@ -234,9 +247,11 @@ def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
             "trained": case["trained"], "finetuned": bool(r and args.finetune and case["trained"]),
         }
         if m.fast_timing is not None:  # quality is scored on the eager models, once
-            row["compiled_median_ms"] = m.fast_timing.median_ms
-            row["compiled_speedup"] = m.fast_speedup
-            row["compiled_over_eager"] = m.timing.median_ms / m.fast_timing.median_ms
+            row["fast_median_ms"] = m.fast_timing.median_ms
+            row["fast_speedup"] = m.fast_speedup
+            row["fast_over_eager"] = m.timing.median_ms / m.fast_timing.median_ms
+            row["fast_realised_per_macs"] = (m.fast_speedup / m.prior_macs_reduction
+                                                 if m.fast_speedup and m.prior_macs_reduction else None)
             row["compile_s"] = (m.fast_path or {}).get("compile_s")
         if m.warm_start:  # the solver's gain apart from pruning's (bench --warm-start)
             w = m.warm_start
@@ -250,6 +265,7 @@ def run_case(case: dict, entries: list[LoadedModel], device: str, args) -> dict:
         bench_notes = [x for x in bench_notes if "stopped at max_iter before reaching tol" not in x]
         bench_notes.append(f"every DEQ solve runs exactly {case['bench']['max_iter']} iterations (tol 1e-30, on purpose)")
     return {"case": case["case"], "title": case["title"], "device": rep.environment["device"], "round_to": case["round_to"],
+            "fast_path": fast_path_text(args), "pruned_networks": "cascades + sensitivity U-Net" if prune_extra(case, args) else None,
             "context": rep.context_line(), "solver": rep.solver_line(), "notes": bench_notes,
             "seconds": seconds, "rows": rows, "max_psnr_drop": args.max_psnr_drop}
 
@@ -268,15 +284,25 @@ def _f(v, spec: str, suffix: str = "") -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec) + suffix
 
 
+def fast_path_text(args) -> str | None:
+    """What the ``f.`` columns time: bench's fast inference path with these switches."""
+    parts = (["compiled priors"] if args.compile else []) + (["channels-last"] if args.channels_last else [])
+    return " + ".join(parts) or None
+
+
 def print_run(run: dict, compiled: bool) -> None:
     rt = run["round_to"] if run["round_to"] is not None else "the pruner's"
     print(f"\n{run['title']}, round_to {rt}, on {run['device']}: {run['context']}  ({run['seconds']:.1f} s)")
     if run["solver"]:
         print(run["solver"])
+    if run.get("pruned_networks"):
+        print(f"pruned and counted: {run['pruned_networks']}")
+    if compiled:
+        print(f"f. columns: the fast path ({run['fast_path']}) for every model; f.speedup = fast original / fast model")
     hdr = (f"{'ratio':<5} {'model':<26} {'widths':<12} {'removed':>7} {'MACs↓':>6} {'speedup [p10–p90]':>20} {'real/MACs':>9} "
            f"{'call/MACs':>9} {'iters':>6} {'ms':>8} {'PSNR drop':>9}")
     if compiled:
-        hdr += f" {'c.speedup':>9} {'c/eager':>7} {'compile s':>9}"
+        hdr += f" {'f.speedup':>9} {'f.real/MACs':>11} {'f/eager':>7} {'compile s':>9}"
     warm = any("warm_start_gain" in r for r in run["rows"])
     if warm:
         hdr += f" {'warm gain':>9} {'w.speedup':>9} {'w/cold orig':>11} {'w.iters':>7} {'w.drop':>6}"
@@ -293,8 +319,9 @@ def print_run(run: dict, compiled: bool) -> None:
                 f"{_f(r['iterations'], '.1f'):>6} {_f(r['median_ms'], '.1f'):>8} "
                 f"{('—' if not r['ratio'] else _f(r['psnr_drop'], '+.2f')) if r['trained'] else 'untrained':>9}"
                 f"{' ●' if r.get('best') else '  '}")
-        if compiled and "compiled_speedup" in r:
-            line += (f" {_f(r['compiled_speedup'], '.2f', 'x'):>9} {_f(r['compiled_over_eager'], '.2f', 'x'):>7} "
+        if compiled and "fast_speedup" in r:
+            line += (f" {_f(r['fast_speedup'], '.2f', 'x'):>9} {_f(r['fast_realised_per_macs'], '.2f'):>11} "
+                     f"{_f(r['fast_over_eager'], '.2f', 'x'):>7} "
                      f"{_f(r['compile_s'], '.1f'):>9}")
         if warm and "warm_start_gain" in r:
             line += (f" {_f(r['warm_start_gain'], '.2f', 'x'):>9} {_f(r['warm_speedup'], '.2f', 'x'):>9} "
@@ -322,6 +349,11 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="paper-size models at 64x64, 2 eval images, 1+5 runs: about a minute on a CPU")
     ap.add_argument("--devices", default=None, help="comma-separated, e.g. cpu,cuda (default: cpu, and cuda when available)")
     ap.add_argument("--compile", action="store_true", help="also time each model with its prior(s) through torch.compile")
+    ap.add_argument("--channels-last", action="store_true",
+                    help="also time each model with its prior(s) in channels-last format (with --compile: both, in one fast path)")
+    ap.add_argument("--prune-sensitivity", action="store_true",
+                    help="E2E-VarNet cases: prune the sensitivity U-Net besides the cascades (prune --prune-sensitivity); "
+                         "bench counts its MACs for every model")
     ap.add_argument("--warmup", type=int, default=None, help="untimed runs per model (default 3; --quick 1)")
     ap.add_argument("--repeats", type=int, default=None, help="timed interleaved runs (default 20; --quick 5)")
     ap.add_argument("--iterations", type=int, default=None, help="random-weight DEQ: fixed iteration count (default 10; --quick 3)")
@@ -371,7 +403,7 @@ def main(argv=None) -> int:
                 entries = pruned_copies(case, args.ratios, args)
                 for dev in args.devices:
                     run = run_case(case, entries, dev, args)
-                    print_run(run, args.compile)
+                    print_run(run, bool(fast_path_text(args)))
                     runs.append(run)
         except MbdlError as e:  # a user error (a device that is not there, a ratio out of range): one line
             print(f"error: {e}", file=sys.stderr)

@@ -487,3 +487,42 @@ def test_bench_gives_each_model_its_own_solver_settings_back(models):
     mbdlprune.bench([mbdlprune.LoadedModel(a.model, a.meta, a.operator, str(orig), label="a", role="original"),
              mbdlprune.LoadedModel(b.model, b.meta, b.operator, str(pruned), label="b")], _images(), **FAST)
     assert (b.model.tol, b.model.max_iter) == (4e-3, 3)
+
+
+def test_a_network_pruned_besides_the_priors_is_counted_and_fast_pathed_for_every_model():
+    """An E2E-VarNet pruned with its sensitivity U-Net: bench counts that network's calls and
+    MACs for the original and the pruned model alike (the MACs reduction is the pruning
+    record's), and channels-last reaches it too."""
+    import copy
+
+    from mbdlprune.api import prune_model
+    from mbdlprune.models.small import SMALL_IMAGE_SIZE, small_args
+    from mbdlprune.models.user import build_arch
+    from mbdlprune.operators import load_operator
+
+    h, w = SMALL_IMAGE_SIZE
+    op = load_operator({"kind": "mri", "image_size": [h, w], "acceleration": 4, "coils": 3})
+    torch.manual_seed(0)
+    model, spec = build_arch("e2e-varnet", small_args("e2e-varnet"))
+    meta = {"arch": spec.to_dict(), "operator": op.spec, "pruning": None}
+    orig = mbdlprune.LoadedModel(model.eval(), meta, op, arch=spec, label="orig", role="original")
+    sens = "sens_net.norm_unet.unet"
+    res = prune_model(copy.deepcopy(model), spec, op, ratio=0.5, round_to=1, prune_sensitivity=True)
+    both = mbdlprune.LoadedModel(res.model, res.meta, op, arch=spec, label="both", role="pruned")
+    plain = prune_model(copy.deepcopy(model), spec, op, ratio=0.5, round_to=1)
+    cascades = mbdlprune.LoadedModel(plain.model, plain.meta, op, arch=spec, label="cascades", role="pruned")
+    images = blob_images(2, h, 0)[:, :, :, :w]
+    rep = mbdlprune.bench([orig, both, cascades], images, channels_last=True, **FAST)
+    for m in rep.models:
+        assert sens in m.priors and m.priors[sens]["calls_per_reconstruction"] == 1
+        assert m.prior_calls_per_reconstruction == len(model.cascades) + 1
+        assert sens in m.fast_path["channels_last"]
+    assert any(sens in n and "both" in n for n in rep.notes)
+    rec = res.meta["pruning"]["priors"]
+    before = sum(r["macs_before"] * r["calls_per_forward"] for r in rec.values())
+    after = sum(r["macs_after"] * r["calls_per_forward"] for r in rec.values())
+    assert rep.models[1].prior_macs_reduction == pytest.approx(before / after, rel=1e-6)
+    orig_sens = rep.models[0].priors[sens]["macs_per_call"]
+    assert rep.models[2].priors[sens]["macs_per_call"] == orig_sens > rep.models[1].priors[sens]["macs_per_call"]
+    alone = mbdlprune.bench([orig, cascades], images, **FAST)  # nobody pruned it: the models' own priors only
+    assert all(sens not in m.priors for m in alone.models)

@@ -69,7 +69,7 @@ def compare(models: Sequence[Any], data: Any, config: BenchConfig | None = None,
         torch.set_num_threads(before_threads)
 
 
-def _fast_timings(entries, y, op, dev, cfg: BenchConfig, notes: list[str], say, score=None):
+def _fast_timings(entries, y, op, dev, cfg: BenchConfig, notes: list[str], say, score=None, extra=()):
     """Every model timed again on the fast inference path (compiled / channels-last / bf16 priors),
     or Nones; with bf16 also ``score(entry)`` of each model on that path (its outputs differ)."""
     n = len(entries)
@@ -84,7 +84,7 @@ def _fast_timings(entries, y, op, dev, cfg: BenchConfig, notes: list[str], say, 
     models = [e.model for e in entries]
     scores = [None] * n
     with fast_path(models, compile=cfg.compile, channels_last=cfg.channels_last, bf16=cfg.bf16, device=dev,
-                   notes=notes) as records:
+                   notes=notes, extra_paths=extra) as records:
         if cfg.compile:
             say(f"compiling the priors of {n} models (timed apart)")
             if not first_calls(models, _timing_batch(y, cfg.batch_size).to(dev), op, records, dev, notes):
@@ -116,7 +116,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
     import torch
 
     from ..metrics import get_definition
-    from .costs import _CostCounter
+    from .costs import _CostCounter, pruned_networks
     from .rawdata import is_raw_data, load_raw_eval, score_raw
 
     warmup, repeats, batch_size, seed = cfg.warmup, cfg.repeats, cfg.batch_size, cfg.seed
@@ -147,11 +147,20 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         notes.append(busy_note(env))
     for e in entries:
         e.model.eval().to(device=dev, dtype=torch.float32)
+    extra = pruned_networks(entries)  # networks pruned besides the models' own priors: counted for all
+    if extra:
+        notes.append(f"prior costs (and the fast path) include {', '.join(extra)}: pruned by "
+                     f"{', '.join(e.label for e in entries if set(extra) & set(((e.meta or {}).get('pruning') or {}).get('priors') or {}))}"
+                     ", so counted for every model alike")
+
+    def counter(model):
+        return _CostCounter(model, extra)
+
     scored = []
     if raw:
         for e in entries:
             say(f"reconstructing {rev.n_images} slices of {len(rev.volumes)} volume(s) with {e.label}")
-            scored.append(score_raw(e, rev, dev, batch_size, metric_def, _CostCounter))
+            scored.append(score_raw(e, rev, dev, batch_size, metric_def, counter))
         y, op = rev.timing_input(batch_size)
         op = op.to(dev)
         truth = scored[0]["truth"]
@@ -162,7 +171,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         # quality and costs (also a first warm-up)
         for e in entries:
             say(f"reconstructing with {e.label}")
-            scored.append(reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def))
+            scored.append(reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, counter))
         truth = ev.images[:1].clone()
     say(f"timing {len(entries)} models: {warmup} warm-up + {repeats} interleaved runs, batch {batch_size}")
     timings = time_models([e.model for e in entries], y, op, dev, warmup, repeats, batch_size, interleave)
@@ -176,7 +185,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         def score(e, warm=False):
             return reconstruct_and_score(e, y, ev.images, op, dev, batch_size, metric_def, NoCosts, warm=warm,
                                          volume_index=ev.volume_index)
-    fast_timings, fast_records, fast_scores = _fast_timings(entries, y, op, dev, cfg, notes, say, score)
+    fast_timings, fast_records, fast_scores = _fast_timings(entries, y, op, dev, cfg, notes, say, score, extra)
     if cfg.warm_start:
         from .warmstart import image_sequence, time_passes
 

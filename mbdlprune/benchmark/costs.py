@@ -4,18 +4,61 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..io.model_file import LoadedModel
 
-class _CostCounter:
-    """Counts prior calls and conv/linear MACs inside each prior during real reconstructions."""
+def network_paths(model, extra: Sequence[str] = ()) -> list[str]:
+    """The networks bench counts and puts on the fast path: the model's ``prior_paths()`` (a model
+    without one, user code, is one network: ``""``, the whole model) and ``extra``
+    (:func:`pruned_networks`)."""
+    own = list(model.prior_paths()) if hasattr(model, "prior_paths") else [""]
+    return own + [p for p in extra if p not in own]
 
-    def __init__(self, model):
+
+def _nested(a: str, b: str) -> bool:
+    """Whether one of two submodule paths lies inside the other (or they are the same)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def pruned_networks(entries) -> list[str]:
+    """Networks besides the models' own priors that a model's pruning record names (e.g. an
+    E2E-VarNet's sensitivity U-Net, pruned with ``--prior +sens_net.norm_unet.unet``), so that
+    their calls and MACs are counted, and timed on the fast path, for every model alike: the
+    pruned model's MACs would otherwise leave out a network that pruning made cheaper, and the
+    original's the same network unpruned. Kept only where every model has the submodule and it
+    neither holds nor sits inside a model's own prior (each conv is counted once)."""
+    own = [p for e in entries for p in network_paths(e.model)]
+    if "" in own:  # a model counted whole already counts every network in it
+        return []
+    out: list[str] = []
+    for e in entries:
+        rec = (e.meta or {}).get("pruning") or {}
+        for path in rec.get("priors") or {}:
+            if not isinstance(path, str) or not path or path in out or any(_nested(path, o) for o in own):
+                continue
+            if any(_nested(path, o) for o in out) or not all(_has(x.model, path) for x in entries):
+                continue
+            out.append(path)
+    return out
+
+
+def _has(model, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+class _CostCounter:
+    """Counts prior calls and conv/linear MACs inside each network of :func:`network_paths`
+    during real reconstructions."""
+
+    def __init__(self, model, extra: Sequence[str] = ()):
         from torch import nn
 
-        # models without prior_paths() (user code) are counted as one "prior": the whole model
-        self.paths = list(model.prior_paths()) if hasattr(model, "prior_paths") else [""]
+        self.paths = network_paths(model, extra)
         self.calls = {p: 0 for p in self.paths}
         self.macs = {p: 0 for p in self.paths}
         self.params = {}
@@ -82,7 +125,7 @@ class NoCosts:
     """A stand-in for :class:`_CostCounter` that counts nothing: scoring a model on the fast
     inference path, whose priors are wrapped or compiled (their costs were counted eagerly)."""
 
-    def __init__(self, model):
+    def __init__(self, model, extra: Sequence[str] = ()):
         pass
 
     def remove(self) -> None:

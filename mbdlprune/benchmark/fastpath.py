@@ -25,10 +25,6 @@ import time
 from typing import Any, Iterator, Sequence
 
 
-def _prior_paths(model) -> list[str]:
-    return list(model.prior_paths()) if hasattr(model, "prior_paths") else [""]
-
-
 def _parent(model, path: str):
     if not path:
         return None, None
@@ -81,10 +77,14 @@ class _ChannelsLastInput:
 
 @contextlib.contextmanager
 def fast_path(models: Sequence[Any], *, compile: bool = False, channels_last: bool = False, bf16: bool = False,
-              device: str = "cpu", notes: list[str] | None = None) -> Iterator[list[dict[str, Any]]]:
-    """Apply the switches to every model's priors for the block; yields one record per model
-    (what was applied, and ``compile_s`` once :func:`first_calls` has run). Undone on exit."""
+              device: str = "cpu", notes: list[str] | None = None,
+              extra_paths: Sequence[str] = ()) -> Iterator[list[dict[str, Any]]]:
+    """Apply the switches to every model's priors (and ``extra_paths``, the networks pruned besides
+    them: :func:`.costs.pruned_networks`) for the block; yields one record per model (what was
+    applied, and ``compile_s`` once :func:`first_calls` has run). Undone on exit."""
     import torch
+
+    from .costs import network_paths
 
     notes = notes if notes is not None else []
     undo: list = []
@@ -93,7 +93,7 @@ def fast_path(models: Sequence[Any], *, compile: bool = False, channels_last: bo
         for m in models:
             rec: dict[str, Any] = {"compiled": [], "channels_last": [], "bf16": [], "compile_s": None}
             seen: set[int] = set()
-            for path in _prior_paths(m):
+            for path in network_paths(m, extra_paths):
                 prior = m.get_submodule(path) if path else m
                 if id(prior) in seen:  # a prior shared across steps is prepared once
                     continue
