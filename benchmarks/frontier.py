@@ -340,6 +340,16 @@ def print_run(run: dict, compiled: bool) -> None:
 ALL_CASES = ("deq", "unrolled", "varnet", "deq-paper", "varnet-paper")
 
 
+def round_to_arg(value: str):
+    """``--round-to``: an integer >= 1 or ``auto``, as ``prune --round-to`` takes it."""
+    from mbdlprune.pruning.config import parse_round_to
+
+    v = parse_round_to(value)
+    if not (v == "auto" or (isinstance(v, int) and v >= 1)):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, got {value!r}")
+    return v
+
+
 def parse(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ratios", default="0.3,0.5,0.7", type=lambda s: [float(v) for v in s.split(",") if v.strip()],
@@ -357,9 +367,9 @@ def parse(argv=None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=None, help="untimed runs per model (default 3; --quick 1)")
     ap.add_argument("--repeats", type=int, default=None, help="timed interleaved runs (default 20; --quick 5)")
     ap.add_argument("--iterations", type=int, default=None, help="random-weight DEQ: fixed iteration count (default 10; --quick 3)")
-    ap.add_argument("--round-to", type=int, default=None,
-                    help="width multiple (default: 4 for the 32-wide shipped examples, so that the ratios differ; "
-                         "the pruner's 16 for the paper-size models)")
+    ap.add_argument("--round-to", type=round_to_arg, default=None,
+                    help="width multiple, or auto (widths chosen by timing on this machine; docs/pruning.md); default: "
+                         "4 for the 32-wide shipped examples, so that the ratios differ; the pruner's 16 for the paper-size models")
     ap.add_argument("--finetune", action="store_true",
                     help="fine-tune every pruned copy of a shipped example the way the demo does (about a minute each "
                          "on 2 CPU cores), so PSNR drop is after fine-tuning")
