@@ -116,7 +116,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
     import torch
 
     from ..metrics import get_definition
-    from .costs import _CostCounter, pruned_networks
+    from .costs import _CostCounter, pruned_networks, pruned_networks_note
     from .rawdata import is_raw_data, load_raw_eval, score_raw
 
     warmup, repeats, batch_size, seed = cfg.warmup, cfg.repeats, cfg.batch_size, cfg.seed
@@ -149,9 +149,7 @@ def _measure(entries, data, op, op_source, dev, env, solver_settings, cfg: Bench
         e.model.eval().to(device=dev, dtype=torch.float32)
     extra = pruned_networks(entries)  # networks pruned besides the models' own priors: counted for all
     if extra:
-        notes.append(f"prior costs (and the fast path) include {', '.join(extra)}: pruned by "
-                     f"{', '.join(e.label for e in entries if set(extra) & set(((e.meta or {}).get('pruning') or {}).get('priors') or {}))}"
-                     ", so counted for every model alike")
+        notes.append(pruned_networks_note(entries, extra))
 
     def counter(model):
         return _CostCounter(model, extra)

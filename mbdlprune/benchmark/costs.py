@@ -8,6 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from ..io.model_file import LoadedModel
 
+
 def network_paths(model, extra: Sequence[str] = ()) -> list[str]:
     """The networks bench counts and puts on the fast path: the model's ``prior_paths()`` (a model
     without one, user code, is one network: ``""``, the whole model) and ``extra``
@@ -41,6 +42,13 @@ def pruned_networks(entries) -> list[str]:
                 continue
             out.append(path)
     return out
+
+
+def pruned_networks_note(entries, extra: Sequence[str]) -> str:
+    """The report's note for :func:`pruned_networks`: which networks, and whose records named them."""
+    by = [e.label for e in entries if set(extra) & set(((e.meta or {}).get("pruning") or {}).get("priors") or {})]
+    return (f"prior costs (and the fast path) include {', '.join(extra)}: pruned by {', '.join(by)}, "
+            "so counted for every model alike")
 
 
 def _has(model, path: str) -> bool:

@@ -14,8 +14,8 @@ Three switches (:class:`~mbdlprune.benchmark.BenchConfig` ``compile``, ``channel
   so the comparison scores the fast path's quality as well. Models without ``prior_paths()``
   keep float32 (a note says so): autocast of a whole model would reach its complex FFTs.
 
-A prior is reached by its path (``model.prior_paths()``; a user model without one is compiled
-whole). Everything is restored afterwards: the caller gets back eager, contiguous models.
+A prior is reached by its path (``model.prior_paths()``, and any network pruned besides them:
+:func:`.costs.pruned_networks`; a user model without one is compiled whole). Everything is restored afterwards: the caller gets back eager, contiguous models.
 """
 
 from __future__ import annotations
