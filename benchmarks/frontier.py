@@ -342,10 +342,10 @@ ALL_CASES = ("deq", "unrolled", "varnet", "deq-paper", "varnet-paper")
 
 def round_to_arg(value: str):
     """``--round-to``: an integer >= 1 or ``auto``, as ``prune --round-to`` takes it."""
-    from mbdlprune.pruning.config import parse_round_to
+    from mbdlprune.pruning.config import is_auto, parse_round_to
 
     v = parse_round_to(value)
-    if not (v == "auto" or (isinstance(v, int) and v >= 1)):
+    if not (is_auto(v) or (isinstance(v, int) and v >= 1)):
         raise argparse.ArgumentTypeError(f"expected an integer >= 1 or auto, got {value!r}")
     return v
 

@@ -34,8 +34,7 @@ def pruned_networks(entries) -> list[str]:
         return []
     out: list[str] = []
     for e in entries:
-        rec = (e.meta or {}).get("pruning") or {}
-        for path in rec.get("priors") or {}:
+        for path in _recorded_priors(e):
             if not isinstance(path, str) or not path or path in out or any(_nested(path, o) for o in own):
                 continue
             if any(_nested(path, o) for o in out) or not all(_has(x.model, path) for x in entries):
@@ -46,9 +45,14 @@ def pruned_networks(entries) -> list[str]:
 
 def pruned_networks_note(entries, extra: Sequence[str]) -> str:
     """The report's note for :func:`pruned_networks`: which networks, and whose records named them."""
-    by = [e.label for e in entries if set(extra) & set(((e.meta or {}).get("pruning") or {}).get("priors") or {})]
+    by = [e.label for e in entries if set(extra) & set(_recorded_priors(e))]
     return (f"prior costs (and the fast path) include {', '.join(extra)}: pruned by {', '.join(by)}, "
             "so counted for every model alike")
+
+
+def _recorded_priors(entry) -> Mapping[str, Any]:
+    """The priors an entry's pruning record names (empty for a model that was never pruned)."""
+    return ((entry.meta or {}).get("pruning") or {}).get("priors") or {}
 
 
 def _has(model, path: str) -> bool:

@@ -15,7 +15,8 @@ Three switches (:class:`~mbdlprune.benchmark.BenchConfig` ``compile``, ``channel
   keep float32 (a note says so): autocast of a whole model would reach its complex FFTs.
 
 A prior is reached by its path (``model.prior_paths()``, and any network pruned besides them:
-:func:`.costs.pruned_networks`; a user model without one is compiled whole). Everything is restored afterwards: the caller gets back eager, contiguous models.
+:func:`.costs.pruned_networks`; a user model without one is compiled whole). Everything is
+restored afterwards: the caller gets back eager, contiguous models.
 """
 
 from __future__ import annotations
